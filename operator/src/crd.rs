@@ -1,0 +1,490 @@
+//! The `DsmCluster` custom resource (`dsm.io/v1alpha1`): the spec a user writes and the
+//! status the operator reports.
+//!
+//! The schema the API server enforces is derived from these types: `dsm-operator crd`
+//! prints it, and `manifests/crd.yaml` is that output checked in (the test
+//! `crd_yaml_is_up_to_date` fails when it drifts). Validation that a plain OpenAPI schema
+//! cannot express (write quorum ≤ slaves, sizes that are quantities) is written as CEL
+//! rules with a message a user can act on.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the custom resource.
+pub const GROUP: &str = "dsm.io";
+
+/// The desired shape of one DSM cluster: a master, an optional backup master sharing the
+/// write-ahead log volume, a StatefulSet of slaves and an idle client pod to exec into.
+// Each `printcolumn(...)` repeats the same keys, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "dsm.io",
+    version = "v1alpha1",
+    kind = "DsmCluster",
+    plural = "dsmclusters",
+    shortname = "dsm",
+    namespaced,
+    status = "DsmClusterStatus",
+    derive = "PartialEq",
+    doc = "A replicated DSM key-value store: master, backup master, slaves and a client pod.",
+    scale(
+        spec_replicas_path = ".spec.slaves.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Slaves",
+        type_ = "integer",
+        json_path = ".spec.slaves.replicas",
+        description = "Configured number of slaves"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readySlaves",
+        description = "Slaves ready to serve"
+    ),
+    printcolumn(
+        name = "Master",
+        type_ = "string",
+        json_path = ".status.activeMaster",
+        description = "Pod of the active master"
+    ),
+    printcolumn(
+        name = "Epoch",
+        type_ = "integer",
+        json_path = ".status.epoch",
+        description = "Master term, bumped on every failover",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Summary of the cluster's state"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new(
+    "!has(self.replication) || !has(self.replication.factor) || self.replication.factor <= self.slaves.replicas"
+).message("spec.replication.factor (the write quorum) must not exceed spec.slaves.replicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct DsmClusterSpec {
+    /// Container image holding the `dsm` binary, used by every pod of the cluster.
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// Pull policy of that image (Always, IfNotPresent or Never); Kubernetes' default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    /// The slaves that store values.
+    #[serde(default)]
+    pub slaves: SlavesSpec,
+    /// The master: metadata server coordinating every READ and WRITE.
+    #[serde(default)]
+    pub master: MasterSpec,
+    /// The backup master, which follows the log and takes over when the master dies.
+    #[serde(default)]
+    pub backup: BackupSpec,
+    /// The volume holding the write-ahead log, shared by master and backup.
+    #[serde(default)]
+    pub log_volume: LogVolumeSpec,
+    /// How many slaves acknowledge each WRITE.
+    #[serde(default)]
+    pub replication: ReplicationSpec,
+    /// The idle client pod users `kubectl exec` into.
+    #[serde(default)]
+    pub client: ClientSpec,
+    /// Prometheus scraping.
+    #[serde(default)]
+    pub metrics: MetricsSpec,
+    /// Failure-detection timings handed to the nodes.
+    #[serde(default)]
+    pub timeouts: TimeoutsSpec,
+    /// Stops reconciling: the operator leaves every object as it is until unpaused
+    /// (for maintenance by hand).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// Kubernetes image pull policy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    /// Pull on every pod start.
+    Always,
+    /// Pull only when the node lacks the image.
+    IfNotPresent,
+    /// Never pull; the image must be on the node.
+    Never,
+}
+
+impl PullPolicy {
+    /// The value Kubernetes expects in `imagePullPolicy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// The slave StatefulSet.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SlavesSpec {
+    /// Number of slaves. Write quorums are computed from this configured count, never from
+    /// how many slaves look alive. Scaling down drains each removed slave first.
+    #[serde(default = "default_slave_replicas")]
+    #[schemars(range(min = 1))]
+    pub replicas: i32,
+    /// Each slave's own data volume (fixed once the cluster exists: StatefulSet volume
+    /// claim templates are immutable).
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.slaves.storage cannot change once the cluster exists"))]
+    pub storage: StorageSpec,
+    /// CPU and memory of each slave container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for SlavesSpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_slave_replicas(),
+            storage: StorageSpec::default(),
+            resources: None,
+        }
+    }
+}
+
+/// A persistent volume request.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Requested size, as a Kubernetes quantity (e.g. `1Gi`).
+    #[serde(default = "default_volume_size")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("isQuantity(self)").message("must be a Kubernetes quantity such as 1Gi or 500Mi"))]
+    pub size: String,
+    /// StorageClass of the volume; the cluster's default class when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_volume_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// The master pod.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MasterSpec {
+    /// CPU and memory of the master container (the backup uses the same unless it sets its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// The backup master pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// Runs a backup master. Without it a master failure makes the cluster unavailable
+    /// until Kubernetes restarts the master.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// CPU and memory of the backup container; the master's when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for BackupSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            resources: None,
+        }
+    }
+}
+
+/// How the write-ahead log volume is shared by master and backup.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AccessMode {
+    /// Both pods mount the volume wherever they run (needs an RWX storage class, e.g. NFS or CephFS).
+    ReadWriteMany,
+    /// The volume attaches to one node: master and backup are pinned to that node by pod
+    /// affinity, so a node failure takes both down.
+    ReadWriteOnce,
+}
+
+impl AccessMode {
+    /// The value Kubernetes expects in `accessModes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessMode::ReadWriteMany => "ReadWriteMany",
+            AccessMode::ReadWriteOnce => "ReadWriteOnce",
+        }
+    }
+}
+
+/// The shared log volume.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LogVolumeSpec {
+    /// Requested size, as a Kubernetes quantity (e.g. `1Gi`).
+    #[serde(default = "default_volume_size")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("isQuantity(self)").message("must be a Kubernetes quantity such as 1Gi or 500Mi"))]
+    pub size: String,
+    /// StorageClass of the volume; the cluster's default class when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.logVolume.storageClassName cannot change once the cluster exists"))]
+    pub storage_class_name: Option<String>,
+    /// ReadWriteOnce (the default, works with any storage class) pins master and backup
+    /// to one node; ReadWriteMany lets them run on different nodes.
+    #[serde(default = "default_access_mode")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.logVolume.accessMode cannot change once the cluster exists"))]
+    pub access_mode: AccessMode,
+}
+
+impl Default for LogVolumeSpec {
+    fn default() -> Self {
+        Self {
+            size: default_volume_size(),
+            storage_class_name: None,
+            access_mode: default_access_mode(),
+        }
+    }
+}
+
+/// Replication settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationSpec {
+    /// Slaves each WRITE must reach before it is acknowledged (the write quorum).
+    /// Defaults to a majority of the configured slaves, ceil((replicas + 1) / 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub factor: Option<i32>,
+}
+
+/// The client pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientSpec {
+    /// Runs an idle client Deployment: `kubectl exec -it deploy/<name>-client -- dsm client`
+    /// opens the REPL already pointed at the cluster.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for ClientSpec {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// Prometheus scraping.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsSpec {
+    /// Creates a ServiceMonitor for the nodes' `/metrics` (needs the Prometheus Operator's CRDs).
+    #[serde(default)]
+    pub service_monitor: bool,
+}
+
+/// Failure-detection timings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeoutsSpec {
+    /// How long the active master's lease lasts unless renewed; the backup takes over
+    /// after it expires. A duration such as `2s` or `1500ms`.
+    #[serde(default = "default_lease_ttl")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m))+$"), length(max = 32))]
+    pub lease_ttl: String,
+}
+
+impl Default for TimeoutsSpec {
+    fn default() -> Self {
+        Self {
+            lease_ttl: default_lease_ttl(),
+        }
+    }
+}
+
+/// What the operator observed on its last reconcile.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DsmClusterStatus {
+    /// One-word summary: Creating, Running, Degraded, Unavailable or Paused.
+    #[serde(default)]
+    pub phase: String,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Available, Progressing and Degraded, each with the generation it describes.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Slaves the StatefulSet currently runs (the scale subresource's status).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Slaves whose pod is ready.
+    #[serde(default)]
+    pub ready_slaves: i32,
+    /// Name of the pod holding the active master's lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_master: Option<String>,
+    /// The active master's epoch (bumped on every failover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
+    /// Label selector of the slave pods (the scale subresource's selector).
+    #[serde(default)]
+    pub selector: String,
+    /// Addresses clients use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Endpoints>,
+}
+
+/// In-cluster addresses of the cluster's Services.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoints {
+    /// Always the active master.
+    pub leader: String,
+    /// The master pod.
+    pub master: String,
+    /// The backup pod, when enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+}
+
+fn default_image() -> String {
+    format!("dsm:{}", env!("CARGO_PKG_VERSION"))
+}
+
+fn default_slave_replicas() -> i32 {
+    3
+}
+
+fn default_volume_size() -> String {
+    "1Gi".to_string()
+}
+
+fn default_access_mode() -> AccessMode {
+    AccessMode::ReadWriteOnce
+}
+
+fn default_lease_ttl() -> String {
+    "2s".to_string()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for DsmClusterSpec {
+    fn default() -> Self {
+        Self {
+            image: default_image(),
+            image_pull_policy: None,
+            slaves: SlavesSpec::default(),
+            master: MasterSpec::default(),
+            backup: BackupSpec::default(),
+            log_volume: LogVolumeSpec::default(),
+            replication: ReplicationSpec::default(),
+            client: ClientSpec::default(),
+            metrics: MetricsSpec::default(),
+            timeouts: TimeoutsSpec::default(),
+            paused: false,
+        }
+    }
+}
+
+impl DsmClusterSpec {
+    /// Slaves each WRITE must reach: the configured factor, or a majority of the
+    /// configured slaves, `ceil((n + 1) / 2)` — the same default as the node's.
+    pub fn write_quorum(&self) -> i32 {
+        self.replication
+            .factor
+            .unwrap_or_else(|| majority(self.slaves.replicas))
+    }
+}
+
+/// `ceil((n + 1) / 2)`: the smallest count such that any two sets of that size among `n`
+/// slaves intersect.
+pub fn majority(n: i32) -> i32 {
+    (n + 2) / 2
+}
+
+/// The YAML of the CustomResourceDefinition, as `dsm-operator crd` prints it.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&DsmCluster::crd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn majority_matches_ceil_of_n_plus_one_over_two() {
+        for (n, q) in [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (6, 4), (7, 4)] {
+            assert_eq!(majority(n), q, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn write_quorum_prefers_the_configured_factor() {
+        let mut spec = DsmClusterSpec::default();
+        assert_eq!(spec.write_quorum(), 2);
+        spec.replication.factor = Some(3);
+        assert_eq!(spec.write_quorum(), 3);
+    }
+
+    #[test]
+    fn an_empty_spec_takes_every_default() {
+        let spec: DsmClusterSpec = serde_json::from_str("{}").expect("empty spec parses");
+        assert_eq!(spec, DsmClusterSpec::default());
+    }
+
+    #[test]
+    fn crd_carries_scale_printer_columns_and_validation_messages() {
+        let yaml = crd_yaml().expect("crd serializes");
+        for needle in [
+            "specReplicasPath: .spec.slaves.replicas",
+            "jsonPath: .status.readySlaves",
+            "jsonPath: .status.activeMaster",
+            "must not exceed spec.slaves.replicas",
+            "isQuantity(self)",
+            "minimum: 1",
+        ] {
+            assert!(yaml.contains(needle), "CRD lacks `{needle}`");
+        }
+    }
+
+    /// `manifests/crd.yaml` must be what `dsm-operator crd` prints; regenerate it with
+    /// `cargo run -p dsm-operator -- crd > manifests/crd.yaml`.
+    #[test]
+    fn crd_yaml_is_up_to_date() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/crd.yaml");
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        let generated = crd_yaml().expect("crd serializes");
+        assert!(
+            checked_in == generated,
+            "manifests/crd.yaml is out of date: run `cargo run -p dsm-operator -- crd > manifests/crd.yaml` \
+             (and `cp manifests/crd.yaml charts/dsm/crds/dsmcluster.yaml`)"
+        );
+    }
+}

@@ -1,0 +1,54 @@
+//! The operator's one error type; [`Error::metric_label`] names each kind in the
+//! `dsm_operator_reconcile_failures_total` metric.
+
+/// Everything a reconcile can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a request.
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[source] kube::Error),
+    /// An object could not be (de)serialized.
+    #[error("serialization error: {0}")]
+    Serialization(#[source] serde_json::Error),
+    /// An object lacked a field the API server always sets.
+    #[error("object has no {0}")]
+    MissingObjectKey(&'static str),
+    /// A node could not be reached over gRPC.
+    #[error("cannot reach the DSM node at {address}: {message}")]
+    NodeUnreachable {
+        /// The address dialled.
+        address: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A node answered a gRPC call with an error.
+    #[error("DSM node at {address} refused {call}: {status}")]
+    NodeRpc {
+        /// The address called.
+        address: String,
+        /// The call (`Status`, `Drain`).
+        call: &'static str,
+        /// The gRPC status.
+        status: Box<tonic::Status>,
+    },
+    /// Scaling down cannot go on safely (e.g. no active master to drain through).
+    #[error("cannot scale down: {0}")]
+    ScaleDownBlocked(String),
+}
+
+impl Error {
+    /// A short, stable name of the error's kind for metric labels.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Serialization(_) => "serialization",
+            Error::MissingObjectKey(_) => "missing_object_key",
+            Error::NodeUnreachable { .. } => "node_unreachable",
+            Error::NodeRpc { .. } => "node_rpc",
+            Error::ScaleDownBlocked(_) => "scale_down_blocked",
+        }
+    }
+}
+
+/// The operator's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,1182 @@
+//! The Kubernetes objects a `DsmCluster` spec produces, as plain functions of the spec.
+//!
+//! Nothing here talks to the API server, so every object can be unit-tested. The
+//! reconciler applies what these functions return with server-side apply; each object
+//! carries an ownerReference to its `DsmCluster`, so deleting the cluster deletes them all
+//! (the slaves' own PVCs go with the StatefulSet through its retention policy).
+//!
+//! Pods run as a non-root user with a read-only root filesystem, every capability dropped
+//! and the RuntimeDefault seccomp profile; the only writable paths are their volumes and
+//! an in-memory `/tmp`.
+//!
+//! Config changes roll: each pod template carries the checksum of the configuration its
+//! component reads, and each master-capable pod a hash of its whole spec, so a change
+//! makes the StatefulSet roll its slaves and the reconciler replace outdated masters.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
+    StatefulSetSpec, StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort,
+    EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, GRPCAction, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
+    PodAffinity, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::crd::{AccessMode, DsmCluster};
+use crate::error::{Error, Result};
+
+/// `app.kubernetes.io/name` of every object: always `dsm`.
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+/// `app.kubernetes.io/instance`: the DsmCluster's name.
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+/// `app.kubernetes.io/component`: master, backup, slave or client.
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+/// `app.kubernetes.io/managed-by`: this operator.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Set on master-capable pods: `active` on the lease holder, `standby` on the other.
+/// The leader Service selects `active`.
+pub const LABEL_ROLE: &str = "dsm.io/role";
+/// Set on both master-capable pods; with a ReadWriteOnce log volume their pod affinity
+/// on this label keeps them on the node the volume is attached to.
+pub const LABEL_LOG_VOLUME: &str = "dsm.io/log-volume";
+/// Set on the Services a ServiceMonitor scrapes (not on the leader Service, which would
+/// scrape the active master twice).
+pub const LABEL_SCRAPE: &str = "dsm.io/scrape";
+/// Hash of a master-capable pod's spec: a pod whose hash differs from the desired one is
+/// outdated and gets replaced (pod specs are mostly immutable).
+pub const ANNOTATION_SPEC_HASH: &str = "dsm.io/spec-hash";
+/// Checksum of the configuration a pod template reads, so config changes roll the pods.
+pub const ANNOTATION_CONFIG_CHECKSUM: &str = "dsm.io/config-checksum";
+/// The field manager of every server-side apply.
+pub const MANAGER: &str = "dsm-operator";
+
+/// gRPC port of the master.
+pub const MASTER_PORT: i32 = 12345;
+/// gRPC port of the backup master.
+pub const BACKUP_PORT: i32 = 12346;
+/// gRPC port of each slave.
+pub const SLAVE_PORT: i32 = 12400;
+/// HTTP port of every node's `/metrics`, `/healthz` and `/readyz`.
+pub const METRICS_PORT: i32 = 9100;
+/// Where master and backup mount the shared log volume.
+pub const LOG_DIR: &str = "/var/lib/dsm/log";
+/// Where each slave mounts its data volume.
+pub const DATA_DIR: &str = "/var/lib/dsm/data";
+/// The unprivileged user (and group) every container runs as; the images create it.
+pub const RUN_AS_USER: i64 = 10001;
+
+/// One of the two master-capable pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seat {
+    /// `<name>-master`, started with `dsm master`.
+    Master,
+    /// `<name>-backup`, started with `dsm backup`.
+    Backup,
+}
+
+impl Seat {
+    /// The `dsm` subcommand and the component label.
+    pub fn component(self) -> &'static str {
+        match self {
+            Seat::Master => "master",
+            Seat::Backup => "backup",
+        }
+    }
+
+    fn port(self) -> i32 {
+        match self {
+            Seat::Master => MASTER_PORT,
+            Seat::Backup => BACKUP_PORT,
+        }
+    }
+}
+
+/// Whether a master-capable pod holds the lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Serves clients and slaves; the leader Service points at it.
+    Active,
+    /// Follows the log, ready to take over.
+    Standby,
+}
+
+impl Role {
+    /// The value of the [`LABEL_ROLE`] label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Active => "active",
+            Role::Standby => "standby",
+        }
+    }
+
+    /// Parses a [`LABEL_ROLE`] value (anything but `active` is standby).
+    pub fn from_label(value: Option<&str>) -> Role {
+        if value == Some("active") {
+            Role::Active
+        } else {
+            Role::Standby
+        }
+    }
+}
+
+/// Names and addresses derived from a DsmCluster's name and namespace.
+#[derive(Clone, Debug)]
+pub struct Names {
+    /// The DsmCluster's name.
+    pub cluster: String,
+    /// Its namespace.
+    pub namespace: String,
+}
+
+impl Names {
+    /// Reads name and namespace off the object.
+    ///
+    /// # Errors
+    /// [`Error::MissingObjectKey`] when the object has no namespace (it is namespaced, so
+    /// only a malformed object lacks one).
+    pub fn of(dc: &DsmCluster) -> Result<Names> {
+        Ok(Names {
+            cluster: dc.name_any(),
+            namespace: dc
+                .namespace()
+                .ok_or(Error::MissingObjectKey("metadata.namespace"))?,
+        })
+    }
+
+    /// `<name>-config`.
+    pub fn config(&self) -> String {
+        format!("{}-config", self.cluster)
+    }
+    /// `<name>-log`.
+    pub fn log_pvc(&self) -> String {
+        format!("{}-log", self.cluster)
+    }
+    /// `<name>-master` or `<name>-backup`: the pod and its Service share the name.
+    pub fn seat(&self, seat: Seat) -> String {
+        format!("{}-{}", self.cluster, seat.component())
+    }
+    /// `<name>-leader`.
+    pub fn leader(&self) -> String {
+        format!("{}-leader", self.cluster)
+    }
+    /// `<name>-slave` (pods are `<name>-slave-0`, `<name>-slave-1` …).
+    pub fn slave_set(&self) -> String {
+        format!("{}-slave", self.cluster)
+    }
+    /// The slave pod (and slave id) of an ordinal.
+    pub fn slave_pod(&self, ordinal: i32) -> String {
+        format!("{}-slave-{ordinal}", self.cluster)
+    }
+    /// `<name>-slaves`: the headless Service giving each slave a DNS name.
+    pub fn slaves_service(&self) -> String {
+        format!("{}-slaves", self.cluster)
+    }
+    /// `<name>-client`.
+    pub fn client(&self) -> String {
+        format!("{}-client", self.cluster)
+    }
+    /// `<name>-slaves` as well, for the PodDisruptionBudget.
+    pub fn pdb(&self) -> String {
+        self.slaves_service()
+    }
+    /// `<name>` for the ServiceMonitor.
+    pub fn service_monitor(&self) -> String {
+        self.cluster.clone()
+    }
+    /// The in-cluster gRPC address of a master-capable Service.
+    pub fn seat_address(&self, seat: Seat) -> String {
+        format!("{}.{}.svc:{}", self.seat(seat), self.namespace, seat.port())
+    }
+    /// The in-cluster gRPC address of the leader Service.
+    pub fn leader_address(&self) -> String {
+        format!("{}.{}.svc:{MASTER_PORT}", self.leader(), self.namespace)
+    }
+    /// Label selector (as a string) of the slave pods.
+    pub fn slave_selector(&self) -> String {
+        format!(
+            "{LABEL_NAME}=dsm,{LABEL_INSTANCE}={},{LABEL_COMPONENT}=slave",
+            self.cluster
+        )
+    }
+    /// Label selector (as a string) of every pod of the cluster.
+    pub fn pod_selector(&self) -> String {
+        format!("{LABEL_NAME}=dsm,{LABEL_INSTANCE}={}", self.cluster)
+    }
+}
+
+/// Labels selecting a component's pods.
+fn selector_labels(names: &Names, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_string(), "dsm".to_string()),
+        (LABEL_INSTANCE.to_string(), names.cluster.clone()),
+        (LABEL_COMPONENT.to_string(), component.to_string()),
+    ])
+}
+
+/// Selector labels plus `managed-by`.
+fn labels(names: &Names, component: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(names, component);
+    labels.insert(LABEL_MANAGED_BY.to_string(), MANAGER.to_string());
+    labels
+}
+
+fn owner(dc: &DsmCluster) -> Result<OwnerReference> {
+    dc.controller_owner_ref(&())
+        .ok_or(Error::MissingObjectKey("metadata.uid"))
+}
+
+fn meta(
+    dc: &DsmCluster,
+    names: &Names,
+    name: String,
+    labels: BTreeMap<String, String>,
+) -> Result<ObjectMeta> {
+    Ok(ObjectMeta {
+        name: Some(name),
+        namespace: Some(names.namespace.clone()),
+        labels: Some(labels),
+        owner_references: Some(vec![owner(dc)?]),
+        ..ObjectMeta::default()
+    })
+}
+
+/// A short, stable hash of any serializable value.
+fn hash_of<T: Serialize>(value: &T) -> Result<String> {
+    let bytes = serde_json::to_vec(value).map_err(Error::Serialization)?;
+    let digest = Sha256::digest(bytes);
+    Ok(digest.iter().take(8).map(|b| format!("{b:02x}")).collect())
+}
+
+/// Configuration keys (the nodes' `DSM_*` flag variables) every component reads; the
+/// checksum of a component's keys rolls exactly the pods a change concerns.
+const SHARED_KEYS: [&str; 3] = ["DSM_MASTER", "DSM_BACKUP", "DSM_METRICS_LISTEN"];
+
+/// The ConfigMap's data: cluster-wide flags of the `dsm` binary as environment variables.
+pub fn config_data(dc: &DsmCluster, names: &Names) -> BTreeMap<String, String> {
+    let spec = &dc.spec;
+    let mut data = BTreeMap::from([
+        ("DSM_MASTER".to_string(), names.seat_address(Seat::Master)),
+        ("DSM_LOG_DIR".to_string(), LOG_DIR.to_string()),
+        (
+            "DSM_METRICS_LISTEN".to_string(),
+            format!("0.0.0.0:{METRICS_PORT}"),
+        ),
+        ("DSM_SLAVES".to_string(), spec.slaves.replicas.to_string()),
+        (
+            "DSM_REPLICATION_FACTOR".to_string(),
+            spec.write_quorum().to_string(),
+        ),
+        ("DSM_LEASE_TTL".to_string(), spec.timeouts.lease_ttl.clone()),
+    ]);
+    if spec.backup.enabled {
+        data.insert("DSM_BACKUP".to_string(), names.seat_address(Seat::Backup));
+    }
+    data
+}
+
+/// Checksum of the configuration master-capable pods read (all of it).
+pub fn master_config_checksum(dc: &DsmCluster, names: &Names) -> Result<String> {
+    hash_of(&config_data(dc, names))
+}
+
+/// Checksum of the configuration slaves and clients read (the addresses only: scaling,
+/// which changes `DSM_SLAVES`, must not restart every slave).
+pub fn shared_config_checksum(dc: &DsmCluster, names: &Names) -> Result<String> {
+    let data = config_data(dc, names);
+    let shared: BTreeMap<&str, Option<&String>> =
+        SHARED_KEYS.iter().map(|k| (*k, data.get(*k))).collect();
+    hash_of(&shared)
+}
+
+/// The ConfigMap every pod reads its flags from (`envFrom`).
+pub fn config_map(dc: &DsmCluster, names: &Names) -> Result<ConfigMap> {
+    Ok(ConfigMap {
+        metadata: meta(dc, names, names.config(), labels(names, "config"))?,
+        data: Some(config_data(dc, names)),
+        ..ConfigMap::default()
+    })
+}
+
+/// The write-ahead log volume shared by master and backup.
+pub fn log_pvc(dc: &DsmCluster, names: &Names) -> Result<PersistentVolumeClaim> {
+    let log = &dc.spec.log_volume;
+    Ok(PersistentVolumeClaim {
+        metadata: meta(dc, names, names.log_pvc(), labels(names, "log"))?,
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec![log.access_mode.as_str().to_string()]),
+            storage_class_name: log.storage_class_name.clone(),
+            resources: Some(storage_request(&log.size)),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    })
+}
+
+fn storage_request(size: &str) -> VolumeResourceRequirements {
+    VolumeResourceRequirements {
+        requests: Some(BTreeMap::from([(
+            "storage".to_string(),
+            Quantity(size.to_string()),
+        )])),
+        ..VolumeResourceRequirements::default()
+    }
+}
+
+fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        fs_group: Some(RUN_AS_USER),
+        fs_group_change_policy: Some("OnRootMismatch".to_string()),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn env_from_config(names: &Names) -> Vec<EnvFromSource> {
+    vec![EnvFromSource {
+        config_map_ref: Some(ConfigMapEnvSource {
+            name: names.config(),
+            optional: Some(false),
+        }),
+        ..EnvFromSource::default()
+    }]
+}
+
+fn port(name: &str, number: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_string()),
+        container_port: number,
+        protocol: Some("TCP".to_string()),
+        ..ContainerPort::default()
+    }
+}
+
+/// gRPC health probe on a node's main port (every `dsm` server serves grpc.health.v1).
+fn grpc_probe(port: i32, period: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        grpc: Some(GRPCAction {
+            port,
+            service: None,
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+fn tmp_volume() -> (Volume, VolumeMount) {
+    (
+        Volume {
+            name: "tmp".to_string(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".to_string()),
+                size_limit: Some(Quantity("16Mi".to_string())),
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: "tmp".to_string(),
+            mount_path: "/tmp".to_string(),
+            ..VolumeMount::default()
+        },
+    )
+}
+
+/// A `dsm` container with the hardening every component shares.
+fn dsm_container(dc: &DsmCluster, names: &Names, args: Vec<String>) -> Container {
+    Container {
+        name: "dsm".to_string(),
+        image: Some(dc.spec.image.clone()),
+        image_pull_policy: dc.spec.image_pull_policy.map(|p| p.as_str().to_string()),
+        args: Some(args),
+        env_from: Some(env_from_config(names)),
+        security_context: Some(container_security_context()),
+        ..Container::default()
+    }
+}
+
+/// A pod spec with the hardening every component shares. Service links are off: with a
+/// cluster named `dsm` they would inject variables such as `DSM_MASTER_PORT` into the
+/// namespace the `dsm` binary reads its flags from.
+fn hardened_pod_spec(containers: Vec<Container>, volumes: Vec<Volume>) -> PodSpec {
+    PodSpec {
+        containers,
+        volumes: Some(volumes),
+        security_context: Some(pod_security_context()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        ..PodSpec::default()
+    }
+}
+
+/// Affinity keeping master and backup on the log volume's node when it is ReadWriteOnce.
+/// The first of the two pods matches its own term, which Kubernetes accepts when no
+/// other pod matches, so it schedules anywhere and the second follows it.
+fn log_volume_affinity(dc: &DsmCluster, names: &Names) -> Option<Affinity> {
+    if dc.spec.log_volume.access_mode != AccessMode::ReadWriteOnce || !dc.spec.backup.enabled {
+        return None;
+    }
+    Some(Affinity {
+        pod_affinity: Some(PodAffinity {
+            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        LABEL_LOG_VOLUME.to_string(),
+                        names.cluster.clone(),
+                    )])),
+                    ..LabelSelector::default()
+                }),
+                topology_key: "kubernetes.io/hostname".to_string(),
+                ..PodAffinityTerm::default()
+            }]),
+            ..PodAffinity::default()
+        }),
+        ..Affinity::default()
+    })
+}
+
+/// The spec of a master-capable pod, without its role (so a failover does not make it
+/// look outdated).
+fn master_pod_spec(dc: &DsmCluster, names: &Names, seat: Seat) -> PodSpec {
+    let resources = match seat {
+        Seat::Backup => dc
+            .spec
+            .backup
+            .resources
+            .clone()
+            .or_else(|| dc.spec.master.resources.clone()),
+        Seat::Master => dc.spec.master.resources.clone(),
+    };
+    let (tmp, tmp_mount) = tmp_volume();
+    let mut container = dsm_container(dc, names, vec![seat.component().to_string()]);
+    container.env = Some(vec![
+        env("DSM_ID", names.seat(seat)),
+        env("DSM_LISTEN", format!("0.0.0.0:{}", seat.port())),
+        env("DSM_ADVERTISE", names.seat_address(seat)),
+    ]);
+    container.ports = Some(vec![
+        port("grpc", seat.port()),
+        port("metrics", METRICS_PORT),
+    ]);
+    container.resources = resources;
+    container.volume_mounts = Some(vec![
+        VolumeMount {
+            name: "log".to_string(),
+            mount_path: LOG_DIR.to_string(),
+            ..VolumeMount::default()
+        },
+        tmp_mount,
+    ]);
+    // Replaying a long log can take a while: the startup probe allows it, the liveness
+    // probe then restarts a hung (e.g. SIGSTOPped) process so the lease moves on.
+    container.startup_probe = Some(grpc_probe(seat.port(), 2, 150));
+    container.readiness_probe = Some(grpc_probe(seat.port(), 5, 2));
+    container.liveness_probe = Some(grpc_probe(seat.port(), 10, 3));
+    let log = Volume {
+        name: "log".to_string(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: names.log_pvc(),
+            read_only: Some(false),
+        }),
+        ..Volume::default()
+    };
+    let mut spec = hardened_pod_spec(vec![container], vec![log, tmp]);
+    spec.affinity = log_volume_affinity(dc, names);
+    spec.restart_policy = Some("Always".to_string());
+    spec
+}
+
+/// The desired spec hash of a master-capable pod (its config checksum included).
+pub fn master_pod_hash(dc: &DsmCluster, names: &Names, seat: Seat) -> Result<String> {
+    let config = master_config_checksum(dc, names)?;
+    hash_of(&(master_pod_spec(dc, names, seat), config))
+}
+
+/// A master-capable pod: `dsm master` or `dsm backup` on the shared log volume.
+pub fn master_pod(dc: &DsmCluster, names: &Names, seat: Seat, role: Role) -> Result<Pod> {
+    let mut labels = labels(names, seat.component());
+    labels.insert(LABEL_ROLE.to_string(), role.label().to_string());
+    labels.insert(LABEL_LOG_VOLUME.to_string(), names.cluster.clone());
+    let mut metadata = meta(dc, names, names.seat(seat), labels)?;
+    metadata.annotations = Some(BTreeMap::from([
+        (
+            ANNOTATION_SPEC_HASH.to_string(),
+            master_pod_hash(dc, names, seat)?,
+        ),
+        (
+            ANNOTATION_CONFIG_CHECKSUM.to_string(),
+            master_config_checksum(dc, names)?,
+        ),
+    ]));
+    Ok(Pod {
+        metadata,
+        spec: Some(master_pod_spec(dc, names, seat)),
+        ..Pod::default()
+    })
+}
+
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_string()),
+        port,
+        target_port: Some(IntOrString::String(name.to_string())),
+        protocol: Some("TCP".to_string()),
+        ..ServicePort::default()
+    }
+}
+
+/// The Service of a master-capable pod (stable address in `--advertise` and the ConfigMap).
+pub fn seat_service(dc: &DsmCluster, names: &Names, seat: Seat) -> Result<Service> {
+    let mut labels = labels(names, seat.component());
+    labels.insert(LABEL_SCRAPE.to_string(), "true".to_string());
+    Ok(Service {
+        metadata: meta(dc, names, names.seat(seat), labels)?,
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(names, seat.component())),
+            ports: Some(vec![
+                service_port("grpc", seat.port()),
+                service_port("metrics", METRICS_PORT),
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+/// The leader Service: selects whichever master-capable pod the operator last saw
+/// holding the lease. Clients that reach a standby are redirected anyway (`dsm-leader`).
+pub fn leader_service(dc: &DsmCluster, names: &Names) -> Result<Service> {
+    let selector = BTreeMap::from([
+        (LABEL_NAME.to_string(), "dsm".to_string()),
+        (LABEL_INSTANCE.to_string(), names.cluster.clone()),
+        (LABEL_ROLE.to_string(), Role::Active.label().to_string()),
+    ]);
+    Ok(Service {
+        metadata: meta(dc, names, names.leader(), labels(names, "leader"))?,
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![ServicePort {
+                name: Some("grpc".to_string()),
+                port: MASTER_PORT,
+                // Named, because master and backup listen on different ports.
+                target_port: Some(IntOrString::String("grpc".to_string())),
+                protocol: Some("TCP".to_string()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+/// The headless Service giving each slave the stable DNS name it advertises. Not-ready
+/// slaves are published too: the master dials a slave as soon as it registers.
+pub fn slaves_service(dc: &DsmCluster, names: &Names) -> Result<Service> {
+    let mut labels = labels(names, "slave");
+    labels.insert(LABEL_SCRAPE.to_string(), "true".to_string());
+    Ok(Service {
+        metadata: meta(dc, names, names.slaves_service(), labels)?,
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_string()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector_labels(names, "slave")),
+            ports: Some(vec![
+                service_port("grpc", SLAVE_PORT),
+                service_port("metrics", METRICS_PORT),
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+/// The slave StatefulSet with `replicas` pods (the reconciler passes fewer than the spec
+/// asks while it drains slaves one at a time).
+pub fn slave_set(dc: &DsmCluster, names: &Names, replicas: i32) -> Result<StatefulSet> {
+    let slaves = &dc.spec.slaves;
+    let (tmp, tmp_mount) = tmp_volume();
+    let mut container = dsm_container(dc, names, vec!["slave".to_string()]);
+    container.env = Some(vec![
+        EnvVar {
+            name: "POD_NAME".to_string(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".to_string(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        // The pod name is the slave's stable id: it survives restarts with its volume.
+        env("DSM_ID", "$(POD_NAME)"),
+        env("DSM_LISTEN", format!("0.0.0.0:{SLAVE_PORT}")),
+        env(
+            "DSM_ADVERTISE",
+            format!(
+                "$(POD_NAME).{}.{}.svc:{SLAVE_PORT}",
+                names.slaves_service(),
+                names.namespace
+            ),
+        ),
+        env("DSM_DATA_DIR", DATA_DIR),
+    ]);
+    container.ports = Some(vec![
+        port("grpc", SLAVE_PORT),
+        port("metrics", METRICS_PORT),
+    ]);
+    container.resources = slaves.resources.clone();
+    container.volume_mounts = Some(vec![
+        VolumeMount {
+            name: "data".to_string(),
+            mount_path: DATA_DIR.to_string(),
+            ..VolumeMount::default()
+        },
+        tmp_mount,
+    ]);
+    container.startup_probe = Some(grpc_probe(SLAVE_PORT, 2, 150));
+    container.readiness_probe = Some(grpc_probe(SLAVE_PORT, 5, 2));
+    container.liveness_probe = Some(grpc_probe(SLAVE_PORT, 10, 3));
+
+    let mut pod_spec = hardened_pod_spec(vec![container], vec![tmp]);
+    // Spread slaves over nodes when there are enough of them.
+    pod_spec.affinity = Some(Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(selector_labels(names, "slave")),
+                            ..LabelSelector::default()
+                        }),
+                        topology_key: "kubernetes.io/hostname".to_string(),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    });
+
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("data".to_string()),
+            labels: Some(selector_labels(names, "slave")),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+            storage_class_name: slaves.storage.storage_class_name.clone(),
+            resources: Some(storage_request(&slaves.storage.size)),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    };
+
+    Ok(StatefulSet {
+        metadata: meta(dc, names, names.slave_set(), labels(names, "slave"))?,
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(names.slaves_service()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(names, "slave")),
+                ..LabelSelector::default()
+            },
+            // Slaves do not depend on each other: start and replace them in parallel;
+            // updates still roll one pod at a time.
+            pod_management_policy: Some("Parallel".to_string()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".to_string()),
+                ..StatefulSetUpdateStrategy::default()
+            }),
+            // A removed slave was drained first, and deleting the cluster deletes its data.
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Delete".to_string()),
+                    when_scaled: Some("Delete".to_string()),
+                },
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(names, "slave")),
+                    annotations: Some(BTreeMap::from([(
+                        ANNOTATION_CONFIG_CHECKSUM.to_string(),
+                        shared_config_checksum(dc, names)?,
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec),
+            },
+            volume_claim_templates: Some(vec![claim]),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    })
+}
+
+/// The idle client: `kubectl exec -it deploy/<name>-client -- dsm client` opens the REPL
+/// with `DSM_MASTER` and `DSM_BACKUP` already set from the ConfigMap.
+pub fn client_deployment(dc: &DsmCluster, names: &Names) -> Result<Deployment> {
+    let (tmp, tmp_mount) = tmp_volume();
+    let mut container = dsm_container(dc, names, vec!["infinity".to_string()]);
+    container.command = Some(vec!["sleep".to_string()]);
+    // The REPL keeps its history under $HOME; the root filesystem is read-only.
+    container.env = Some(vec![env("HOME", "/tmp")]);
+    container.volume_mounts = Some(vec![tmp_mount]);
+    container.resources = Some(ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("10m".to_string())),
+            ("memory".to_string(), Quantity("16Mi".to_string())),
+        ])),
+        ..ResourceRequirements::default()
+    });
+    let mut pod_spec = hardened_pod_spec(vec![container], vec![tmp]);
+    // `sleep` ignores SIGTERM as PID 1: do not wait the default 30 s on every rollout.
+    pod_spec.termination_grace_period_seconds = Some(1);
+    Ok(Deployment {
+        metadata: meta(dc, names, names.client(), labels(names, "client"))?,
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(names, "client")),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(names, "client")),
+                    annotations: Some(BTreeMap::from([(
+                        ANNOTATION_CONFIG_CHECKSUM.to_string(),
+                        shared_config_checksum(dc, names)?,
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    })
+}
+
+/// Keeps voluntary disruptions (node drains) from taking the ready slaves below the
+/// write quorum.
+pub fn pod_disruption_budget(dc: &DsmCluster, names: &Names) -> Result<PodDisruptionBudget> {
+    Ok(PodDisruptionBudget {
+        metadata: meta(dc, names, names.pdb(), labels(names, "slave"))?,
+        spec: Some(PodDisruptionBudgetSpec {
+            min_available: Some(IntOrString::Int(dc.spec.write_quorum())),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(names, "slave")),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    })
+}
+
+/// The Prometheus Operator's ServiceMonitor kind.
+pub fn service_monitor_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+        "servicemonitors",
+    )
+}
+
+/// A ServiceMonitor scraping `/metrics` of master, backup and slaves.
+pub fn service_monitor(dc: &DsmCluster, names: &Names) -> Result<DynamicObject> {
+    let mut object = DynamicObject::new(&names.service_monitor(), &service_monitor_resource())
+        .within(&names.namespace);
+    object.metadata = meta(dc, names, names.service_monitor(), labels(names, "metrics"))?;
+    object.data = serde_json::json!({
+        "spec": {
+            "selector": {
+                "matchLabels": {
+                    LABEL_INSTANCE: names.cluster,
+                    LABEL_SCRAPE: "true",
+                }
+            },
+            "endpoints": [{ "port": "metrics", "path": "/metrics", "interval": "15s" }],
+        }
+    });
+    Ok(object)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{DsmClusterSpec, PullPolicy};
+    use crate::fixtures::test_cluster;
+
+    fn cluster(spec: DsmClusterSpec) -> (DsmCluster, Names) {
+        let dc = test_cluster(spec);
+        let names = Names::of(&dc).expect("names");
+        (dc, names)
+    }
+
+    fn container(spec: &Option<PodSpec>) -> &Container {
+        &spec.as_ref().expect("pod spec").containers[0]
+    }
+
+    fn env_value<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
+        c.env
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == name)?
+            .value
+            .as_deref()
+    }
+
+    fn assert_hardened(spec: &PodSpec) {
+        let pod = spec
+            .security_context
+            .as_ref()
+            .expect("pod security context");
+        assert_eq!(pod.run_as_non_root, Some(true));
+        assert_eq!(pod.run_as_user, Some(RUN_AS_USER));
+        assert_eq!(
+            pod.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+            Some("RuntimeDefault")
+        );
+        assert_eq!(spec.enable_service_links, Some(false));
+        for c in &spec.containers {
+            let sc = c
+                .security_context
+                .as_ref()
+                .expect("container security context");
+            assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+            assert_eq!(
+                sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+                Some(vec!["ALL".to_string()])
+            );
+        }
+    }
+
+    #[test]
+    fn every_pod_is_non_root_read_only_without_capabilities() {
+        let (dc, names) = cluster(DsmClusterSpec::default());
+        for seat in [Seat::Master, Seat::Backup] {
+            let pod = master_pod(&dc, &names, seat, Role::Standby).expect("pod");
+            assert_hardened(pod.spec.as_ref().expect("spec"));
+        }
+        let sts = slave_set(&dc, &names, 3).expect("sts");
+        assert_hardened(
+            sts.spec
+                .and_then(|s| s.template.spec)
+                .as_ref()
+                .expect("spec"),
+        );
+        let client = client_deployment(&dc, &names).expect("client");
+        assert_hardened(
+            client
+                .spec
+                .and_then(|s| s.template.spec)
+                .as_ref()
+                .expect("spec"),
+        );
+    }
+
+    #[test]
+    fn every_object_is_owned_by_the_cluster() {
+        let (dc, names) = cluster(DsmClusterSpec::default());
+        let metas = [
+            config_map(&dc, &names).expect("cm").metadata,
+            log_pvc(&dc, &names).expect("pvc").metadata,
+            master_pod(&dc, &names, Seat::Master, Role::Active)
+                .expect("pod")
+                .metadata,
+            seat_service(&dc, &names, Seat::Backup)
+                .expect("svc")
+                .metadata,
+            leader_service(&dc, &names).expect("svc").metadata,
+            slaves_service(&dc, &names).expect("svc").metadata,
+            slave_set(&dc, &names, 3).expect("sts").metadata,
+            client_deployment(&dc, &names).expect("client").metadata,
+            pod_disruption_budget(&dc, &names).expect("pdb").metadata,
+            service_monitor(&dc, &names).expect("sm").metadata,
+        ];
+        for meta in metas {
+            let owners = meta.owner_references.expect("owner references");
+            assert_eq!(owners.len(), 1);
+            assert_eq!(owners[0].kind, "DsmCluster");
+            assert_eq!(owners[0].name, "test");
+            assert_eq!(owners[0].controller, Some(true));
+            assert_eq!(meta.namespace.as_deref(), Some("testns"));
+        }
+    }
+
+    #[test]
+    fn backup_disabled_leaves_backup_out_of_the_config_and_affinity() {
+        let mut spec = DsmClusterSpec::default();
+        spec.backup.enabled = false;
+        let (dc, names) = cluster(spec);
+        let data = config_data(&dc, &names);
+        assert!(!data.contains_key("DSM_BACKUP"));
+        assert_eq!(data["DSM_MASTER"], "test-master.testns.svc:12345");
+        let pod = master_pod(&dc, &names, Seat::Master, Role::Active).expect("pod");
+        // No partner to stay with: the master may schedule anywhere.
+        assert_eq!(pod.spec.expect("spec").affinity, None);
+    }
+
+    #[test]
+    fn read_write_once_log_volume_pins_master_and_backup_together() {
+        let (dc, names) = cluster(DsmClusterSpec::default());
+        let pvc = log_pvc(&dc, &names).expect("pvc");
+        assert_eq!(
+            pvc.spec.and_then(|s| s.access_modes),
+            Some(vec!["ReadWriteOnce".to_string()])
+        );
+        for seat in [Seat::Master, Seat::Backup] {
+            let pod = master_pod(&dc, &names, seat, Role::Standby).expect("pod");
+            assert_eq!(
+                pod.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_LOG_VOLUME)),
+                Some(&"test".to_string())
+            );
+            let term = pod
+                .spec
+                .and_then(|s| s.affinity)
+                .and_then(|a| a.pod_affinity)
+                .and_then(|a| a.required_during_scheduling_ignored_during_execution)
+                .expect("required pod affinity");
+            assert_eq!(term[0].topology_key, "kubernetes.io/hostname");
+            assert_eq!(
+                term[0]
+                    .label_selector
+                    .as_ref()
+                    .and_then(|s| s.match_labels.as_ref())
+                    .and_then(|l| l.get(LABEL_LOG_VOLUME)),
+                Some(&"test".to_string())
+            );
+        }
+    }
+
+    #[test]
+    fn read_write_many_log_volume_needs_no_affinity() {
+        let mut spec = DsmClusterSpec::default();
+        spec.log_volume.access_mode = AccessMode::ReadWriteMany;
+        spec.log_volume.storage_class_name = Some("nfs".to_string());
+        spec.log_volume.size = "5Gi".to_string();
+        let (dc, names) = cluster(spec);
+        let pvc = log_pvc(&dc, &names).expect("pvc").spec.expect("spec");
+        assert_eq!(pvc.access_modes, Some(vec!["ReadWriteMany".to_string()]));
+        assert_eq!(pvc.storage_class_name.as_deref(), Some("nfs"));
+        assert_eq!(
+            pvc.resources
+                .and_then(|r| r.requests)
+                .map(|r| r["storage"].clone()),
+            Some(Quantity("5Gi".to_string()))
+        );
+        let pod = master_pod(&dc, &names, Seat::Backup, Role::Standby).expect("pod");
+        assert_eq!(pod.spec.expect("spec").affinity, None);
+    }
+
+    #[test]
+    fn slaves_scale_and_quorum_follow_the_spec() {
+        let mut spec = DsmClusterSpec::default();
+        spec.slaves.replicas = 5;
+        let (dc, names) = cluster(spec);
+        let sts = slave_set(&dc, &names, 5).expect("sts").spec.expect("spec");
+        assert_eq!(sts.replicas, Some(5));
+        assert_eq!(sts.service_name.as_deref(), Some("test-slaves"));
+        let data = config_data(&dc, &names);
+        assert_eq!(data["DSM_SLAVES"], "5");
+        assert_eq!(data["DSM_REPLICATION_FACTOR"], "3");
+        let pdb = pod_disruption_budget(&dc, &names).expect("pdb");
+        assert_eq!(
+            pdb.spec.and_then(|s| s.min_available),
+            Some(IntOrString::Int(3))
+        );
+    }
+
+    #[test]
+    fn scaling_changes_master_config_but_does_not_roll_slaves() {
+        let (dc, names) = cluster(DsmClusterSpec::default());
+        let mut bigger = DsmClusterSpec::default();
+        bigger.slaves.replicas = 7;
+        let (dc7, names7) = cluster(bigger);
+        assert_eq!(
+            shared_config_checksum(&dc, &names).expect("checksum"),
+            shared_config_checksum(&dc7, &names7).expect("checksum")
+        );
+        assert_ne!(
+            master_pod_hash(&dc, &names, Seat::Master).expect("hash"),
+            master_pod_hash(&dc7, &names7, Seat::Master).expect("hash")
+        );
+    }
+
+    #[test]
+    fn role_changes_do_not_make_a_master_pod_outdated() {
+        let (dc, names) = cluster(DsmClusterSpec::default());
+        let active = master_pod(&dc, &names, Seat::Master, Role::Active).expect("pod");
+        let standby = master_pod(&dc, &names, Seat::Master, Role::Standby).expect("pod");
+        assert_eq!(active.metadata.annotations, standby.metadata.annotations);
+        assert_eq!(
+            active
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_ROLE)),
+            Some(&"active".to_string())
+        );
+    }
+
+    #[test]
+    fn image_changes_make_master_pods_outdated() {
+        let (dc, names) = cluster(DsmClusterSpec::default());
+        let spec = DsmClusterSpec {
+            image: "dsm:next".to_string(),
+            image_pull_policy: Some(PullPolicy::Always),
+            ..DsmClusterSpec::default()
+        };
+        let (next, next_names) = cluster(spec);
+        assert_ne!(
+            master_pod_hash(&dc, &names, Seat::Backup).expect("hash"),
+            master_pod_hash(&next, &next_names, Seat::Backup).expect("hash")
+        );
+        let pod = master_pod(&next, &next_names, Seat::Backup, Role::Standby).expect("pod");
+        let c = container(&pod.spec);
+        assert_eq!(c.image.as_deref(), Some("dsm:next"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+    }
+
+    #[test]
+    fn custom_resources_and_storage_classes_reach_the_pods() {
+        let requests = |cpu: &str| ResourceRequirements {
+            requests: Some(BTreeMap::from([(
+                "cpu".to_string(),
+                Quantity(cpu.to_string()),
+            )])),
+            ..ResourceRequirements::default()
+        };
+        let mut spec = DsmClusterSpec::default();
+        spec.master.resources = Some(requests("500m"));
+        spec.slaves.resources = Some(requests("250m"));
+        spec.slaves.storage.storage_class_name = Some("fast-ssd".to_string());
+        spec.slaves.storage.size = "20Gi".to_string();
+        let (dc, names) = cluster(spec);
+
+        let master = master_pod(&dc, &names, Seat::Master, Role::Active).expect("pod");
+        assert_eq!(container(&master.spec).resources, Some(requests("500m")));
+        // The backup inherits the master's resources unless it sets its own.
+        let backup = master_pod(&dc, &names, Seat::Backup, Role::Standby).expect("pod");
+        assert_eq!(container(&backup.spec).resources, Some(requests("500m")));
+
+        let sts = slave_set(&dc, &names, 3).expect("sts").spec.expect("spec");
+        assert_eq!(
+            container(&sts.template.spec).resources,
+            Some(requests("250m"))
+        );
+        let claim = &sts.volume_claim_templates.expect("claims")[0];
+        let claim_spec = claim.spec.as_ref().expect("claim spec");
+        assert_eq!(claim_spec.storage_class_name.as_deref(), Some("fast-ssd"));
+        assert_eq!(
+            claim_spec
+                .resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .map(|r| r["storage"].clone()),
+            Some(Quantity("20Gi".to_string()))
+        );
+    }
+
+    #[test]
+    fn pods_advertise_their_service_addresses() {
+        let (dc, names) = cluster(DsmClusterSpec::default());
+        let backup = master_pod(&dc, &names, Seat::Backup, Role::Standby).expect("pod");
+        let c = container(&backup.spec);
+        assert_eq!(c.args, Some(vec!["backup".to_string()]));
+        assert_eq!(
+            env_value(c, "DSM_ADVERTISE"),
+            Some("test-backup.testns.svc:12346")
+        );
+        assert_eq!(env_value(c, "DSM_LISTEN"), Some("0.0.0.0:12346"));
+
+        let sts = slave_set(&dc, &names, 3).expect("sts").spec.expect("spec");
+        let c = container(&sts.template.spec);
+        assert_eq!(env_value(c, "DSM_ID"), Some("$(POD_NAME)"));
+        assert_eq!(
+            env_value(c, "DSM_ADVERTISE"),
+            Some("$(POD_NAME).test-slaves.testns.svc:12400")
+        );
+    }
+
+    #[test]
+    fn leader_service_selects_the_active_role_by_port_name() {
+        let (dc, names) = cluster(DsmClusterSpec::default());
+        let svc = leader_service(&dc, &names)
+            .expect("svc")
+            .spec
+            .expect("spec");
+        assert_eq!(
+            svc.selector.as_ref().and_then(|s| s.get(LABEL_ROLE)),
+            Some(&"active".to_string())
+        );
+        let port = &svc.ports.expect("ports")[0];
+        assert_eq!(
+            port.target_port,
+            Some(IntOrString::String("grpc".to_string()))
+        );
+    }
+
+    #[test]
+    fn client_idles_with_the_cluster_addresses() {
+        let (dc, names) = cluster(DsmClusterSpec::default());
+        let deploy = client_deployment(&dc, &names).expect("client");
+        let c = container(&deploy.spec.as_ref().expect("spec").template.spec).clone();
+        assert_eq!(c.command, Some(vec!["sleep".to_string()]));
+        assert_eq!(c.args, Some(vec!["infinity".to_string()]));
+        assert_eq!(
+            c.env_from
+                .and_then(|e| e[0].config_map_ref.clone())
+                .map(|r| r.name),
+            Some("test-config".to_string())
+        );
+    }
+}
