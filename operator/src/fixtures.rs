@@ -1,8 +1,27 @@
-//! Test fixtures: DsmCluster builders shared by the unit tests.
+//! Test fixtures: builders of the objects the unit tests observe.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use http::{Request, Response};
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::task::JoinHandle;
+use tower_test::mock::{self, Handle};
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetStatus};
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
 use kube::api::ObjectMeta;
 
 use crate::crd::{DsmCluster, DsmClusterSpec, DsmClusterStatus};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::node::{DrainReply, NodeApi, StatusReply};
+use crate::objects::{ANNOTATION_SPEC_HASH, LABEL_ROLE, Names, Role, Seat};
+use crate::reconcile::Context;
 
 /// A DsmCluster named `test` in namespace `testns`, as the API server would return it.
 pub fn test_cluster(spec: DsmClusterSpec) -> DsmCluster {
@@ -22,5 +41,234 @@ impl DsmCluster {
     pub fn with_status(mut self, status: DsmClusterStatus) -> Self {
         self.status = Some(status);
         self
+    }
+}
+
+/// `Kv.Status` of an active master (the master seat) at `epoch`.
+pub fn active_status(names: &Names, epoch: u64) -> StatusReply {
+    StatusReply {
+        role: "active".to_string(),
+        epoch,
+        leader: names.seat_address(Seat::Master),
+        address: names.seat_address(Seat::Master),
+        ..StatusReply::default()
+    }
+}
+
+/// A rolled-out slave StatefulSet with `replicas` slaves of which `ready` are ready.
+pub fn ready_slave_set(replicas: i32, ready: i32) -> StatefulSet {
+    StatefulSet {
+        metadata: ObjectMeta {
+            name: Some("test-slave".to_string()),
+            namespace: Some("testns".to_string()),
+            generation: Some(1),
+            ..ObjectMeta::default()
+        },
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            ..StatefulSetSpec::default()
+        }),
+        status: Some(StatefulSetStatus {
+            observed_generation: Some(1),
+            replicas,
+            ready_replicas: Some(ready),
+            updated_replicas: Some(replicas),
+            current_revision: Some("rev1".to_string()),
+            update_revision: Some("rev1".to_string()),
+            ..StatefulSetStatus::default()
+        }),
+    }
+}
+
+/// A master-capable pod as the API server reports it, with the given spec hash and role.
+pub fn seat_pod(names: &Names, seat: Seat, hash: &str, role: Role, ready: bool) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(names.seat(seat)),
+            namespace: Some(names.namespace.clone()),
+            labels: Some(BTreeMap::from([(
+                LABEL_ROLE.to_string(),
+                role.label().to_string(),
+            )])),
+            annotations: Some(BTreeMap::from([(
+                ANNOTATION_SPEC_HASH.to_string(),
+                hash.to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+        status: Some(PodStatus {
+            phase: Some("Running".to_string()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".to_string(),
+                status: if ready { "True" } else { "False" }.to_string(),
+                ..PodCondition::default()
+            }]),
+            ..PodStatus::default()
+        }),
+    }
+}
+
+/// A [`NodeApi`] answering from a table instead of sockets, recording drains.
+#[derive(Default)]
+pub struct FakeNodes {
+    /// `Kv.Status` replies by address; other addresses are unreachable.
+    pub statuses: BTreeMap<String, StatusReply>,
+    /// `(address, slave_id)` of every `Kv.Drain` call.
+    pub drains: Mutex<Vec<(String, String)>>,
+}
+
+impl NodeApi for FakeNodes {
+    fn status<'a>(&'a self, address: &'a str) -> BoxFuture<'a, Result<StatusReply>> {
+        let reply = self
+            .statuses
+            .get(address)
+            .cloned()
+            .ok_or_else(|| Error::NodeUnreachable {
+                address: address.to_string(),
+                message: "connection refused".to_string(),
+            });
+        Box::pin(async move { reply })
+    }
+
+    fn drain<'a>(
+        &'a self,
+        address: &'a str,
+        slave_id: &'a str,
+    ) -> BoxFuture<'a, Result<DrainReply>> {
+        if let Ok(mut drains) = self.drains.lock() {
+            drains.push((address.to_string(), slave_id.to_string()));
+        }
+        Box::pin(async move { Ok(DrainReply { moved_keys: 5 }) })
+    }
+}
+
+/// One request the reconciler sent to the API server.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// `GET`, `PATCH`, `DELETE`, `POST`.
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    /// The JSON body, if any.
+    pub body: Option<serde_json::Value>,
+}
+
+impl Call {
+    /// `METHOD uri`, for comparing call sequences.
+    pub fn line(&self) -> String {
+        format!("{} {}", self.method, self.uri)
+    }
+}
+
+/// A mocked API server holding a fixed state: it answers each request as the real one
+/// would (echoing applied objects, serving the given StatefulSet and pods, 404 for the
+/// rest) and records every request, so a test can assert the exact calls made.
+pub struct ApiServerVerifier {
+    handle: Handle<Request<Body>, Response<Body>>,
+    cluster: DsmCluster,
+    slave_set: Option<StatefulSet>,
+    pods: Vec<Pod>,
+}
+
+impl ApiServerVerifier {
+    /// Serves requests until every client is dropped, then returns the calls made.
+    pub fn run(self) -> JoinHandle<Vec<Call>> {
+        tokio::spawn(async move {
+            let Self {
+                mut handle,
+                cluster,
+                slave_set,
+                pods,
+            } = self;
+            let mut calls = Vec::new();
+            while let Some((request, send)) = handle.next_request().await {
+                let method = request.method().to_string();
+                let uri = request.uri().to_string();
+                let bytes = request
+                    .into_body()
+                    .collect_bytes()
+                    .await
+                    .expect("request body");
+                let body: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+                let (code, response) = match (method.as_str(), &body) {
+                    ("GET", _) if uri.contains("/statefulsets/") => match &slave_set {
+                        Some(sts) => (200, json!(sts)),
+                        None => not_found(),
+                    },
+                    ("GET", _) if uri.contains("/pods?") => (
+                        200,
+                        json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods}),
+                    ),
+                    ("PATCH", Some(patch)) if uri.contains("/status?") => {
+                        let status = serde_json::from_value(patch["status"].clone())
+                            .expect("status patch carries a valid status");
+                        (200, json!(cluster.clone().with_status(status)))
+                    }
+                    ("PATCH", Some(object)) | ("POST", Some(object)) => (200, object.clone()),
+                    ("DELETE", _) => {
+                        match pods
+                            .iter()
+                            .find(|p| uri.contains(&format!("/pods/{}?", p.name_any())))
+                        {
+                            Some(pod) => (200, json!(pod)),
+                            None => not_found(),
+                        }
+                    }
+                    _ => not_found(),
+                };
+                calls.push(Call { method, uri, body });
+                send.send_response(
+                    Response::builder()
+                        .status(code)
+                        .body(Body::from(serde_json::to_vec(&response).expect("json")))
+                        .expect("response"),
+                );
+            }
+            calls
+        })
+    }
+}
+
+fn not_found() -> (u16, serde_json::Value) {
+    (
+        404,
+        json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+               "reason": "NotFound", "code": 404, "message": "not found"}),
+    )
+}
+
+impl Context {
+    /// A context whose client talks to an [`ApiServerVerifier`] holding `slave_set` and
+    /// `pods`, and whose nodes are `nodes`.
+    pub fn test(
+        cluster: &DsmCluster,
+        slave_set: Option<StatefulSet>,
+        pods: Vec<Pod>,
+        nodes: Arc<FakeNodes>,
+    ) -> (Arc<Context>, ApiServerVerifier) {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "testns");
+        let registry = prometheus::Registry::new();
+        let context = Context {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "dsm-operator".to_string(),
+                    instance: None,
+                },
+            ),
+            client,
+            metrics: Arc::new(Metrics::register(&registry).expect("metrics")),
+            nodes,
+            service_monitor_crd: false,
+        };
+        let verifier = ApiServerVerifier {
+            handle,
+            cluster: cluster.clone(),
+            slave_set,
+            pods,
+        };
+        (Arc::new(context), verifier)
     }
 }

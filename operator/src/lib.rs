@@ -4,12 +4,26 @@
 //! A tour of the modules:
 //! - [`crd`]: the `DsmCluster` custom resource, its defaults and schema validation.
 //! - [`objects`]: the Kubernetes objects a spec produces, as pure functions.
+//! - [`plan`]: what to change given what was observed (scaling, rollouts, roles).
+//! - [`status`]: the status and conditions reported back.
+//! - [`node`]: the gRPC calls to the DSM nodes (`Kv.Status`, `Kv.Drain`).
+//! - [`reconcile`]: the reconcile loop tying the above together.
+//! - [`controller`]: start-up: pre-flight check, metrics server, leader election.
+//! - [`leader`]: leader election on a coordination.k8s.io Lease.
+//! - [`metrics`]: the operator's own metrics and HTTP endpoints.
 //! - [`error`]: the error type and its metric labels.
 #![deny(missing_docs)]
 
+pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod node;
 pub mod objects;
+pub mod plan;
+pub mod reconcile;
+pub mod status;
 
 #[cfg(test)]
 mod fixtures;

@@ -1,6 +1,11 @@
 //! `dsm-operator`: runs the DsmCluster controller, or prints the CRD (`dsm-operator crd`).
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
+use dsm_operator::controller::{self, Settings};
+use tracing_subscriber::EnvFilter;
 
 /// Kubernetes operator for DSM clusters.
 #[derive(Parser)]
@@ -12,13 +17,66 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controller (in a cluster, or against the current kubeconfig context).
+    Run(RunArgs),
     /// Print the DsmCluster CustomResourceDefinition as YAML (`| kubectl apply -f -`).
     Crd,
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address serving /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        env = "DSM_OPERATOR_METRICS_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    metrics_listen: SocketAddr,
+    /// Elect a leader among replicas with a coordination.k8s.io Lease.
+    #[arg(long, env = "DSM_OPERATOR_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the Lease (default: the operator pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(long, env = "DSM_OPERATOR_LEASE_NAME", default_value = "dsm-operator")]
+    lease_name: String,
+    /// Seconds the Lease lasts without renewal.
+    #[arg(long, env = "DSM_OPERATOR_LEASE_SECONDS", default_value_t = 15)]
+    lease_seconds: u64,
+    /// This replica's identity in the election (default: the pod name).
+    #[arg(long, env = "POD_NAME", default_value = "dsm-operator")]
+    identity: String,
+    /// Log as JSON lines.
+    #[arg(long, env = "DSM_OPERATOR_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => print!("{}", dsm_operator::crd::crd_yaml()?),
+        Command::Run(args) => {
+            let filter =
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+            if args.log_json {
+                tracing_subscriber::fmt()
+                    .json()
+                    .with_env_filter(filter)
+                    .init();
+            } else {
+                tracing_subscriber::fmt().with_env_filter(filter).init();
+            }
+            controller::run(Settings {
+                metrics_listen: args.metrics_listen,
+                leader_elect: args.leader_elect,
+                lease_namespace: args.lease_namespace,
+                lease_name: args.lease_name,
+                lease_ttl: Duration::from_secs(args.lease_seconds.max(3)),
+                identity: args.identity,
+            })
+            .await?;
+        }
     }
     Ok(())
 }

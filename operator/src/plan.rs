@@ -1,0 +1,391 @@
+//! What to change, decided from what was observed: a pure function, so the day-2 rules
+//! are unit-tested without an API server.
+//!
+//! The rules:
+//! - **Scale-down is one slave at a time, drain first.** When the StatefulSet runs more
+//!   slaves than the spec asks, the highest ordinal is drained through the active master
+//!   (`Kv.Drain`, which returns once every key it held has other replicas) and only then
+//!   is the StatefulSet shrunk by one. It is never shrunk below the write quorum.
+//! - **Rollouts go slaves first, then the standby, then the active master**, one pod at a
+//!   time: the StatefulSet rolls its slaves itself; an outdated master-capable pod is
+//!   replaced only once the slaves are rolled out and ready, the other master-capable pod
+//!   is up to date and ready, and no drain is running. Replacing the active master last
+//!   makes it hand over to an up-to-date standby.
+//! - **The leader Service follows the lease.** The pod that `Kv.Status` reports active is
+//!   labelled `active`; when neither answers, the labels stay as they were.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+
+use crate::crd::DsmCluster;
+use crate::node::StatusReply;
+use crate::objects::{ANNOTATION_SPEC_HASH, LABEL_ROLE, Names, Role, Seat};
+
+/// What the reconciler saw of the cluster before deciding.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// The slave StatefulSet, if it exists.
+    pub slave_set: Option<StatefulSet>,
+    /// Every pod of the cluster (master, backup, slaves, client).
+    pub pods: Vec<Pod>,
+    /// `Kv.Status` of the master Service, when it answered.
+    pub master: Option<StatusReply>,
+    /// `Kv.Status` of the backup Service, when it answered.
+    pub backup: Option<StatusReply>,
+}
+
+impl Observed {
+    /// The pod named `name`.
+    pub fn pod(&self, name: &str) -> Option<&Pod> {
+        self.pods.iter().find(|p| p.name_any() == name)
+    }
+
+    /// Which seat holds the lease: the one answering `active`; if both do (a moment
+    /// around a failover), the higher epoch.
+    pub fn active_seat(&self) -> Option<(Seat, u64)> {
+        let active = |reply: &Option<StatusReply>| {
+            reply
+                .as_ref()
+                .filter(|r| r.role == "active")
+                .map(|r| r.epoch)
+        };
+        match (active(&self.master), active(&self.backup)) {
+            (Some(m), Some(b)) if b > m => Some((Seat::Backup, b)),
+            (Some(m), _) => Some((Seat::Master, m)),
+            (None, Some(b)) => Some((Seat::Backup, b)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// What to do with one master-capable pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SeatAction {
+    /// Apply the desired pod with this role (creates it, or relabels it).
+    Apply(Role),
+    /// Delete the pod: it is outdated and it is its turn, or it failed. The next
+    /// reconcile creates its replacement.
+    Replace,
+    /// Leave the pod alone for now (outdated but not its turn, or terminating).
+    Wait,
+    /// Delete the pod: the spec no longer wants it (backup disabled).
+    Remove,
+    /// Nothing exists and nothing is wanted.
+    Absent,
+}
+
+/// The changes one reconcile makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Replicas to apply to the slave StatefulSet.
+    pub slave_replicas: i32,
+    /// Slave to drain before applying `slave_replicas` (one less than now).
+    pub drain: Option<String>,
+    /// The master pod's action.
+    pub master: SeatAction,
+    /// The backup pod's action.
+    pub backup: SeatAction,
+    /// Deliberate changes under way (scaling, rollouts), for the Progressing condition.
+    pub rollout: Vec<String>,
+}
+
+impl Plan {
+    /// The action for a seat.
+    pub fn seat(&self, seat: Seat) -> &SeatAction {
+        match seat {
+            Seat::Master => &self.master,
+            Seat::Backup => &self.backup,
+        }
+    }
+}
+
+/// Whether a pod's Ready condition is true.
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn pod_failed(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
+}
+
+/// The StatefulSet has rolled out `desired` slaves of its current revision, all ready.
+pub fn slaves_steady(sts: Option<&StatefulSet>, desired: i32) -> bool {
+    let Some(sts) = sts else { return false };
+    let (Some(spec), Some(status)) = (sts.spec.as_ref(), sts.status.as_ref()) else {
+        return false;
+    };
+    spec.replicas == Some(desired)
+        && status.observed_generation >= sts.metadata.generation
+        && status.replicas == desired
+        && status.ready_replicas == Some(desired)
+        && status.updated_replicas == Some(desired)
+        && status.current_revision == status.update_revision
+}
+
+/// The StatefulSet is still creating, scaling or updating its slaves (readiness aside:
+/// a slave that dies is not a rollout).
+fn slaves_rolling(sts: Option<&StatefulSet>, desired: i32) -> bool {
+    let Some(sts) = sts else { return false };
+    let (Some(spec), Some(status)) = (sts.spec.as_ref(), sts.status.as_ref()) else {
+        return true;
+    };
+    spec.replicas != Some(desired)
+        || status.observed_generation < sts.metadata.generation
+        || status.replicas != desired
+        || status.updated_replicas != Some(desired)
+        || status.current_revision != status.update_revision
+}
+
+/// Decides the changes for `dc` given what was observed. `hashes` are the desired spec
+/// hashes of the master and backup pods ([`crate::objects::master_pod_hash`]).
+pub fn plan(dc: &DsmCluster, names: &Names, observed: &Observed, hashes: [&str; 2]) -> Plan {
+    let spec = &dc.spec;
+    let desired = spec.slaves.replicas.max(spec.write_quorum());
+    let mut rollout = Vec::new();
+
+    // Slaves: scale down one drained slave at a time, scale up at once.
+    let current = observed
+        .slave_set
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.replicas);
+    let (slave_replicas, drain) = match current {
+        Some(current) if current > desired => {
+            let slave = names.slave_pod(current - 1);
+            rollout.push(format!(
+                "draining slave {slave} to scale down from {current} to {desired} slaves"
+            ));
+            (current - 1, Some(slave))
+        }
+        _ => (desired, None),
+    };
+    let steady = drain.is_none() && slaves_steady(observed.slave_set.as_ref(), desired);
+    if drain.is_none() && slaves_rolling(observed.slave_set.as_ref(), desired) {
+        rollout.push(format!("rolling out {desired} slaves"));
+    }
+
+    // Master-capable pods.
+    let active = observed.active_seat().map(|(seat, _)| seat);
+    let seats = [Seat::Master, Seat::Backup];
+    let wanted = |seat: Seat| seat == Seat::Master || spec.backup.enabled;
+    let role = |seat: Seat, pod: Option<&Pod>| match active {
+        Some(a) => {
+            if a == seat {
+                Role::Active
+            } else {
+                Role::Standby
+            }
+        }
+        None => Role::from_label(
+            pod.and_then(|p| p.labels().get(LABEL_ROLE))
+                .map(String::as_str),
+        ),
+    };
+    let up_to_date = |pod: &Pod, hash: &str| {
+        pod.annotations()
+            .get(ANNOTATION_SPEC_HASH)
+            .map(String::as_str)
+            == Some(hash)
+    };
+
+    let mut actions = [SeatAction::Absent, SeatAction::Absent];
+    let mut outdated: Vec<(usize, Role)> = Vec::new();
+    for (i, seat) in seats.into_iter().enumerate() {
+        let pod = observed.pod(&names.seat(seat));
+        actions[i] = match (wanted(seat), pod) {
+            (false, None) => SeatAction::Absent,
+            (false, Some(_)) => SeatAction::Remove,
+            (true, None) => SeatAction::Apply(role(seat, None)),
+            (true, Some(p)) if p.metadata.deletion_timestamp.is_some() => SeatAction::Wait,
+            (true, Some(p)) if pod_failed(p) => SeatAction::Replace,
+            (true, Some(p)) if up_to_date(p, hashes[i]) => SeatAction::Apply(role(seat, Some(p))),
+            (true, Some(p)) => {
+                outdated.push((i, role(seat, Some(p))));
+                SeatAction::Wait
+            }
+        };
+    }
+    // Standby before active; only one replacement at a time, and only once everything
+    // else is rolled out and ready.
+    outdated.sort_by_key(|(_, role)| *role == Role::Active);
+    if let Some(&(i, outdated_role)) = outdated.first() {
+        let other = 1 - i;
+        // Replacing the standby needs the active master up; replacing the active master
+        // needs an up-to-date standby to hand over to.
+        let other_ready = !wanted(seats[other])
+            || observed.pod(&names.seat(seats[other])).is_some_and(|p| {
+                pod_ready(p) && (outdated_role == Role::Standby || up_to_date(p, hashes[other]))
+            });
+        let pod = names.seat(seats[i]);
+        if steady && other_ready {
+            actions[i] = SeatAction::Replace;
+            rollout.push(format!("replacing outdated pod {pod}"));
+        } else {
+            rollout.push(format!(
+                "pod {pod} is outdated; it is replaced once the slaves and the other master are ready"
+            ));
+        }
+    }
+    let [master, backup] = actions;
+    Plan {
+        slave_replicas,
+        drain,
+        master,
+        backup,
+        rollout,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::DsmClusterSpec;
+    use crate::fixtures::{active_status, ready_slave_set, seat_pod, test_cluster};
+
+    fn setup(spec: DsmClusterSpec) -> (DsmCluster, Names) {
+        let dc = test_cluster(spec);
+        let names = Names::of(&dc).expect("names");
+        (dc, names)
+    }
+
+    const HASHES: [&str; 2] = ["m1", "b1"];
+
+    /// Master active and backup standby, both ready and up to date; three ready slaves.
+    fn healthy(names: &Names) -> Observed {
+        Observed {
+            slave_set: Some(ready_slave_set(3, 3)),
+            pods: vec![
+                seat_pod(names, Seat::Master, "m1", Role::Active, true),
+                seat_pod(names, Seat::Backup, "b1", Role::Standby, true),
+            ],
+            master: Some(active_status(names, 3)),
+            backup: None,
+        }
+    }
+
+    #[test]
+    fn a_new_cluster_creates_everything_at_the_desired_size() {
+        let (dc, names) = setup(DsmClusterSpec::default());
+        let plan = plan(&dc, &names, &Observed::default(), HASHES);
+        assert_eq!(plan.slave_replicas, 3);
+        assert_eq!(plan.drain, None);
+        assert_eq!(plan.master, SeatAction::Apply(Role::Standby));
+        assert_eq!(plan.backup, SeatAction::Apply(Role::Standby));
+    }
+
+    #[test]
+    fn a_healthy_cluster_changes_nothing() {
+        let (dc, names) = setup(DsmClusterSpec::default());
+        let plan = plan(&dc, &names, &healthy(&names), HASHES);
+        assert_eq!(plan.master, SeatAction::Apply(Role::Active));
+        assert_eq!(plan.backup, SeatAction::Apply(Role::Standby));
+        assert!(plan.rollout.is_empty(), "{:?}", plan.rollout);
+    }
+
+    #[test]
+    fn scale_down_drains_the_highest_slave_first() {
+        let mut spec = DsmClusterSpec::default();
+        spec.slaves.replicas = 1;
+        let (dc, names) = setup(spec);
+        let plan = plan(&dc, &names, &healthy(&names), HASHES);
+        assert_eq!(plan.drain.as_deref(), Some("test-slave-2"));
+        assert_eq!(plan.slave_replicas, 2, "one slave at a time");
+    }
+
+    #[test]
+    fn scale_down_never_goes_below_the_write_quorum() {
+        let mut spec = DsmClusterSpec::default();
+        spec.slaves.replicas = 2;
+        // Admission forbids this; if it slips through, the quorum wins.
+        spec.replication.factor = Some(3);
+        let (dc, names) = setup(spec);
+        let plan = plan(&dc, &names, &healthy(&names), HASHES);
+        assert_eq!(plan.drain, None);
+        assert_eq!(plan.slave_replicas, 3);
+    }
+
+    #[test]
+    fn failover_moves_the_active_label() {
+        let (dc, names) = setup(DsmClusterSpec::default());
+        let mut observed = healthy(&names);
+        let mut backup = active_status(&names, 3);
+        backup.epoch = 2;
+        observed.master = None;
+        observed.backup = Some(backup);
+        let plan = plan(&dc, &names, &observed, HASHES);
+        assert_eq!(plan.master, SeatAction::Apply(Role::Standby));
+        assert_eq!(plan.backup, SeatAction::Apply(Role::Active));
+        assert_eq!(observed.active_seat(), Some((Seat::Backup, 2)));
+    }
+
+    #[test]
+    fn roles_stay_when_no_node_answers() {
+        let (dc, names) = setup(DsmClusterSpec::default());
+        let mut observed = healthy(&names);
+        observed.master = None;
+        let plan = plan(&dc, &names, &observed, HASHES);
+        assert_eq!(plan.master, SeatAction::Apply(Role::Active));
+    }
+
+    #[test]
+    fn image_rollout_replaces_the_standby_before_the_active_master() {
+        let (dc, names) = setup(DsmClusterSpec::default());
+        let observed = healthy(&names);
+        let next = ["m2", "b2"];
+        let first = plan(&dc, &names, &observed, next);
+        assert_eq!(first.backup, SeatAction::Replace);
+        assert_eq!(first.master, SeatAction::Wait);
+
+        // The standby came back up to date and ready: now the active master goes.
+        let mut observed = observed;
+        observed.pods[1] = seat_pod(&names, Seat::Backup, "b2", Role::Standby, true);
+        let second = plan(&dc, &names, &observed, next);
+        assert_eq!(second.master, SeatAction::Replace);
+        assert_eq!(second.backup, SeatAction::Apply(Role::Standby));
+    }
+
+    #[test]
+    fn masters_wait_for_slaves_to_roll_out() {
+        let (dc, names) = setup(DsmClusterSpec::default());
+        let mut observed = healthy(&names);
+        observed.slave_set = Some(ready_slave_set(3, 2));
+        let plan = plan(&dc, &names, &observed, ["m2", "b2"]);
+        assert_eq!(plan.master, SeatAction::Wait);
+        assert_eq!(plan.backup, SeatAction::Wait);
+    }
+
+    #[test]
+    fn the_active_master_waits_for_a_ready_standby() {
+        let (dc, names) = setup(DsmClusterSpec::default());
+        let mut observed = healthy(&names);
+        observed.pods[1] = seat_pod(&names, Seat::Backup, "b1", Role::Standby, false);
+        let plan = plan(&dc, &names, &observed, ["m2", "b1"]);
+        assert_eq!(plan.master, SeatAction::Wait);
+    }
+
+    #[test]
+    fn backup_disabled_removes_the_backup_pod() {
+        let mut spec = DsmClusterSpec::default();
+        spec.backup.enabled = false;
+        let (dc, names) = setup(spec);
+        let plan = plan(&dc, &names, &healthy(&names), HASHES);
+        assert_eq!(plan.backup, SeatAction::Remove);
+        let empty = super::plan(&dc, &names, &Observed::default(), HASHES);
+        assert_eq!(empty.backup, SeatAction::Absent);
+    }
+
+    #[test]
+    fn without_backup_an_outdated_master_is_replaced_once_slaves_are_ready() {
+        let mut spec = DsmClusterSpec::default();
+        spec.backup.enabled = false;
+        let (dc, names) = setup(spec);
+        let mut observed = healthy(&names);
+        observed.pods.truncate(1);
+        let plan = plan(&dc, &names, &observed, ["m2", "b2"]);
+        assert_eq!(plan.master, SeatAction::Replace);
+    }
+}
