@@ -308,11 +308,11 @@ fn transition_events(old: Option<&DsmClusterStatus>, new: &DsmClusterStatus) -> 
         )),
         _ => {}
     }
-    if let (Some(before), Some(after)) = (
-        old.and_then(|s| s.active_master.as_deref()),
-        new.active_master.as_deref(),
-    ) && before != after
-    {
+    let moved = old
+        .and_then(|s| s.active_master.as_deref())
+        .zip(new.active_master.as_deref())
+        .filter(|(before, after)| before != after);
+    if let Some((before, after)) = moved {
         events.push(event(
             EventType::Normal,
             "Failover",
@@ -628,5 +628,47 @@ mod tests {
                 .get(),
             1
         );
+    }
+
+    #[test]
+    fn failover_and_recovery_raise_events() {
+        let dc = test_cluster(DsmClusterSpec::default());
+        let names = Names::of(&dc).expect("names");
+        let (sts, pods, nodes) = running(&dc, 3, 3);
+        let mut observed = Observed {
+            slave_set: Some(sts),
+            pods,
+            master: nodes.statuses.values().next().cloned(),
+            backup: None,
+        };
+        let plan = |dc: &DsmCluster, o: &Observed| {
+            let hashes = [
+                objects::master_pod_hash(dc, &names, Seat::Master).expect("hash"),
+                objects::master_pod_hash(dc, &names, Seat::Backup).expect("hash"),
+            ];
+            crate::plan::plan(dc, &names, o, [&hashes[0], &hashes[1]])
+        };
+        let now = Timestamp::UNIX_EPOCH;
+        let healthy = status::compute(&dc, &names, &observed, &plan(&dc, &observed), now);
+        let dc = dc.with_status(healthy.clone());
+
+        // The backup took over: a Failover event, and the lost master makes it degraded.
+        observed.backup = observed.master.take().map(|mut reply| {
+            reply.epoch = 2;
+            reply
+        });
+        observed.pods.remove(0);
+        let failed_over = status::compute(&dc, &names, &observed, &plan(&dc, &observed), now);
+        let reasons: Vec<String> = transition_events(Some(&healthy), &failed_over)
+            .into_iter()
+            .map(|e| e.reason)
+            .collect();
+        assert_eq!(reasons, ["Degraded", "Failover"]);
+
+        let recovered: Vec<String> = transition_events(Some(&failed_over), &healthy)
+            .into_iter()
+            .map(|e| e.reason)
+            .collect();
+        assert_eq!(recovered, ["Recovered", "Failover"]);
     }
 }
