@@ -1,3 +1,26 @@
 //! DSM node library: everything the `dsm` binary runs.
+//!
+//! A tour, in the order a request travels:
+//! - [`client`]: the failover client library, the `dsm client` command and
+//!   its REPL; [`text`] is how keys and values are shown to people.
+//! - [`master`]: the master-capable role (`dsm master`, `dsm backup`): lease,
+//!   epochs and fencing, the key index, the READ/WRITE paths,
+//!   re-replication.
+//! - [`wal`]: the write-ahead log (`kv_store` segments, group commit,
+//!   replay, compaction); [`lease`]: the leadership lease beside it.
+//! - [`slave`]: the storage role: versioned values in an embedded database.
+//! - [`local`]: `dsm local`, a whole cluster as child processes.
+//! - [`proto`]: generated gRPC code; [`version`], [`limits`]: shared types.
+#![deny(missing_docs)]
+
+pub mod client;
+pub mod lease;
+pub mod limits;
+pub mod local;
+pub mod log_dump;
+pub mod master;
 pub mod proto;
+pub mod slave;
+pub mod text;
 pub mod version;
+pub mod wal;

@@ -1,1 +1,259 @@
-fn main() {}
+//! The `dsm` binary: parses flags and hands over to the library. Every role
+//! runs until Ctrl-C or SIGTERM and then shuts down cleanly.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use dsm::client::ClientArgs;
+use dsm::limits::{DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES, HARD_MAX_VALUE_BYTES, Limits};
+use dsm::local::{LocalArgs, shutdown_signal};
+use dsm::master::{Master, MasterConfig, placement};
+use dsm::slave::SlaveConfig;
+
+/// DSM: a replicated key-value store ("distributed shared memory").
+///
+/// A master coordinates every READ and WRITE and logs each WRITE to a
+/// write-ahead log; a backup master follows that log and takes over when the
+/// master dies; slaves store the values, each WRITE going to a majority
+/// quorum of them. Try it with `dsm local`, then `dsm client`.
+#[derive(Parser, Debug)]
+#[command(name = "dsm", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the master: the master-capable process that starts active.
+    Master(MasterArgs),
+    /// Run the backup master: follows the log and takes over when the
+    /// master's lease expires.
+    Backup(MasterArgs),
+    /// Run a slave: stores values, registers with the active master.
+    Slave(SlaveArgs),
+    /// Talk to a cluster: one-shot commands, or a REPL with no command.
+    Client(ClientArgs),
+    /// Start a whole cluster on this machine (master, backup, slaves).
+    Local(LocalArgs),
+    /// Inspect the write-ahead log.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LogCommand {
+    /// Print every valid record as `WRITE key value` (the seed's format);
+    /// keys and values that are not plain text are quoted and escaped.
+    Dump {
+        /// The log directory (as given to `dsm master --log-dir`).
+        #[arg(long, env = "DSM_LOG_DIR", default_value = "dsm-local/log")]
+        dir: PathBuf,
+    },
+}
+
+/// Flags shared by `dsm master` and `dsm backup`.
+#[derive(Args, Debug)]
+struct MasterArgs {
+    /// Address to listen on for clients and slaves
+    /// [default: 0.0.0.0:12345 for master, 0.0.0.0:12346 for backup].
+    #[arg(long, env = "DSM_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Address clients and slaves use to reach this process, written into
+    /// the lease [default: the listen address, 127.0.0.1 for 0.0.0.0].
+    #[arg(long, env = "DSM_ADVERTISE")]
+    advertise: Option<String>,
+    /// Shared log directory: write-ahead log segments, epoch history, lease.
+    /// Master and backup must use the same one.
+    #[arg(long, env = "DSM_LOG_DIR", default_value = "dsm-data/log")]
+    log_dir: PathBuf,
+    /// Number of slaves the cluster is configured for. Write quorums and
+    /// fencing derive from it, never from how many happen to be alive.
+    #[arg(long, env = "DSM_SLAVES", default_value_t = 3)]
+    slaves: u32,
+    /// Slaves each WRITE must reach before it is acknowledged
+    /// [default: ceil((slaves + 1) / 2), a majority].
+    #[arg(long, env = "DSM_REPLICATION_FACTOR")]
+    replication_factor: Option<u32>,
+    /// Identity written into the lease [default: master or backup].
+    #[arg(long, env = "DSM_ID")]
+    id: Option<String>,
+    /// Lease duration: how long after the active master stops renewing
+    /// (dies, hangs, is paused) the standby takes over.
+    #[arg(long, env = "DSM_LEASE_TTL", default_value = "2s", value_parser = humantime::parse_duration)]
+    lease_ttl: Duration,
+    /// Timeout of each call to a slave, and how long a slave may miss
+    /// heartbeats before it leaves the live set.
+    #[arg(long, env = "DSM_SLAVE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    slave_timeout: Duration,
+    /// Largest key accepted, in bytes.
+    #[arg(long, env = "DSM_MAX_KEY_BYTES", default_value_t = DEFAULT_MAX_KEY_BYTES)]
+    max_key_bytes: usize,
+    /// Largest value accepted, in bytes (at most 32 MiB).
+    #[arg(long, env = "DSM_MAX_VALUE_BYTES", default_value_t = DEFAULT_MAX_VALUE_BYTES)]
+    max_value_bytes: usize,
+    /// Size at which the log rolls over to a new segment, in bytes.
+    #[arg(long, env = "DSM_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    segment_bytes: u64,
+    /// Compact the log automatically once this many sealed segments exist.
+    #[arg(long, env = "DSM_COMPACT_SEGMENTS", default_value_t = 4)]
+    compact_segments: usize,
+}
+
+/// Flags of `dsm slave`.
+#[derive(Args, Debug)]
+struct SlaveArgs {
+    /// Address to listen on for the master's requests.
+    #[arg(long, env = "DSM_LISTEN", default_value = "0.0.0.0:12400")]
+    listen: SocketAddr,
+    /// Address the master dials [default: the listen address, 127.0.0.1
+    /// for 0.0.0.0].
+    #[arg(long, env = "DSM_ADVERTISE")]
+    advertise: Option<String>,
+    /// Directory of this slave's data; a restart on it loses nothing.
+    #[arg(long, env = "DSM_DATA_DIR", default_value = "dsm-data/slave")]
+    data_dir: PathBuf,
+    /// Stable identity of this slave (kept with its data).
+    #[arg(long, env = "DSM_ID", default_value = "slave-0")]
+    id: String,
+    /// Address of the master.
+    #[arg(long, env = "DSM_MASTER", default_value = "127.0.0.1:12345")]
+    master: String,
+    /// Address of the backup master.
+    #[arg(long, env = "DSM_BACKUP", default_value = "127.0.0.1:12346")]
+    backup: String,
+    /// Interval between heartbeats to the active master.
+    #[arg(long, env = "DSM_HEARTBEAT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    heartbeat: Duration,
+}
+
+/// `host:port` others can dial for a listen address.
+fn advertised(listen: SocketAddr, advertise: Option<String>) -> String {
+    advertise.unwrap_or_else(|| {
+        if listen.ip().is_unspecified() {
+            format!("127.0.0.1:{}", listen.port())
+        } else {
+            listen.to_string()
+        }
+    })
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+fn cancel_on_signal() -> CancellationToken {
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        token.cancel();
+    });
+    cancel
+}
+
+async fn run_master(args: MasterArgs, prefer_active: bool) -> anyhow::Result<()> {
+    let (default_port, default_id) = if prefer_active {
+        (12345, "master")
+    } else {
+        (12346, "backup")
+    };
+    let listen = args
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], default_port)));
+    if args.max_value_bytes > HARD_MAX_VALUE_BYTES {
+        anyhow::bail!(
+            "--max-value-bytes {} is over the hard limit of {HARD_MAX_VALUE_BYTES} bytes",
+            args.max_value_bytes
+        );
+    }
+    let config = MasterConfig {
+        id: args.id.unwrap_or_else(|| default_id.to_string()),
+        advertise: advertised(listen, args.advertise),
+        log_dir: args.log_dir,
+        slaves: args.slaves,
+        replication_factor: args
+            .replication_factor
+            .unwrap_or_else(|| placement::default_replication_factor(args.slaves)),
+        lease_ttl: args.lease_ttl,
+        slave_timeout: args.slave_timeout,
+        prefer_active,
+        limits: Limits {
+            max_key_bytes: args.max_key_bytes,
+            max_value_bytes: args.max_value_bytes,
+        },
+        segment_bytes: args.segment_bytes,
+        compact_segments: args.compact_segments.max(1),
+    };
+    let master = Master::new(config)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(%listen, "master-capable process started");
+    master.run(listener, cancel_on_signal()).await
+}
+
+async fn run_slave(args: SlaveArgs) -> anyhow::Result<()> {
+    let config = SlaveConfig {
+        id: args.id,
+        advertise: advertised(args.listen, args.advertise),
+        listen: args.listen,
+        data_dir: args.data_dir,
+        masters: vec![args.master, args.backup],
+        heartbeat_interval: args.heartbeat,
+    };
+    let cancel = cancel_on_signal();
+    dsm::slave::run(config, cancel.cancelled_owned()).await
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Client(args) => return report(dsm::client::run(args).await),
+        Command::Log {
+            command: LogCommand::Dump { dir },
+        } => dsm::log_dump::dump(&dir, &mut std::io::stdout().lock()),
+        Command::Local(args) => dsm::local::run(args).await,
+        Command::Master(args) => {
+            init_tracing();
+            run_master(args, true).await
+        }
+        Command::Backup(args) => {
+            init_tracing();
+            run_master(args, false).await
+        }
+        Command::Slave(args) => {
+            init_tracing();
+            run_slave(args).await
+        }
+    };
+    report(result.map(|()| ExitCode::SUCCESS))
+}
+
+/// Prints an error the way a person reads it and picks the exit code.
+fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

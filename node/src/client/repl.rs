@@ -1,0 +1,454 @@
+//! The interactive shell of `dsm client` (no subcommand), and its scripted
+//! twin: with standard input not a terminal, the same commands are read line
+//! by line without prompt, so `printf 'WRITE a 1\nREAD a\n' | dsm client`
+//! works.
+//!
+//! Parsing ([`parse`]) is a pure function from a line to a [`Command`], kept
+//! apart from I/O so it can be table-tested and fuzzed. Words are split with
+//! [`crate::text::tokenize`] and values are shown with
+//! [`crate::text::escape`], so anything printed can be pasted back.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt as _};
+
+use super::Client;
+use super::cli::{describe_compact, describe_drain, write_status_table};
+use crate::text::{TokenizeError, escape, tokenize};
+
+/// One REPL command, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `READ key` / `GET key`.
+    Read {
+        /// The key, as bytes.
+        key: Vec<u8>,
+    },
+    /// `WRITE key value` / `SET` / `PUT`.
+    Write {
+        /// The key, as bytes.
+        key: Vec<u8>,
+        /// The value, as bytes.
+        value: Vec<u8>,
+    },
+    /// `STATUS`.
+    Status,
+    /// `COMPACT`.
+    Compact,
+    /// `DRAIN slave_id`.
+    Drain {
+        /// Id of the slave to empty.
+        slave_id: String,
+    },
+    /// `HELP`.
+    Help,
+    /// `EXIT` / `QUIT`.
+    Exit,
+    /// A blank line: nothing to do.
+    Empty,
+}
+
+/// Why a line is not a command. `Display` is what follows `ERR `.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Quotes or escapes are wrong.
+    #[error("{0}")]
+    Tokenize(#[from] TokenizeError),
+    /// The first word is no command (shown escaped, as typed).
+    #[error("unknown command '{0}' (try HELP)")]
+    Unknown(String),
+    /// Wrong number of arguments; holds the usage line.
+    #[error("usage: {0}")]
+    Usage(&'static str),
+    /// A slave id must be text (it is a string in the protocol).
+    #[error("slave id must be valid UTF-8")]
+    SlaveIdNotUtf8,
+}
+
+const USAGE_READ: &str = "READ key";
+const USAGE_WRITE: &str = "WRITE key value";
+const USAGE_DRAIN: &str = "DRAIN slave_id";
+
+/// Text printed by `HELP`.
+pub const HELP: &str = "\
+Commands (case-insensitive):
+  READ key           show the value of key (alias: GET)
+  WRITE key value    store value under key (aliases: SET, PUT)
+  STATUS             show the cluster: role, epoch, slaves, replication
+  COMPACT            compact the write-ahead log now
+  DRAIN slave_id     move every key off a slave before removing it
+  HELP               this text
+  EXIT               leave (alias: QUIT, or Ctrl-D)
+Words are separated by spaces. Use double quotes for spaces and escapes
+(\"two words\", \"line\\n\", \"\\x00\\xff\") or single quotes for literal text.";
+
+/// Parses one line into a [`Command`]. Never panics, whatever the input.
+///
+/// # Errors
+/// [`ParseError`] for bad quoting, unknown commands and wrong arity.
+pub fn parse(line: &str) -> Result<Command, ParseError> {
+    let words = tokenize(line)?;
+    let Some((name, args)) = words.split_first() else {
+        return Ok(Command::Empty);
+    };
+    let upper = String::from_utf8_lossy(name).to_ascii_uppercase();
+    // Clone out of the slice only once the arity is known to be right.
+    let command = match (upper.as_str(), args) {
+        ("READ" | "GET", [key]) => Command::Read { key: key.clone() },
+        ("READ" | "GET", _) => return Err(ParseError::Usage(USAGE_READ)),
+        ("WRITE" | "SET" | "PUT", [key, value]) => Command::Write {
+            key: key.clone(),
+            value: value.clone(),
+        },
+        ("WRITE" | "SET" | "PUT", _) => return Err(ParseError::Usage(USAGE_WRITE)),
+        ("DRAIN", [id]) => Command::Drain {
+            slave_id: String::from_utf8(id.clone()).map_err(|_| ParseError::SlaveIdNotUtf8)?,
+        },
+        ("DRAIN", _) => return Err(ParseError::Usage(USAGE_DRAIN)),
+        ("STATUS", []) => Command::Status,
+        ("COMPACT", []) => Command::Compact,
+        ("HELP" | "?", _) => Command::Help,
+        ("EXIT" | "QUIT", []) => Command::Exit,
+        ("STATUS", _) => return Err(ParseError::Usage("STATUS")),
+        ("COMPACT", _) => return Err(ParseError::Usage("COMPACT")),
+        ("EXIT" | "QUIT", _) => return Err(ParseError::Usage("EXIT")),
+        _ => return Err(ParseError::Unknown(escape(name))),
+    };
+    Ok(command)
+}
+
+/// What happened to one line, for the exit code of a script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done (a missing key counts as done: `(not found)` is an answer).
+    Ok,
+    /// An `ERR` line was printed.
+    Failed,
+    /// `EXIT` / `QUIT`.
+    Exit,
+}
+
+/// Parses and runs one line, writing its output (`OK (version E.S)`, a value,
+/// `(not found)`, `ERR …`) to `out`.
+///
+/// # Errors
+/// Only when writing to `out` fails.
+pub async fn execute_line(
+    client: &Client,
+    line: &str,
+    out: &mut impl Write,
+) -> std::io::Result<Outcome> {
+    let command = match parse(line) {
+        Ok(c) => c,
+        Err(e) => {
+            writeln!(out, "ERR {e}")?;
+            return Ok(Outcome::Failed);
+        }
+    };
+    let result = match command {
+        Command::Empty => return Ok(Outcome::Ok),
+        Command::Exit => return Ok(Outcome::Exit),
+        Command::Help => {
+            writeln!(out, "{HELP}")?;
+            return Ok(Outcome::Ok);
+        }
+        Command::Read { key } => client.read(&key).await.map(|found| match found {
+            Some((value, version)) => format!("{} (version {version})", escape(&value)),
+            None => "(not found)".to_owned(),
+        }),
+        Command::Write { key, value } => client
+            .write(&key, &value)
+            .await
+            .map(|version| format!("OK (version {version})")),
+        Command::Status => client.status().await.map(|s| {
+            let mut table = Vec::new();
+            // Writing into a Vec cannot fail.
+            let _ = write_status_table(&mut table, &s);
+            String::from_utf8_lossy(&table).trim_end().to_owned()
+        }),
+        Command::Compact => client
+            .compact()
+            .await
+            .map(|r| format!("OK ({})", describe_compact(&r))),
+        Command::Drain { slave_id } => client
+            .drain(&slave_id)
+            .await
+            .map(|r| format!("OK ({})", describe_drain(&slave_id, &r))),
+    };
+    match result {
+        Ok(text) => {
+            writeln!(out, "{text}")?;
+            Ok(Outcome::Ok)
+        }
+        Err(e) => {
+            writeln!(out, "ERR {e}")?;
+            Ok(Outcome::Failed)
+        }
+    }
+}
+
+/// Runs commands read line by line from `input` (standard input that is not
+/// a terminal), without prompt. Stops at end of input or `EXIT`.
+///
+/// Returns exit code 0 when every line succeeded, 2 when any printed `ERR`
+/// (the following lines still run, as in the interactive shell).
+///
+/// # Errors
+/// When reading `input` or writing `out` fails.
+pub async fn run_script(
+    client: &Client,
+    mut input: impl AsyncBufRead + Unpin,
+    out: &mut impl Write,
+) -> std::io::Result<ExitCode> {
+    let mut failed = false;
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        if input.read_until(b'\n', &mut raw).await? == 0 {
+            break;
+        }
+        // Lines are text; quoted escapes carry binary data.
+        let outcome = match std::str::from_utf8(&raw) {
+            Ok(line) => execute_line(client, line, out).await?,
+            Err(e) => {
+                writeln!(
+                    out,
+                    "ERR line is not valid UTF-8 (byte {}); use \"\\xHH\" escapes for binary data",
+                    e.valid_up_to() + 1
+                )?;
+                Outcome::Failed
+            }
+        };
+        out.flush()?;
+        match outcome {
+            Outcome::Ok => {}
+            Outcome::Failed => failed = true,
+            Outcome::Exit => break,
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Where the history lives: `$HOME/.dsm_history`, or nowhere without `HOME`.
+fn history_path() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|home| PathBuf::from(home).join(".dsm_history"))
+}
+
+/// The interactive shell on a terminal: line editing, history, a prompt
+/// naming the endpoint believed active. Runs until `EXIT` or Ctrl-D.
+///
+/// Rustyline blocks its thread, so the shell runs on a blocking thread and
+/// enters the runtime for each call (`Handle::block_on`).
+///
+/// # Errors
+/// When the terminal cannot be set up.
+pub async fn run_interactive(client: std::sync::Arc<Client>) -> anyhow::Result<ExitCode> {
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || interactive_loop(&handle, &client)).await?
+}
+
+fn interactive_loop(handle: &tokio::runtime::Handle, client: &Client) -> anyhow::Result<ExitCode> {
+    use rustyline::error::ReadlineError;
+
+    let mut editor = rustyline::DefaultEditor::new()?;
+    let history = history_path();
+    if let Some(path) = &history {
+        // A missing history file is the normal first run.
+        let _ = editor.load_history(path);
+    }
+    println!(
+        "Connected to {} (type HELP for commands).",
+        client.endpoints().join(", ")
+    );
+    let stdout = std::io::stdout();
+    loop {
+        let prompt = format!("dsm {}> ", client.active_endpoint());
+        match editor.readline(&prompt) {
+            Ok(line) => {
+                if !line.trim().is_empty() {
+                    let _ = editor.add_history_entry(line.as_str());
+                }
+                let mut out = stdout.lock();
+                // Ctrl-C during a call (which may retry for `--retry-for`)
+                // abandons the call, not the shell. While rustyline reads a
+                // line the terminal is raw, so Ctrl-C arrives as a key there.
+                let outcome = handle.block_on(async {
+                    tokio::select! {
+                        outcome = execute_line(client, &line, &mut out) => outcome.map(Some),
+                        _ = tokio::signal::ctrl_c() => Ok(None),
+                    }
+                })?;
+                match outcome {
+                    Some(Outcome::Exit) => break,
+                    Some(_) => {}
+                    None => writeln!(out, "(interrupted)")?,
+                }
+            }
+            // Ctrl-C abandons the current line, like a shell.
+            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(path) = &history {
+        // Not writable (read-only home in a pod): history is a convenience.
+        let _ = editor.save_history(path);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::tests::{active, client};
+
+    fn write(key: &[u8], value: &[u8]) -> Command {
+        Command::Write {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        }
+    }
+
+    #[test]
+    fn parse_table() {
+        let cases: Vec<(&str, Result<Command, ParseError>)> = vec![
+            ("", Ok(Command::Empty)),
+            ("   \t", Ok(Command::Empty)),
+            ("READ a", Ok(Command::Read { key: b"a".to_vec() })),
+            ("get a", Ok(Command::Read { key: b"a".to_vec() })),
+            (
+                "Read \"a b\"",
+                Ok(Command::Read {
+                    key: b"a b".to_vec(),
+                }),
+            ),
+            ("WRITE a 1", Ok(write(b"a", b"1"))),
+            ("set a 1", Ok(write(b"a", b"1"))),
+            ("PUT a 1", Ok(write(b"a", b"1"))),
+            ("write k \"hello world\"", Ok(write(b"k", b"hello world"))),
+            ("write k 'it''s'", Ok(write(b"k", b"its"))),
+            ("write \"\\x00\" \"\\xff\\n\"", Ok(write(b"\0", b"\xff\n"))),
+            ("write k \"\"", Ok(write(b"k", b""))),
+            ("STATUS", Ok(Command::Status)),
+            ("status", Ok(Command::Status)),
+            ("compact", Ok(Command::Compact)),
+            (
+                "DRAIN slave-2",
+                Ok(Command::Drain {
+                    slave_id: "slave-2".into(),
+                }),
+            ),
+            ("help", Ok(Command::Help)),
+            ("HELP write", Ok(Command::Help)),
+            ("exit", Ok(Command::Exit)),
+            ("QUIT", Ok(Command::Exit)),
+            ("FOO", Err(ParseError::Unknown("FOO".into()))),
+            (
+                "\"two words\" x",
+                Err(ParseError::Unknown("\"two words\"".into())),
+            ),
+            ("READ", Err(ParseError::Usage("READ key"))),
+            ("READ a b", Err(ParseError::Usage("READ key"))),
+            ("WRITE a", Err(ParseError::Usage("WRITE key value"))),
+            ("WRITE a b c", Err(ParseError::Usage("WRITE key value"))),
+            (
+                "WRITE a \"b c\" d",
+                Err(ParseError::Usage("WRITE key value")),
+            ),
+            ("DRAIN", Err(ParseError::Usage("DRAIN slave_id"))),
+            ("DRAIN \"\\xff\"", Err(ParseError::SlaveIdNotUtf8)),
+            ("STATUS now", Err(ParseError::Usage("STATUS"))),
+            (
+                "WRITE a \"b",
+                Err(ParseError::Tokenize(TokenizeError::UnterminatedQuote {
+                    quote: '"',
+                    column: 9,
+                })),
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(parse(line), want, "parse({line:?})");
+        }
+    }
+
+    #[test]
+    fn error_messages_match_the_manual() {
+        let msg = |line| parse(line).map(|_| ()).unwrap_err().to_string();
+        assert_eq!(msg("FOO x"), "unknown command 'FOO' (try HELP)");
+        assert_eq!(msg("write a"), "usage: WRITE key value");
+        assert_eq!(msg("read \"a"), "unterminated \" quote opened at column 6");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(line in "\\PC*|[ \"'\\\\a-zA-Z0-9]*") {
+            let _ = parse(&line);
+        }
+
+        #[test]
+        fn written_values_parse_back(key in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..32),
+                                     value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..32)) {
+            let line = format!("WRITE {} {}", escape(&key), escape(&value));
+            proptest::prop_assert_eq!(parse(&line), Ok(write(&key, &value)));
+        }
+    }
+
+    #[tokio::test]
+    async fn script_runs_line_by_line() {
+        let master = active(5, Some(b"hello world")).await;
+        let client = client(&[&master.address]);
+        let input: &[u8] = b"WRITE a 1\nREAD a\nnope\n\nHELP\nEXIT\nREAD a\n";
+        let mut out = Vec::new();
+        let code = run_script(&client, input, &mut out)
+            .await
+            .expect("script runs");
+        let out = String::from_utf8(out).expect("utf-8 output");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "OK (version 5.1)");
+        assert_eq!(lines[1], "\"hello world\" (version 5.1)");
+        assert_eq!(lines[2], "ERR unknown command 'nope' (try HELP)");
+        assert!(lines[3].starts_with("Commands"), "{out}");
+        // EXIT stopped the script: the last READ did not run.
+        assert_eq!(out.matches("(version").count(), 2, "{out}");
+        assert_eq!(code, ExitCode::from(2));
+    }
+
+    #[tokio::test]
+    async fn script_without_errors_exits_zero() {
+        let master = active(1, None).await;
+        let client = client(&[&master.address]);
+        let mut out = Vec::new();
+        let code = run_script(&client, &b"read missing\nstatus"[..], &mut out)
+            .await
+            .expect("script runs");
+        let out = String::from_utf8(out).expect("utf-8 output");
+        assert!(out.starts_with("(not found)\n"), "{out}");
+        assert!(out.contains("role"), "{out}");
+        assert_eq!(code, ExitCode::SUCCESS);
+    }
+
+    #[tokio::test]
+    async fn script_rejects_non_utf8_lines_and_goes_on() {
+        let master = active(1, Some(b"v")).await;
+        let client = client(&[&master.address]);
+        let mut out = Vec::new();
+        let code = run_script(&client, &b"READ \xff\nREAD k\n"[..], &mut out)
+            .await
+            .expect("script runs");
+        let out = String::from_utf8(out).expect("utf-8 output");
+        assert!(
+            out.starts_with("ERR line is not valid UTF-8 (byte 6)"),
+            "{out}"
+        );
+        assert!(out.ends_with("v (version 1.1)\n"), "{out}");
+        assert_eq!(code, ExitCode::from(2));
+    }
+}

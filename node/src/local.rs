@@ -1,0 +1,280 @@
+//! `dsm local`: a whole cluster on this machine — master, backup and N
+//! slaves as child processes of this binary on loopback — for trying DSM out
+//! and for tests. Ctrl-C or SIGTERM stops every child.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use tokio::process::{Child, Command};
+
+use crate::client::{Client, ClientConfig};
+
+/// Flags of `dsm local`.
+#[derive(Args, Debug, Clone)]
+pub struct LocalArgs {
+    /// Number of slaves to start.
+    #[arg(long, default_value_t = 3)]
+    pub slaves: u32,
+    /// Directory for the shared log, each slave's data and the processes'
+    /// logs. Kept across runs: starting again on the same directory brings
+    /// every acknowledged write back.
+    #[arg(long, default_value = "dsm-local")]
+    pub dir: PathBuf,
+    /// Loopback address everything listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Master port; the backup listens on the next port.
+    #[arg(long, default_value_t = 12345)]
+    pub port: u16,
+    /// First slave port; slave i listens on this port plus i.
+    #[arg(long, default_value_t = 12400)]
+    pub slave_port: u16,
+    /// How long to wait for the cluster to serve before giving up.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub ready_timeout: Duration,
+}
+
+/// A started child process and where its output goes.
+struct Member {
+    name: String,
+    address: SocketAddr,
+    log: PathBuf,
+    child: Child,
+}
+
+/// Runs the local cluster until Ctrl-C or SIGTERM.
+pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
+    if args.slaves == 0 {
+        bail!("--slaves must be at least 1");
+    }
+    let exe = std::env::current_exe().context("cannot find the dsm executable")?;
+    let dir = absolute(&args.dir)?;
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let master_addr = SocketAddr::new(args.host, args.port);
+    let backup_addr = SocketAddr::new(args.host, args.port.wrapping_add(1));
+    let slave_addrs: Vec<SocketAddr> = (0..args.slaves)
+        .map(|i| SocketAddr::new(args.host, args.slave_port.wrapping_add(i as u16)))
+        .collect();
+    for addr in [master_addr, backup_addr].iter().chain(&slave_addrs) {
+        TcpListener::bind(addr).with_context(|| {
+            format!(
+                "port {} on {} is not free; pick others with --port / --slave-port",
+                addr.port(),
+                addr.ip()
+            )
+        })?;
+    }
+
+    let log_dir = dir.join("log");
+    let slaves = args.slaves.to_string();
+    let mut members = Vec::new();
+    for (name, role, addr) in [
+        ("master", "master", master_addr),
+        ("backup", "backup", backup_addr),
+    ] {
+        let cmd = [
+            role.to_string(),
+            format!("--listen={addr}"),
+            format!("--id={name}"),
+            format!("--log-dir={}", log_dir.display()),
+            format!("--slaves={slaves}"),
+        ];
+        members.push(spawn(&exe, name, addr, &cmd, &logs)?);
+    }
+    for (i, addr) in slave_addrs.iter().enumerate() {
+        let name = format!("slave-{i}");
+        let cmd = [
+            "slave".to_string(),
+            format!("--listen={addr}"),
+            format!("--id={name}"),
+            format!("--data-dir={}", dir.join(&name).display()),
+            format!("--master={master_addr}"),
+            format!("--backup={backup_addr}"),
+        ];
+        members.push(spawn(&exe, &name, *addr, &cmd, &logs)?);
+    }
+
+    let outcome = tokio::select! {
+        r = wait_ready(master_addr, backup_addr, args.slaves, args.ready_timeout) => r,
+        _ = shutdown_signal() => Err(anyhow::anyhow!("interrupted before the cluster was ready")),
+    };
+    if let Err(e) = outcome {
+        stop_all(&mut members).await;
+        return Err(e.context(format!(
+            "the cluster did not start; see the logs in {}",
+            logs.display()
+        )));
+    }
+
+    let mut banner = format!(
+        "DSM local cluster is up ({} slaves, data in {})\n",
+        args.slaves,
+        dir.display()
+    );
+    for m in &members {
+        banner += &format!(
+            "  {:<9} {:<21} log: {}\n",
+            m.name,
+            m.address,
+            m.log.display()
+        );
+    }
+    banner += &format!(
+        "\nConnect with:\n  {} client --master {master_addr} --backup {backup_addr}\n\nPress Ctrl-C to stop the cluster.\n",
+        client_program(&exe)
+    );
+    // Whoever reads our output may be gone (`dsm local | head`): the
+    // cluster keeps running regardless.
+    let mut stdout = std::io::stdout();
+    let _ = stdout
+        .write_all(banner.as_bytes())
+        .and_then(|()| stdout.flush());
+
+    shutdown_signal().await;
+    eprintln!("stopping...");
+    stop_all(&mut members).await;
+    eprintln!("stopped");
+    Ok(())
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
+    std::fs::canonicalize(path).with_context(|| format!("cannot resolve {}", path.display()))
+}
+
+/// How to call this binary in the printed client command: plain `dsm` when
+/// that is the one on PATH, its full path otherwise.
+fn client_program(exe: &Path) -> String {
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|p| {
+            std::fs::canonicalize(p.join("dsm"))
+                .ok()
+                .zip(std::fs::canonicalize(exe).ok())
+                .is_some_and(|(a, b)| a == b)
+        })
+    });
+    if on_path {
+        "dsm".to_string()
+    } else {
+        exe.display().to_string()
+    }
+}
+
+fn spawn(
+    exe: &Path,
+    name: &str,
+    address: SocketAddr,
+    args: &[String],
+    logs: &Path,
+) -> anyhow::Result<Member> {
+    let log = logs.join(format!("{name}.log"));
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    let err = out.try_clone()?;
+    let mut command = Command::new(exe);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true);
+    // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
+    // It makes the child die with `dsm local` even when that is killed -9.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let child = command
+        .spawn()
+        .with_context(|| format!("cannot start {name} ({})", exe.display()))?;
+    Ok(Member {
+        name: name.to_string(),
+        address,
+        log,
+        child,
+    })
+}
+
+/// Waits until the master serves and every slave registered, printing
+/// progress once a second.
+async fn wait_ready(
+    master: SocketAddr,
+    backup: SocketAddr,
+    slaves: u32,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let client = Client::new(ClientConfig {
+        endpoints: vec![master.to_string(), backup.to_string()],
+        timeout: Duration::from_secs(1),
+        retry_for: Duration::from_secs(1),
+    });
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    loop {
+        let state = match client.status().await {
+            Ok(s) => {
+                let live = s.slaves.iter().filter(|s| s.live).count() as u32;
+                if s.role == "active" && live >= slaves {
+                    return Ok(());
+                }
+                format!("{} slaves of {slaves} registered", live)
+            }
+            Err(e) => format!("waiting for the master ({e})"),
+        };
+        if started.elapsed() > timeout {
+            bail!("not ready after {timeout:?}: {state}");
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            eprintln!("starting: {state}");
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Sends SIGTERM to every child, waits for them, SIGKILLs stragglers.
+async fn stop_all(members: &mut [Member]) {
+    for m in members.iter() {
+        if let Some(pid) = m.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+    for m in members.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(5), m.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = m.child.kill().await;
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}

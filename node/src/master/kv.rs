@@ -1,0 +1,97 @@
+//! The `Kv` gRPC service: what clients call on the active master.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tonic::{Request, Response, Status};
+
+use super::{Master, Role, lock};
+use crate::proto::kv_server::Kv;
+use crate::proto::{
+    CompactReply, CompactRequest, DrainReply, DrainRequest, ReadReply, ReadRequest, SlaveStatus,
+    StatusReply, StatusRequest, WriteReply, WriteRequest,
+};
+
+#[tonic::async_trait]
+impl Kv for Master {
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
+        let key = Bytes::from(request.into_inner().key);
+        let (value, version) = Master::read(self, key).await?;
+        Ok(Response::new(ReadReply {
+            value: value.to_vec(),
+            version: Some(version.into()),
+        }))
+    }
+
+    async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteReply>, Status> {
+        let request = request.into_inner();
+        let version =
+            Master::write(self, Bytes::from(request.key), Bytes::from(request.value)).await?;
+        Ok(Response::new(WriteReply {
+            version: Some(version.into()),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        let config = self.config();
+        let r = config.replication_factor;
+        let mut reply = StatusReply {
+            replication_factor: r,
+            configured_slaves: config.slaves,
+            address: config.advertise.clone(),
+            log_end_seq: self.log_end_seq.load(Ordering::SeqCst),
+            ..Default::default()
+        };
+        match self.role() {
+            Role::Standby { leader } => {
+                reply.role = "standby".into();
+                reply.leader = leader;
+                reply.keys = lock(&self.index).len() as u64;
+            }
+            Role::Active(term) => {
+                reply.role = "active".into();
+                reply.epoch = term.epoch;
+                reply.leader = config.advertise.clone();
+                let view = lock(&self.slaves).view();
+                let index = lock(&self.index);
+                reply.keys = index.len() as u64;
+                let placeable: Vec<u32> = view
+                    .iter()
+                    .filter(|s| s.live && !s.draining)
+                    .map(|s| s.handle.idx)
+                    .collect();
+                reply.under_replicated_keys =
+                    index.count_under_replicated(r as usize, |i| placeable.contains(&i)) as u64;
+                reply.slaves = view
+                    .iter()
+                    .map(|s| SlaveStatus {
+                        id: s.handle.id.clone(),
+                        address: s.handle.address.clone(),
+                        live: s.live,
+                        keys: index.count_held_by(s.handle.idx) as u64,
+                        reads: s.handle.reads.load(Ordering::Relaxed),
+                        writes: s.handle.writes.load(Ordering::Relaxed),
+                        draining: s.draining,
+                    })
+                    .collect();
+            }
+        }
+        Ok(Response::new(reply))
+    }
+
+    async fn compact(
+        &self,
+        _request: Request<CompactRequest>,
+    ) -> Result<Response<CompactReply>, Status> {
+        Ok(Response::new(Master::compact(self).await?))
+    }
+
+    async fn drain(&self, request: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
+        let slave_id = request.into_inner().slave_id;
+        let moved_keys = Master::drain(self, &slave_id).await?;
+        Ok(Response::new(DrainReply { moved_keys }))
+    }
+}

@@ -1,0 +1,591 @@
+//! The slave's side of the `Control` service: find the active master,
+//! register with it, then heartbeat until it is lost, and start over.
+//!
+//! The loop, as the DESIGN (§4, "Slaves register with whichever is active,
+//! heartbeat, and re-register with backoff after losing it") asks:
+//! 1. **Register.** Call `Register{slave_id, address}` on the master believed
+//!    active (the first configured one at start, the other one after losing
+//!    a master). A FAILED_PRECONDITION answer carrying `dsm-leader: <addr>`
+//!    is followed to that address; any other failure moves on to the next
+//!    configured master. When every master of a round has failed, sleep with
+//!    exponential backoff and full jitter ([`BACKOFF_BASE`] doubling up to
+//!    [`BACKOFF_CAP`]) and try again.
+//! 2. **Heartbeat.** Open the bidirectional `Heartbeat` stream, send a `Ping`
+//!    every heartbeat interval and read the `Pong`s. A stream that ends or
+//!    fails, or no Pong for [`MISSED_PONGS`] intervals, sends the slave back
+//!    to step 1.
+//!
+//! The epoch of every RegisterReply and Pong is recorded with
+//! [`Store::raise_epoch`]. A master answering with an epoch below the slave's
+//! fenced epoch has been deposed (a newer master fenced this slave since), so
+//! the slave drops it and looks for the active one.
+//!
+//! The master the slave is registered with (if any) is published on a
+//! [`watch`] channel: readiness reads it. Checked by
+//! `tests::follows_leader_hint_heartbeats_and_fails_over` and
+//! `tests::silent_master_is_dropped`.
+
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, timeout};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request};
+
+use super::store::Store;
+use crate::proto;
+use crate::proto::control_client::ControlClient;
+
+/// Response metadata naming the active master on a FAILED_PRECONDITION
+/// answer from a standby.
+pub const LEADER_METADATA: &str = "dsm-leader";
+/// First backoff step after a round in which no master accepted us.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Longest backoff step.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(2);
+/// Heartbeat intervals without a Pong after which the master is given up.
+pub const MISSED_PONGS: u32 = 3;
+/// Time allowed to open a TCP connection to a master.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one Register call may take. The master fences the slave and
+/// answers at once (it reads the inventory afterwards), so a master that
+/// does not answer quickly is paused or overloaded: try the other one.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Registers the slave with the active master and keeps it registered.
+pub struct Registration {
+    /// Identity sent in Register and every Ping.
+    slave_id: String,
+    /// Address the master should dial for Replica calls.
+    advertise: String,
+    /// Configured master-capable addresses, master first, as URIs.
+    masters: Vec<String>,
+    /// Time between Pings.
+    heartbeat_interval: Duration,
+    /// Where epochs learnt from masters are recorded.
+    store: Store,
+    /// The master currently registered with, `None` while looking for one.
+    state: watch::Sender<Option<String>>,
+}
+
+/// Why one registration attempt at one address failed.
+enum Refusal {
+    /// A standby named the active master.
+    Redirect(String),
+    /// Anything else: unreachable, timeout, error, deposed master.
+    Failed(String),
+}
+
+impl Registration {
+    /// Prepares registration for slave `slave_id`, reachable at `advertise`,
+    /// with the master-capable processes at `masters` (master first, backup
+    /// second; `host:port` or `http://host:port`).
+    pub fn new(
+        slave_id: String,
+        advertise: String,
+        masters: Vec<String>,
+        heartbeat_interval: Duration,
+        store: Store,
+    ) -> Self {
+        let (state, _) = watch::channel(None);
+        Registration {
+            slave_id,
+            advertise,
+            masters: masters.iter().map(|m| uri(m)).collect(),
+            heartbeat_interval: heartbeat_interval.max(Duration::from_millis(1)),
+            store,
+            state,
+        }
+    }
+
+    /// The master this slave is registered with (its URI), `None` while it
+    /// is looking for one. Readiness is `borrow().is_some()`.
+    pub fn subscribe(&self) -> watch::Receiver<Option<String>> {
+        self.state.subscribe()
+    }
+
+    /// Runs the register/heartbeat loop until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        if self.masters.is_empty() {
+            tracing::error!("no master address configured: the slave will never register");
+            shutdown.await;
+            return;
+        }
+        tokio::select! {
+            () = shutdown => {}
+            () = self.forever() => {}
+        }
+        self.state.send_replace(None);
+        tracing::info!("registration stopped");
+    }
+
+    async fn forever(&self) {
+        let mut start = self.masters[0].clone();
+        loop {
+            let (client, master) = self.register_somewhere(&start).await;
+            self.state.send_replace(Some(master.clone()));
+            let reason = self.heartbeat(client).await;
+            self.state.send_replace(None);
+            tracing::warn!(%master, %reason, "lost the master; registering again");
+            // It may be dead: ask the other one first (a standby redirects).
+            start = self.after(&master);
+        }
+    }
+
+    /// The configured master after `master` (the first if it is not one).
+    fn after(&self, master: &str) -> String {
+        let next = match self.masters.iter().position(|m| m == master) {
+            Some(i) => (i + 1) % self.masters.len(),
+            None => 0,
+        };
+        self.masters[next].clone()
+    }
+
+    /// Tries `start`, then the other configured masters, following leader
+    /// hints, with backoff between rounds, until one accepts.
+    async fn register_somewhere(&self, start: &str) -> (ControlClient<Channel>, String) {
+        let mut round = 0u32;
+        loop {
+            let mut queue: VecDeque<String> = VecDeque::new();
+            queue.push_back(start.to_string());
+            queue.extend(self.masters.iter().cloned());
+            let mut tried = HashSet::new();
+            let mut failures = Vec::new();
+            while let Some(addr) = queue.pop_front() {
+                if !tried.insert(addr.clone()) {
+                    continue;
+                }
+                match self.register_at(&addr).await {
+                    Ok(client) => return (client, addr),
+                    Err(Refusal::Redirect(leader)) => {
+                        tracing::info!(standby = %addr, %leader, "following leader hint");
+                        queue.push_front(leader);
+                    }
+                    Err(Refusal::Failed(why)) => {
+                        tracing::debug!(master = %addr, %why, "registration failed");
+                        failures.push(format!("{addr}: {why}"));
+                    }
+                }
+            }
+            let pause = backoff(round);
+            round = round.saturating_add(1);
+            tracing::warn!(
+                failures = %failures.join("; "),
+                retry_in_ms = pause.as_millis() as u64,
+                "no master accepted the registration"
+            );
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// One Register call at `addr`.
+    async fn register_at(&self, addr: &str) -> Result<ControlClient<Channel>, Refusal> {
+        let endpoint = Endpoint::from_shared(addr.to_string())
+            .map_err(|e| Refusal::Failed(format!("invalid master address: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let channel = timeout(CONNECT_TIMEOUT, endpoint.connect())
+            .await
+            .map_err(|_| Refusal::Failed("connect timed out".into()))?
+            .map_err(|e| Refusal::Failed(format!("cannot connect: {}", error_chain(&e))))?;
+        let mut client = ControlClient::new(channel);
+        let mut request = Request::new(proto::RegisterRequest {
+            slave_id: self.slave_id.clone(),
+            address: self.advertise.clone(),
+        });
+        request.set_timeout(REGISTER_TIMEOUT);
+        let reply = match timeout(REGISTER_TIMEOUT, client.register(request)).await {
+            Err(_) => return Err(Refusal::Failed("register timed out".into())),
+            Ok(Err(status)) => {
+                let leader = status
+                    .metadata()
+                    .get(LEADER_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty());
+                return Err(match (status.code(), leader) {
+                    (Code::FailedPrecondition, Some(leader)) => Refusal::Redirect(uri(leader)),
+                    _ => Refusal::Failed(format!("{:?}: {}", status.code(), status.message())),
+                });
+            }
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let fenced = self.store.epoch();
+        if reply.epoch < fenced {
+            return Err(Refusal::Failed(format!(
+                "master is at epoch {} but this slave is fenced at {fenced}: it was deposed",
+                reply.epoch
+            )));
+        }
+        let epoch = self
+            .store
+            .raise_epoch(reply.epoch)
+            .await
+            .map_err(|e| Refusal::Failed(format!("cannot record epoch: {e}")))?;
+        tracing::info!(master = %addr, epoch, "registered");
+        Ok(client)
+    }
+
+    /// Heartbeats on an open registration until it is lost; returns why.
+    async fn heartbeat(&self, mut client: ControlClient<Channel>) -> String {
+        let interval = self.heartbeat_interval;
+        let patience = interval * MISSED_PONGS;
+        let (tx, rx) = mpsc::channel(4);
+        let mut seq = 0u64;
+        let ping = |seq| proto::Ping {
+            slave_id: self.slave_id.clone(),
+            seq,
+        };
+        // The first Ping goes out with the call.
+        if tx.try_send(ping(seq)).is_err() {
+            return "cannot queue the first ping".into();
+        }
+        let mut pongs = match timeout(patience, client.heartbeat(ReceiverStream::new(rx))).await {
+            Err(_) => return format!("heartbeat stream did not open within {patience:?}"),
+            Ok(Err(status)) => return format!("heartbeat refused: {status}"),
+            Ok(Ok(response)) => response.into_inner(),
+        };
+        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let silence = tokio::time::sleep(patience);
+        tokio::pin!(silence);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    seq += 1;
+                    match tx.try_send(ping(seq)) {
+                        Ok(()) => {}
+                        // The stream is not draining; the silence timer decides.
+                        Err(mpsc::error::TrySendError::Full(_)) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            return "heartbeat request stream closed".into();
+                        }
+                    }
+                }
+                message = pongs.message() => match message {
+                    Ok(Some(pong)) => {
+                        silence.as_mut().reset(Instant::now() + patience);
+                        let fenced = self.store.epoch();
+                        if pong.epoch < fenced {
+                            return format!(
+                                "master is at epoch {} but this slave is fenced at {fenced}: it was deposed",
+                                pong.epoch
+                            );
+                        }
+                        // A no-op (no disk write) unless the epoch grew.
+                        if let Err(e) = self.store.raise_epoch(pong.epoch).await {
+                            return format!("cannot record epoch {}: {e}", pong.epoch);
+                        }
+                    }
+                    Ok(None) => return "master ended the heartbeat stream".into(),
+                    Err(status) => return format!("heartbeat failed: {status}"),
+                },
+                () = &mut silence => return format!("no pong within {patience:?}"),
+            }
+        }
+    }
+}
+
+/// `e` and its sources, joined: tonic's transport errors say little alone.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// `addr` as a URI tonic can dial (`http://` added when no scheme is given).
+fn uri(addr: &str) -> String {
+    let addr = addr.trim();
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// Full-jitter exponential backoff: a uniform pause in
+/// `0..=min(BACKOFF_CAP, BACKOFF_BASE * 2^round)`.
+fn backoff(round: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32 << round.min(16))
+        .min(BACKOFF_CAP);
+    let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::rng().random_range(0..=ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::control_server::{Control, ControlServer};
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use tokio_stream::{Stream, StreamExt};
+    use tonic::{Response, Status, Streaming};
+
+    const LIMIT: Duration = Duration::from_secs(30);
+    const INTERVAL: Duration = Duration::from_millis(50);
+
+    /// A scriptable `Control` server.
+    struct FakeMaster {
+        /// Accept registrations (else answer FAILED_PRECONDITION).
+        active: AtomicBool,
+        /// Leader hint given while not active.
+        leader: std::sync::Mutex<String>,
+        /// Epoch answered.
+        epoch: AtomicU64,
+        /// Answer Pings with Pongs.
+        pong: bool,
+        registrations: AtomicU64,
+        pings: AtomicU64,
+        /// Ends every heartbeat stream when set (the master "dies").
+        stop: watch::Receiver<bool>,
+    }
+
+    type PongStream = Pin<Box<dyn Stream<Item = Result<proto::Pong, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl Control for Arc<FakeMaster> {
+        async fn register(
+            &self,
+            request: Request<proto::RegisterRequest>,
+        ) -> Result<Response<proto::RegisterReply>, Status> {
+            assert_eq!(request.get_ref().slave_id, "s1");
+            assert_eq!(request.get_ref().address, "127.0.0.1:9");
+            if !self.active.load(Ordering::SeqCst) {
+                let mut status = Status::failed_precondition("not the active master");
+                let leader = self.leader.lock().map(|l| l.clone()).unwrap_or_default();
+                status
+                    .metadata_mut()
+                    .insert(LEADER_METADATA, leader.parse().unwrap());
+                return Err(status);
+            }
+            self.registrations.fetch_add(1, Ordering::SeqCst);
+            Ok(Response::new(proto::RegisterReply {
+                epoch: self.epoch.load(Ordering::SeqCst),
+            }))
+        }
+
+        type HeartbeatStream = PongStream;
+
+        async fn heartbeat(
+            &self,
+            request: Request<Streaming<proto::Ping>>,
+        ) -> Result<Response<PongStream>, Status> {
+            let mut pings = request.into_inner();
+            let me = self.clone();
+            let mut stop = self.stop.clone();
+            let stream = async_stream(move |tx| async move {
+                loop {
+                    tokio::select! {
+                        () = async { let _ = stop.wait_for(|s| *s).await; } => return,
+                        ping = pings.next() => match ping {
+                            Some(Ok(ping)) => {
+                                me.pings.fetch_add(1, Ordering::SeqCst);
+                                if me.pong {
+                                    let pong = proto::Pong { epoch: me.epoch.load(Ordering::SeqCst), seq: ping.seq };
+                                    if tx.send(Ok(pong)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            _ => return,
+                        },
+                    }
+                }
+            });
+            Ok(Response::new(stream))
+        }
+    }
+
+    /// A stream fed by a task running `body` with the sending half.
+    fn async_stream<F, Fut>(body: F) -> PongStream
+    where
+        F: FnOnce(mpsc::Sender<Result<proto::Pong, Status>>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(body(tx));
+        Box::pin(ReceiverStream::new(rx))
+    }
+
+    struct Running {
+        master: Arc<FakeMaster>,
+        addr: String,
+        stop: watch::Sender<bool>,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    async fn fake_master(active: bool, epoch: u64, pong: bool) -> Running {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (stop, stop_rx) = watch::channel(false);
+        let master = Arc::new(FakeMaster {
+            active: AtomicBool::new(active),
+            leader: std::sync::Mutex::new(String::new()),
+            epoch: AtomicU64::new(epoch),
+            pong,
+            registrations: AtomicU64::new(0),
+            pings: AtomicU64::new(0),
+            stop: stop_rx.clone(),
+        });
+        let service = ControlServer::new(master.clone());
+        let mut shutdown = stop_rx;
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async move {
+                        let _ = shutdown.wait_for(|s| *s).await;
+                    },
+                )
+                .await;
+        });
+        Running {
+            master,
+            addr,
+            stop,
+            server,
+        }
+    }
+
+    /// Waits until the slave reports being registered with `addr`.
+    async fn registered_with(state: &mut watch::Receiver<Option<String>>, addr: &str) {
+        let want = uri(addr);
+        state
+            .wait_for(|s| s.as_deref() == Some(want.as_str()))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn follows_leader_hint_heartbeats_and_fails_over() {
+        tokio::time::timeout(LIMIT, async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path(), "s1").unwrap();
+            let a = fake_master(false, 2, true).await;
+            let b = fake_master(true, 3, true).await;
+            // A is a standby pointing at B (a bare host:port, as masters advertise).
+            *a.master.leader.lock().unwrap() = b.addr.clone();
+
+            let registration = Registration::new(
+                "s1".into(),
+                "127.0.0.1:9".into(),
+                vec![a.addr.clone(), b.addr.clone()],
+                INTERVAL,
+                store.clone(),
+            );
+            let mut state = registration.subscribe();
+            let (stop_slave, stop_slave_rx) = watch::channel(false);
+            let task = tokio::spawn(registration.run(async move {
+                let mut rx = stop_slave_rx;
+                let _ = rx.wait_for(|s| *s).await;
+            }));
+
+            registered_with(&mut state, &b.addr).await;
+            assert_eq!(b.master.registrations.load(Ordering::SeqCst), 1);
+            assert_eq!(a.master.registrations.load(Ordering::SeqCst), 0);
+            assert_eq!(store.epoch(), 3, "RegisterReply's epoch is recorded");
+            // Heartbeats arrive.
+            while b.master.pings.load(Ordering::SeqCst) < 3 {
+                tokio::time::sleep(INTERVAL).await;
+            }
+
+            // B dies and A takes over (with a newer epoch).
+            a.master.epoch.store(4, Ordering::SeqCst);
+            a.master.active.store(true, Ordering::SeqCst);
+            b.stop.send_replace(true);
+            b.server.await.unwrap();
+            state.wait_for(|s| s.is_none()).await.unwrap();
+            registered_with(&mut state, &a.addr).await;
+            assert_eq!(a.master.registrations.load(Ordering::SeqCst), 1);
+            assert_eq!(store.epoch(), 4);
+            while a.master.pings.load(Ordering::SeqCst) < 2 {
+                tokio::time::sleep(INTERVAL).await;
+            }
+
+            stop_slave.send_replace(true);
+            task.await.unwrap();
+            assert_eq!(*state.borrow(), None, "not registered after shutdown");
+            let _ = a.stop.send(true);
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn silent_master_is_dropped() {
+        tokio::time::timeout(LIMIT, async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path(), "s1").unwrap();
+            // Accepts registrations and pings but never answers them.
+            let mute = fake_master(true, 1, false).await;
+            let registration = Registration::new(
+                "s1".into(),
+                "127.0.0.1:9".into(),
+                vec![mute.addr.clone()],
+                INTERVAL,
+                store,
+            );
+            let mut state = registration.subscribe();
+            let task = tokio::spawn(registration.run(std::future::pending()));
+            // Registered, dropped for silence, registered again.
+            registered_with(&mut state, &mute.addr).await;
+            state.wait_for(|s| s.is_none()).await.unwrap();
+            registered_with(&mut state, &mute.addr).await;
+            assert!(mute.master.registrations.load(Ordering::SeqCst) >= 2);
+            task.abort();
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn deposed_master_is_refused() {
+        tokio::time::timeout(LIMIT, async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path(), "s1").unwrap();
+            store.raise_epoch(5).await.unwrap();
+            let old = fake_master(true, 4, true).await;
+            let new = fake_master(true, 5, true).await;
+            let registration = Registration::new(
+                "s1".into(),
+                "127.0.0.1:9".into(),
+                vec![old.addr.clone(), new.addr.clone()],
+                INTERVAL,
+                store.clone(),
+            );
+            let mut state = registration.subscribe();
+            let task = tokio::spawn(registration.run(std::future::pending()));
+            registered_with(&mut state, &new.addr).await;
+            assert_eq!(store.epoch(), 5);
+            task.abort();
+        })
+        .await
+        .unwrap();
+    }
+
+    #[test]
+    fn backoff_is_capped_full_jitter() {
+        for round in 0..40 {
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(1u32 << round.min(16))
+                .min(BACKOFF_CAP);
+            for _ in 0..20 {
+                assert!(backoff(round) <= ceiling);
+            }
+        }
+        assert_eq!(uri("10.0.0.1:7000"), "http://10.0.0.1:7000");
+        assert_eq!(uri("https://m:1"), "https://m:1");
+    }
+}

@@ -1,0 +1,436 @@
+//! The slave's gRPC `Replica` service: what the active master calls to store,
+//! fetch and list versioned values, and to fence the slave.
+//!
+//! Invariant enforced here (**fencing**): every request carries the epoch of
+//! the master that sent it. A request whose epoch is below the slave's fenced
+//! epoch is refused with FAILED_PRECONDITION (`stale epoch E < fenced epoch F`,
+//! with `F` also in the `dsm-epoch` response metadata), so a deposed master
+//! can neither write nor read once the new master has fenced this slave. A
+//! higher epoch is legitimate (a newer master) and raises the fenced epoch
+//! before the request is served. For Put the check happens inside the store's
+//! write transaction ([`Store::put_fenced`]), so it is ordered with Fence.
+//! Checked by `tests::stale_put_is_rejected_and_value_unchanged` and
+//! `tests::fence_rejects_older_put_and_get`.
+//!
+//! Requests are validated defensively (the master enforces the user-facing
+//! limits): a key over [`MAX_KEY_BYTES`] or a value over [`MAX_VALUE_BYTES`]
+//! is refused with INVALID_ARGUMENT naming the limit.
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::store::{PutOutcome, Store, StoreError};
+use crate::proto;
+use crate::proto::replica_server::{Replica, ReplicaServer};
+use crate::version::Version;
+
+/// Largest key a slave accepts (the master's user-facing limit is lower).
+pub const MAX_KEY_BYTES: usize = 64 * 1024;
+/// Largest value a slave accepts: a hard cap above any configurable
+/// user-facing limit.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest gRPC message the Replica server decodes or encodes: one maximal
+/// key and value plus room for the other fields. Masters must configure
+/// their `ReplicaClient` with at least this for both directions.
+pub const MAX_MESSAGE_BYTES: usize = MAX_VALUE_BYTES + MAX_KEY_BYTES + 4096;
+/// Entries per streamed [`proto::InventoryChunk`].
+pub const INVENTORY_CHUNK: usize = 1024;
+/// Response metadata carrying the slave's fenced epoch on a stale-epoch refusal.
+pub const EPOCH_METADATA: &str = "dsm-epoch";
+
+/// Implementation of the `Replica` service over a [`Store`].
+#[derive(Clone, Debug)]
+pub struct ReplicaService {
+    /// Where values and the fenced epoch live.
+    store: Store,
+}
+
+impl ReplicaService {
+    /// A service answering from `store`.
+    pub fn new(store: Store) -> Self {
+        ReplicaService { store }
+    }
+
+    /// Wraps the service in its tonic server with message limits that admit
+    /// a maximal key and value ([`MAX_MESSAGE_BYTES`]).
+    pub fn into_server(self) -> ReplicaServer<Self> {
+        ReplicaServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Fencing check for reads: refuses an epoch below the fenced one,
+    /// raises the fenced epoch to a higher one.
+    async fn check_epoch(&self, epoch: u64) -> Result<(), Status> {
+        let mut fenced = self.store.epoch();
+        if epoch > fenced {
+            fenced = self.store.raise_epoch(epoch).await.map_err(store_status)?;
+        }
+        if epoch < fenced {
+            return Err(stale_epoch(epoch, fenced));
+        }
+        Ok(())
+    }
+}
+
+/// The FAILED_PRECONDITION answer to a deposed master.
+fn stale_epoch(epoch: u64, fenced: u64) -> Status {
+    tracing::warn!(epoch, fenced, "refused request from a deposed master");
+    let mut status =
+        Status::failed_precondition(format!("stale epoch {epoch} < fenced epoch {fenced}"));
+    if let Ok(v) = fenced.to_string().parse() {
+        status.metadata_mut().insert(EPOCH_METADATA, v);
+    }
+    status
+}
+
+/// Maps a store failure to a gRPC status: UNAVAILABLE while shutting down,
+/// INTERNAL otherwise.
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::Closed => Status::unavailable("slave is shutting down"),
+        e => {
+            tracing::error!(error = %e, "slave store failure");
+            Status::internal(e.to_string())
+        }
+    }
+}
+
+fn check_key(key: &[u8]) -> Result<(), Status> {
+    if key.is_empty() {
+        return Err(Status::invalid_argument("key is empty"));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "key is {} bytes, over the slave's limit of {MAX_KEY_BYTES} bytes",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn join_status(e: tokio::task::JoinError) -> Status {
+    Status::internal(format!("slave read task failed: {e}"))
+}
+
+#[tonic::async_trait]
+impl Replica for ReplicaService {
+    async fn put(
+        &self,
+        request: Request<proto::PutRequest>,
+    ) -> Result<Response<proto::PutReply>, Status> {
+        let req = request.into_inner();
+        check_key(&req.key)?;
+        if req.value.len() > MAX_VALUE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "value is {} bytes, over the slave's limit of {MAX_VALUE_BYTES} bytes",
+                req.value.len()
+            )));
+        }
+        let version: Version = req
+            .version
+            .ok_or_else(|| Status::invalid_argument("version is required"))?
+            .into();
+        let outcome = self
+            .store
+            .put_fenced(
+                req.epoch,
+                Bytes::from(req.key),
+                Bytes::from(req.value),
+                version,
+                req.force,
+            )
+            .await
+            .map_err(store_status)?;
+        match outcome {
+            PutOutcome::Stored => Ok(Response::new(proto::PutReply { stored: true })),
+            PutOutcome::Superseded { current } => {
+                tracing::debug!(%version, %current, "put superseded by a version already held");
+                Ok(Response::new(proto::PutReply { stored: false }))
+            }
+            PutOutcome::StaleEpoch { fenced } => Err(stale_epoch(req.epoch, fenced)),
+        }
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::GetRequest>,
+    ) -> Result<Response<proto::GetReply>, Status> {
+        let req = request.into_inner();
+        check_key(&req.key)?;
+        self.check_epoch(req.epoch).await?;
+        let store = self.store.clone();
+        let found = tokio::task::spawn_blocking(move || store.get(&req.key))
+            .await
+            .map_err(join_status)?
+            .map_err(store_status)?;
+        let reply = match found {
+            Some((value, version)) => proto::GetReply {
+                found: true,
+                value: value.into(),
+                version: Some(version.into()),
+            },
+            None => proto::GetReply {
+                found: false,
+                value: Vec::new(),
+                version: None,
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn fence(
+        &self,
+        request: Request<proto::FenceRequest>,
+    ) -> Result<Response<proto::FenceReply>, Status> {
+        let wanted = request.into_inner().epoch;
+        let epoch = self.store.raise_epoch(wanted).await.map_err(store_status)?;
+        tracing::info!(requested = wanted, epoch, "fenced");
+        Ok(Response::new(proto::FenceReply { epoch }))
+    }
+
+    type InventoryStream = ReceiverStream<Result<proto::InventoryChunk, Status>>;
+
+    async fn inventory(
+        &self,
+        request: Request<proto::InventoryRequest>,
+    ) -> Result<Response<Self::InventoryStream>, Status> {
+        self.check_epoch(request.into_inner().epoch).await?;
+        // A small queue: the blocking scan runs at most two chunks ahead of
+        // the network, so a slow master does not make us buffer the keyspace.
+        let (tx, rx) = mpsc::channel(2);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            for chunk in store.inventory(INVENTORY_CHUNK) {
+                let item = chunk
+                    .map(|entries| proto::InventoryChunk {
+                        entries: entries
+                            .into_iter()
+                            .map(|(key, version)| proto::KeyVersion {
+                                key: key.into(),
+                                version: Some(version.into()),
+                            })
+                            .collect(),
+                    })
+                    .map_err(store_status);
+                let failed = item.is_err();
+                if tx.blocking_send(item).is_err() || failed {
+                    // The caller went away, or the scan failed and said so.
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::replica_client::ReplicaClient;
+    use std::time::Duration;
+    use tonic::Code;
+    use tonic::transport::{Channel, Server};
+
+    const LIMIT: Duration = Duration::from_secs(30);
+
+    /// Serves a fresh store on 127.0.0.1:0 and returns a client to it.
+    async fn start() -> (tempfile::TempDir, Store, ReplicaClient<Channel>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "s1").unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = ReplicaService::new(store.clone()).into_server();
+        tokio::spawn(async move {
+            Server::builder()
+                .add_service(server)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+        });
+        let client = ReplicaClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        (dir, store, client)
+    }
+
+    fn put(key: &str, value: &str, version: Version, epoch: u64, force: bool) -> proto::PutRequest {
+        proto::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            version: Some(version.into()),
+            epoch,
+            force,
+        }
+    }
+
+    fn get(key: &str, epoch: u64) -> proto::GetRequest {
+        proto::GetRequest {
+            key: key.into(),
+            epoch,
+        }
+    }
+
+    #[tokio::test]
+    async fn stale_put_is_rejected_and_value_unchanged() {
+        tokio::time::timeout(LIMIT, async {
+            let (_dir, store, mut client) = start().await;
+            let reply = client
+                .put(put("k", "a", Version::new(5, 1), 5, false))
+                .await
+                .unwrap();
+            assert!(reply.into_inner().stored);
+            assert_eq!(store.epoch(), 5, "a newer master's put raises the epoch");
+            // Even forced, and with a version that would otherwise win.
+            let err = client
+                .put(put("k", "b", Version::new(6, 1), 4, true))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::FailedPrecondition);
+            assert_eq!(err.message(), "stale epoch 4 < fenced epoch 5");
+            assert_eq!(
+                err.metadata()
+                    .get(EPOCH_METADATA)
+                    .and_then(|v| v.to_str().ok()),
+                Some("5")
+            );
+            let got = client.get(get("k", 5)).await.unwrap().into_inner();
+            assert!(got.found);
+            assert_eq!(got.value, b"a");
+            assert_eq!(got.version, Some(Version::new(5, 1).into()));
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn fence_rejects_older_put_and_get() {
+        tokio::time::timeout(LIMIT, async {
+            let (_dir, _store, mut client) = start().await;
+            let ok = client
+                .put(put("k", "v", Version::new(1, 1), 1, false))
+                .await
+                .unwrap();
+            assert!(ok.into_inner().stored);
+            let fenced = client
+                .fence(proto::FenceRequest { epoch: 3 })
+                .await
+                .unwrap();
+            assert_eq!(fenced.into_inner().epoch, 3);
+            // A lower fence reports the higher epoch: the caller is deposed.
+            let fenced = client
+                .fence(proto::FenceRequest { epoch: 2 })
+                .await
+                .unwrap();
+            assert_eq!(fenced.into_inner().epoch, 3);
+
+            let err = client
+                .put(put("k", "w", Version::new(1, 2), 1, false))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::FailedPrecondition);
+            let err = client.get(get("k", 2)).await.unwrap_err();
+            assert_eq!(err.code(), Code::FailedPrecondition);
+            assert_eq!(err.message(), "stale epoch 2 < fenced epoch 3");
+            let err = client
+                .inventory(proto::InventoryRequest { epoch: 1 })
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::FailedPrecondition);
+
+            let got = client.get(get("k", 3)).await.unwrap().into_inner();
+            assert_eq!(got.value, b"v");
+            let missing = client.get(get("nope", 3)).await.unwrap().into_inner();
+            assert!(!missing.found);
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn equal_version_is_acked_not_stored() {
+        tokio::time::timeout(LIMIT, async {
+            let (_dir, _store, mut client) = start().await;
+            let first = client
+                .put(put("k", "a", Version::new(1, 1), 1, false))
+                .await
+                .unwrap();
+            assert!(first.into_inner().stored);
+            let again = client
+                .put(put("k", "b", Version::new(1, 1), 1, false))
+                .await
+                .unwrap();
+            assert!(!again.into_inner().stored);
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn inventory_streams_every_key_in_chunks() {
+        tokio::time::timeout(LIMIT, async {
+            let (_dir, store, mut client) = start().await;
+            let n = 3000u64;
+            // Concurrent puts share commits, which keeps this fast.
+            let puts = (0..n).map(|i| {
+                store.put(
+                    Bytes::from(format!("key-{i:05}")),
+                    Bytes::from_static(b"v"),
+                    Version::new(1, i),
+                    false,
+                )
+            });
+            for stored in futures::future::join_all(puts).await {
+                assert!(stored.unwrap());
+            }
+            let mut stream = client
+                .inventory(proto::InventoryRequest { epoch: 1 })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut chunks = 0;
+            let mut seen = Vec::new();
+            while let Some(chunk) = stream.message().await.unwrap() {
+                assert!(!chunk.entries.is_empty());
+                assert!(chunk.entries.len() <= INVENTORY_CHUNK);
+                chunks += 1;
+                seen.extend(chunk.entries);
+            }
+            assert_eq!(chunks, 3);
+            assert_eq!(seen.len() as u64, n);
+            for (i, kv) in seen.iter().enumerate() {
+                assert_eq!(kv.key, format!("key-{i:05}").into_bytes());
+                assert_eq!(kv.version, Some(Version::new(1, i as u64).into()));
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_refused_clearly() {
+        tokio::time::timeout(LIMIT, async {
+            let (_dir, store, mut client) = start().await;
+            let mut no_version = put("k", "v", Version::new(1, 1), 1, false);
+            no_version.version = None;
+            let err = client.put(no_version).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument);
+            assert_eq!(err.message(), "version is required");
+
+            let big_key = "x".repeat(MAX_KEY_BYTES + 1);
+            let err = client
+                .put(put(&big_key, "v", Version::new(1, 1), 1, false))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument);
+            assert!(err.message().contains("65536"), "{}", err.message());
+
+            let err = client.get(get("", 1)).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument);
+            assert_eq!(store.len().unwrap(), 0);
+        })
+        .await
+        .unwrap();
+    }
+}

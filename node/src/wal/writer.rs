@@ -1,0 +1,606 @@
+//! The active master's appender: recovery of the log tail on open, then group
+//! commit on a dedicated thread.
+//!
+//! Why a std thread: `write` + `fdatasync` block for tens of microseconds to
+//! milliseconds; on a dedicated thread they never stall the tokio workers, and
+//! the thread's loop *is* the group commit: while it syncs one batch, new appends
+//! queue in the channel, and the next iteration takes all of them at once and
+//! covers them with a single `fdatasync`.
+//!
+//! Invariant (persist before acknowledge): a reply is sent only after the
+//! `fdatasync` covering the record returned success; after any write or sync
+//! error every later append fails ([`WalError::WriterFailed`]) because the
+//! kernel may have dropped the dirty pages (fsyncgate), so a retry could
+//! acknowledge data that is not on disk. Tested by
+//! `group_commit_one_fsync_covers_waiting_appends` and
+//! `failed_writer_stops_acknowledging`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::frame::{self, MAGIC, MAX_RECORD_BYTES};
+use super::segment::{Next, Segment};
+use super::{EpochHistory, LogPos, Result, WalError, list_segments, segment_path, sync_dir};
+use crate::version::Version;
+
+/// Appends queued at most; further `append` calls wait (backpressure).
+const QUEUE_DEPTH: usize = 4096;
+
+/// A batch stops taking queued appends past this many bytes, to bound the
+/// buffer and the time to the next acknowledgement.
+const MAX_BATCH_BYTES: u64 = 8 << 20;
+
+/// Appends records for one epoch, durably, with group commit.
+///
+/// Only the active master has one. Dropping it lets the thread finish the
+/// appends already queued, then stop; [`close`](Self::close) also waits for that.
+pub struct LogWriter {
+    tx: mpsc::Sender<Request>,
+    shared: Arc<Shared>,
+    epoch: u64,
+    /// Resolves (with an error) when the writer thread has exited.
+    done: oneshot::Receiver<()>,
+}
+
+/// Counters of a writer, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// `fdatasync` calls that covered appends (one per batch).
+    pub fsyncs: u64,
+    /// Records made durable.
+    pub records: u64,
+    /// Bytes made durable.
+    pub bytes: u64,
+}
+
+struct Shared {
+    last_seq: AtomicU64,
+    fsyncs: AtomicU64,
+    records: AtomicU64,
+    bytes: AtomicU64,
+}
+
+struct Request {
+    key: Bytes,
+    value: Bytes,
+    reply: oneshot::Sender<Result<(Version, LogPos)>>,
+}
+
+impl LogWriter {
+    /// Recovers the log in `dir` and starts a writer for `epoch` whose first
+    /// record gets seq `first_seq`.
+    ///
+    /// Must be called after [`EpochHistory::append`]`(dir, epoch, first_seq)`:
+    /// that line must be the latest of the history ([`WalError::EpochMismatch`]
+    /// otherwise), so a reader never meets a record of an epoch it cannot fence.
+    ///
+    /// Recovery: a torn tail of the newest segment (an incomplete or bad last
+    /// frame with no valid frame after it: the previous writer crashed mid-write,
+    /// so it was never acknowledged) is truncated with a warning naming the file,
+    /// offset and bytes dropped. A bad frame followed by valid ones is
+    /// [`WalError::Corrupt`] and nothing is changed. Then a new segment is created
+    /// (never appending to the old master's file, which a paused old master may
+    /// still hold open). The writer rolls to a new segment before a batch once the
+    /// current one holds `segment_bytes` or more.
+    ///
+    /// Blocking I/O: call it from `spawn_blocking` in async code.
+    pub fn open(dir: &Path, epoch: u64, first_seq: u64, segment_bytes: u64) -> Result<Self> {
+        Self::open_with(dir, epoch, first_seq, segment_bytes, Hooks::default())
+    }
+
+    fn open_with(
+        dir: &Path,
+        epoch: u64,
+        first_seq: u64,
+        segment_bytes: u64,
+        hooks: Hooks,
+    ) -> Result<Self> {
+        let latest = EpochHistory::load(dir)?.latest();
+        if latest != Some((epoch, first_seq)) {
+            return Err(WalError::EpochMismatch {
+                epoch,
+                first_seq,
+                latest,
+            });
+        }
+        let segments = list_segments(dir)?;
+        let next_no = match segments.last() {
+            Some((no, path)) => {
+                truncate_torn_tail(*no, path)?;
+                no.checked_add(1).ok_or_else(|| numbers_exhausted(dir))?
+            }
+            None => 1,
+        };
+        let active = create_segment(dir, next_no)?;
+        tracing::info!(
+            path = %active.path.display(),
+            epoch,
+            first_seq,
+            "write-ahead log writer started"
+        );
+        let shared = Arc::new(Shared {
+            last_seq: AtomicU64::new(first_seq.saturating_sub(1)),
+            fsyncs: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (done_tx, done) = oneshot::channel();
+        let worker = Worker {
+            dir: dir.to_path_buf(),
+            epoch,
+            next_seq: first_seq,
+            segment_bytes,
+            active,
+            failed: None,
+            shared: shared.clone(),
+            rx,
+            buf: Vec::new(),
+            hooks,
+        };
+        std::thread::Builder::new()
+            .name("dsm-wal-writer".into())
+            .spawn(move || worker.run(done_tx))
+            .map_err(|e| WalError::io(dir, e))?;
+        Ok(LogWriter {
+            tx,
+            shared,
+            epoch,
+            done,
+        })
+    }
+
+    /// Appends a record and returns its version and position once it is durable
+    /// (`fdatasync`ed). Seqs are assigned in log order, contiguously.
+    ///
+    /// Safe to call from many tasks at once; appends that arrive while a sync
+    /// runs are written together and covered by the next single sync. After a
+    /// write or sync error, this and every later call fail with
+    /// [`WalError::WriterFailed`]. A record over [`MAX_RECORD_BYTES`] fails with
+    /// [`WalError::TooLarge`] without affecting the writer. If the future is
+    /// dropped after the request was queued, the record may still be written.
+    pub async fn append(&self, key: Bytes, value: Bytes) -> Result<(Version, LogPos)> {
+        let len = frame::payload_len(&key, &value);
+        if len > u64::from(MAX_RECORD_BYTES) {
+            return Err(WalError::TooLarge {
+                len,
+                max: MAX_RECORD_BYTES,
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request { key, value, reply })
+            .await
+            .map_err(|_| WalError::Closed)?;
+        rx.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// Highest durable seq written by this writer (`first_seq - 1` before any).
+    pub fn last_seq(&self) -> u64 {
+        self.shared.last_seq.load(Ordering::Acquire)
+    }
+
+    /// The epoch this writer writes.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> WriterStats {
+        WriterStats {
+            fsyncs: self.shared.fsyncs.load(Ordering::Relaxed),
+            records: self.shared.records.load(Ordering::Relaxed),
+            bytes: self.shared.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops accepting appends and waits until the queued ones are written and
+    /// the thread has exited.
+    pub async fn close(self) {
+        let LogWriter { tx, done, .. } = self;
+        drop(tx);
+        // The sender is dropped (never sent) when the thread exits.
+        let _ = done.await;
+    }
+}
+
+/// Test-only controls of the writer thread.
+#[derive(Clone, Default)]
+struct Hooks {
+    /// Held by a test to stop the thread between taking the first request of a
+    /// batch and draining the queue, so the batch contents are deterministic.
+    #[cfg(test)]
+    gate: Option<Arc<std::sync::Mutex<()>>>,
+    /// Makes the next write fail as if the disk had.
+    #[cfg(test)]
+    fail_writes: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The segment being appended to.
+struct Active {
+    file: File,
+    file_no: u32,
+    path: PathBuf,
+    /// Bytes in the file, i.e. the offset of the next frame.
+    len: u64,
+}
+
+/// State of the writer thread.
+struct Worker {
+    dir: PathBuf,
+    epoch: u64,
+    /// Seq of the next record.
+    next_seq: u64,
+    segment_bytes: u64,
+    active: Active,
+    /// The first write/sync error: once set, nothing is acknowledged any more.
+    failed: Option<(PathBuf, Arc<WalError>)>,
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Request>,
+    /// Encoding buffer, reused across batches.
+    buf: Vec<u8>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    hooks: Hooks,
+}
+
+impl Worker {
+    fn run(mut self, done: oneshot::Sender<()>) {
+        while let Some(first) = self.rx.blocking_recv() {
+            #[cfg(test)]
+            if let Some(gate) = &self.hooks.gate {
+                drop(gate.lock());
+            }
+            let batch = self.take_batch(first);
+            self.commit(batch);
+        }
+        drop(done);
+    }
+
+    /// Takes `first` and everything queued behind it (up to the byte cap).
+    fn take_batch(&mut self, first: Request) -> Vec<Request> {
+        let mut bytes = frame::payload_len(&first.key, &first.value);
+        let mut batch = vec![first];
+        while bytes < MAX_BATCH_BYTES {
+            match self.rx.try_recv() {
+                Ok(req) => {
+                    bytes += frame::payload_len(&req.key, &req.value);
+                    batch.push(req);
+                }
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    fn commit(&mut self, batch: Vec<Request>) {
+        if self.failed.is_none() {
+            match self.write_batch(&batch) {
+                Ok(assigned) => {
+                    for (req, result) in batch.into_iter().zip(assigned) {
+                        // The appender may have given up waiting; the record is durable anyway.
+                        let _ = req.reply.send(Ok(result));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        path = %self.active.path.display(),
+                        error = %e,
+                        "write-ahead log write failed; the writer stops acknowledging appends"
+                    );
+                    self.failed = Some((self.active.path.clone(), Arc::new(e)));
+                }
+            }
+        }
+        if let Some((path, source)) = &self.failed {
+            for req in batch {
+                let _ = req.reply.send(Err(WalError::WriterFailed {
+                    path: path.clone(),
+                    source: source.clone(),
+                }));
+            }
+        }
+    }
+
+    /// Writes and syncs one batch; returns each record's version and position.
+    fn write_batch(&mut self, batch: &[Request]) -> Result<Vec<(Version, LogPos)>> {
+        if self.active.len >= self.segment_bytes {
+            self.roll()?;
+        }
+        self.buf.clear();
+        let mut assigned = Vec::with_capacity(batch.len());
+        for (i, req) in batch.iter().enumerate() {
+            let version = Version::new(self.epoch, self.next_seq + i as u64);
+            let pos = LogPos {
+                file_no: self.active.file_no,
+                offset: self.active.len + self.buf.len() as u64,
+            };
+            frame::encode(version, &req.key, &req.value, &mut self.buf);
+            assigned.push((version, pos));
+        }
+        let io_err = |e| WalError::io(&self.active.path, e);
+        #[cfg(test)]
+        if self.hooks.fail_writes.load(Ordering::SeqCst) {
+            return Err(io_err(io::Error::other("injected write failure")));
+        }
+        self.active.file.write_all(&self.buf).map_err(io_err)?;
+        self.active.file.sync_data().map_err(io_err)?;
+        // Durable from here on.
+        let n = batch.len() as u64;
+        self.next_seq += n;
+        self.active.len += self.buf.len() as u64;
+        self.shared
+            .last_seq
+            .store(self.next_seq - 1, Ordering::Release);
+        self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.shared.records.fetch_add(n, Ordering::Relaxed);
+        self.shared
+            .bytes
+            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        Ok(assigned)
+    }
+
+    /// Starts the next segment, unless a newer master has started: then this
+    /// writer is deposed and must stop (its further records would be invalid
+    /// anyway, and a new segment from it could interleave with the new master's).
+    fn roll(&mut self) -> Result<()> {
+        self.check_not_fenced()?;
+        let next_no = self
+            .active
+            .file_no
+            .checked_add(1)
+            .ok_or_else(|| numbers_exhausted(&self.dir))?;
+        let next = create_segment(&self.dir, next_no)?;
+        // Checked again after creating: a successor that appended its epoch
+        // line meanwhile creates its segment after ours, so ours is harmless
+        // (empty), but we must not write into it.
+        self.check_not_fenced()?;
+        tracing::debug!(path = %next.path.display(), "rolled to a new log segment");
+        self.active = next;
+        Ok(())
+    }
+
+    fn check_not_fenced(&self) -> Result<()> {
+        match EpochHistory::load(&self.dir)?.latest() {
+            Some((newer, _)) if newer > self.epoch => Err(WalError::Fenced {
+                epoch: self.epoch,
+                newer,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Creates the first free segment numbered `from` or above (`create_new`, so two
+/// writers never share a file), writes the magic and makes it durable.
+fn create_segment(dir: &Path, from: u32) -> Result<Active> {
+    let mut file_no = from;
+    loop {
+        let path = segment_path(dir, file_no);
+        // O_APPEND: if a successor truncates a torn tail of this file while we
+        // are paused, our next write lands at the new end instead of leaving a
+        // hole of zeros that would look like corruption.
+        match OpenOptions::new().append(true).create_new(true).open(&path) {
+            Ok(mut file) => {
+                let io_err = |e| WalError::io(&path, e);
+                file.write_all(MAGIC).map_err(io_err)?;
+                file.sync_all().map_err(io_err)?;
+                sync_dir(dir)?;
+                return Ok(Active {
+                    file,
+                    file_no,
+                    path,
+                    len: MAGIC.len() as u64,
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                file_no = file_no
+                    .checked_add(1)
+                    .ok_or_else(|| numbers_exhausted(dir))?;
+            }
+            Err(e) => return Err(WalError::io(&path, e)),
+        }
+    }
+}
+
+/// Truncates the torn tail of segment `file_no`, if it has one.
+pub(super) fn truncate_torn_tail(file_no: u32, path: &Path) -> Result<()> {
+    let io_err = |e| WalError::io(path, e);
+    let mut seg = Segment::open(file_no, path.to_path_buf()).map_err(io_err)?;
+    loop {
+        match seg.next(true)? {
+            Next::Record(..) => {}
+            Next::End => return Ok(()),
+            Next::Torn {
+                offset,
+                len,
+                reason,
+            } => {
+                tracing::warn!(
+                    path = %path.display(),
+                    offset,
+                    bytes_dropped = len,
+                    %reason,
+                    "truncating the torn tail of the write-ahead log (a write interrupted by a crash, never acknowledged)"
+                );
+                let file = OpenOptions::new().write(true).open(path).map_err(io_err)?;
+                file.set_len(offset).map_err(io_err)?;
+                if offset == 0 {
+                    // Crashed while creating the segment: finish it.
+                    file.write_all_at(MAGIC, 0).map_err(io_err)?;
+                }
+                file.sync_all().map_err(io_err)?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn numbers_exhausted(dir: &Path) -> WalError {
+    WalError::io(
+        dir,
+        io::Error::other("segment numbers exhausted (u32::MAX reached)"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::LogReader;
+
+    fn setup(segment_bytes: u64, hooks: Hooks) -> (tempfile::TempDir, Arc<LogWriter>) {
+        let dir = tempfile::tempdir().unwrap();
+        EpochHistory::append(dir.path(), 1, 1).unwrap();
+        let w = LogWriter::open_with(dir.path(), 1, 1, segment_bytes, hooks).unwrap();
+        (dir, Arc::new(w))
+    }
+
+    /// Group commit: appends that queue while the thread is busy are written
+    /// together and covered by one fdatasync.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[expect(
+        clippy::await_holding_lock,
+        reason = "the gate stops the writer's std thread, not a task; holding it while the appends queue is the point"
+    )]
+    async fn group_commit_one_fsync_covers_waiting_appends() {
+        let gate = Arc::new(std::sync::Mutex::new(()));
+        let hooks = Hooks {
+            gate: Some(gate.clone()),
+            ..Hooks::default()
+        };
+        let (dir, w) = setup(u64::MAX, hooks);
+        let held = gate.lock().unwrap();
+        const N: usize = 64;
+        let mut tasks = Vec::new();
+        for i in 0..N {
+            let w = w.clone();
+            tasks.push(tokio::spawn(async move {
+                w.append(Bytes::from(format!("k{i}")), Bytes::from(vec![i as u8; i]))
+                    .await
+            }));
+        }
+        // The thread took one request and waits at the gate; wait until the
+        // other N-1 are queued behind it (no timing: just until it is true).
+        while w.tx.max_capacity() - w.tx.capacity() < N - 1 {
+            tokio::task::yield_now().await;
+        }
+        drop(held);
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap().unwrap());
+        }
+        assert_eq!(w.stats().fsyncs, 1, "all {N} appends in one batch");
+        assert_eq!(w.stats().records, N as u64);
+        assert_eq!(w.last_seq(), N as u64);
+
+        // Seqs are contiguous and follow file order; positions are where they say.
+        results.sort_by_key(|(_, pos)| *pos);
+        let seqs: Vec<u64> = results.iter().map(|(v, _)| v.seq).collect();
+        assert_eq!(seqs, (1..=N as u64).collect::<Vec<_>>());
+        let mut reader = LogReader::open(dir.path()).unwrap();
+        let mut replayed = Vec::new();
+        reader
+            .poll(|r, pos| replayed.push((r.version, pos)))
+            .unwrap();
+        assert_eq!(replayed, results);
+    }
+
+    /// Persist before acknowledge: after a failed write, nothing more is acknowledged.
+    #[tokio::test]
+    async fn failed_writer_stops_acknowledging() {
+        let hooks = Hooks::default();
+        let fail = hooks.fail_writes.clone();
+        let (_dir, w) = setup(u64::MAX, hooks);
+        w.append(Bytes::from_static(b"a"), Bytes::from_static(b"1"))
+            .await
+            .unwrap();
+        fail.store(true, Ordering::SeqCst);
+        let err = w
+            .append(Bytes::from_static(b"b"), Bytes::from_static(b"2"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, WalError::WriterFailed { .. }), "{err}");
+        // Even once the disk "recovers", the writer never pretends again.
+        fail.store(false, Ordering::SeqCst);
+        let err = w
+            .append(Bytes::from_static(b"c"), Bytes::from_static(b"3"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("injected write failure"), "{err}");
+        assert_eq!(w.last_seq(), 1);
+    }
+
+    #[tokio::test]
+    async fn too_large_is_refused_without_harm() {
+        let (_dir, w) = setup(u64::MAX, Hooks::default());
+        let huge = Bytes::from(vec![0u8; MAX_RECORD_BYTES as usize]);
+        let err = w.append(Bytes::from_static(b"k"), huge).await.unwrap_err();
+        assert!(matches!(err, WalError::TooLarge { .. }));
+        let (v, _) = w
+            .append(Bytes::from_static(b"k"), Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(v, Version::new(1, 1));
+    }
+
+    #[tokio::test]
+    async fn open_requires_the_epoch_line_first() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            LogWriter::open(dir.path(), 1, 1, 1 << 20),
+            Err(WalError::EpochMismatch { latest: None, .. })
+        ));
+        EpochHistory::append(dir.path(), 1, 1).unwrap();
+        assert!(matches!(
+            LogWriter::open(dir.path(), 2, 1, 1 << 20),
+            Err(WalError::EpochMismatch { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn rolls_segments_and_stops_when_fenced() {
+        let (dir, w) = setup(200, Hooks::default());
+        let mut positions = Vec::new();
+        for i in 0..30u32 {
+            let (v, pos) = w
+                .append(Bytes::from(format!("key{i}")), Bytes::from(vec![b'x'; 40]))
+                .await
+                .unwrap();
+            assert_eq!(v.seq, u64::from(i) + 1);
+            positions.push(pos);
+        }
+        let files: std::collections::BTreeSet<u32> = positions.iter().map(|p| p.file_no).collect();
+        assert!(files.len() > 3, "{files:?}");
+        assert!(positions.windows(2).all(|w| w[0] < w[1]));
+        let mut reader = LogReader::open(dir.path()).unwrap();
+        let mut replayed = Vec::new();
+        reader.poll(|_, pos| replayed.push(pos)).unwrap();
+        assert_eq!(replayed, positions);
+
+        // A successor takes over; at its next roll the old writer stops.
+        EpochHistory::append(dir.path(), 2, 31).unwrap();
+        let mut fenced = None;
+        for _ in 0..10 {
+            if let Err(e) = w
+                .append(Bytes::from_static(b"late"), Bytes::from(vec![b'x'; 100]))
+                .await
+            {
+                fenced = Some(e);
+                break;
+            }
+        }
+        match fenced {
+            Some(WalError::WriterFailed { source, .. }) => {
+                assert!(matches!(*source, WalError::Fenced { epoch: 1, newer: 2 }))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! Test harness: a DSM cluster of real `dsm` processes on loopback.
+//!
+//! Every process gets a free port on 127.0.0.1, writes its log to a file in
+//! the cluster's temporary directory, and is killed when the [`Cluster`] is
+//! dropped (also when a test fails), so no test leaves processes behind.
+//! Faults are injected the way an operator would meet them: SIGKILL,
+//! SIGSTOP/SIGCONT, restarts, files damaged on disk.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dsm::client::{Client, ClientConfig};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Upper bound for any single wait in these tests.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Path of the `dsm` binary under test.
+pub fn dsm_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dsm")
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// One cluster member: how to start it again and its running process.
+pub struct Member {
+    pub name: String,
+    pub address: String,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn start(&mut self) {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open member log");
+        let err = out.try_clone().expect("clone log handle");
+        let child = Command::new(dsm_bin())
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn dsm");
+        self.child = Some(child);
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("member is running").id() as i32)
+    }
+
+    /// The member's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Tunables of a test cluster.
+#[derive(Clone)]
+pub struct Options {
+    pub slaves: usize,
+    pub extra_master_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            slaves: 3,
+            extra_master_args: Vec::new(),
+        }
+    }
+}
+
+/// A running test cluster.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub master: Member,
+    pub backup: Member,
+    pub slaves: Vec<Member>,
+}
+
+impl Cluster {
+    /// Starts master, backup and slaves, and waits until the master serves
+    /// with every slave registered.
+    pub async fn start(options: Options) -> Cluster {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut cluster = Cluster::configure(dir, options);
+        cluster.start_all();
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    fn configure(dir: tempfile::TempDir, options: Options) -> Cluster {
+        let master_port = free_port();
+        let backup_port = free_port();
+        let master_addr = format!("127.0.0.1:{master_port}");
+        let backup_addr = format!("127.0.0.1:{backup_port}");
+        let log_dir = dir.path().join("log");
+        let master_like = |role: &str, addr: &str| -> Member {
+            let mut args = vec![
+                role.to_string(),
+                format!("--listen={addr}"),
+                format!("--id={role}"),
+                format!("--log-dir={}", log_dir.display()),
+                format!("--slaves={}", options.slaves),
+                "--lease-ttl=1500ms".to_string(),
+                "--slave-timeout=1500ms".to_string(),
+            ];
+            args.extend(options.extra_master_args.iter().cloned());
+            Member {
+                name: role.to_string(),
+                address: addr.to_string(),
+                args,
+                log: dir.path().join(format!("{role}.log")),
+                child: None,
+            }
+        };
+        let master = master_like("master", &master_addr);
+        let backup = master_like("backup", &backup_addr);
+        let slaves = (0..options.slaves)
+            .map(|i| {
+                let name = format!("slave-{i}");
+                let address = format!("127.0.0.1:{}", free_port());
+                Member {
+                    args: vec![
+                        "slave".to_string(),
+                        format!("--listen={address}"),
+                        format!("--id={name}"),
+                        format!("--data-dir={}", dir.path().join(&name).display()),
+                        format!("--master={master_addr}"),
+                        format!("--backup={backup_addr}"),
+                        "--heartbeat=250ms".to_string(),
+                    ],
+                    log: dir.path().join(format!("{name}.log")),
+                    name,
+                    address,
+                    child: None,
+                }
+            })
+            .collect();
+        Cluster {
+            dir,
+            master,
+            backup,
+            slaves,
+        }
+    }
+
+    /// Starts every member that is not running.
+    pub fn start_all(&mut self) {
+        for m in self.members_mut() {
+            if m.child.is_none() {
+                m.start();
+            }
+        }
+    }
+
+    fn members_mut(&mut self) -> impl Iterator<Item = &mut Member> {
+        [&mut self.master, &mut self.backup]
+            .into_iter()
+            .chain(self.slaves.iter_mut())
+    }
+
+    /// The shared log directory.
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("log")
+    }
+
+    /// A client that knows both master-capable addresses.
+    pub fn client(&self) -> Client {
+        Client::new(ClientConfig {
+            endpoints: vec![self.master.address.clone(), self.backup.address.clone()],
+            timeout: Duration::from_secs(2),
+            retry_for: Duration::from_secs(30),
+        })
+    }
+
+    /// A client that talks to exactly one address and does not retry.
+    pub fn direct_client(address: &str) -> Client {
+        Client::new(ClientConfig {
+            endpoints: vec![address.to_string()],
+            timeout: Duration::from_secs(2),
+            retry_for: Duration::ZERO,
+        })
+    }
+
+    /// Waits until some master is active and serving with every running
+    /// slave live and no key under-replicated.
+    pub async fn wait_ready(&self) {
+        let running = self.slaves.iter().filter(|s| s.child.is_some()).count();
+        self.wait_for(&format!("{running} live slaves, fully replicated"), |s| {
+            s.role == "active"
+                && s.slaves.iter().filter(|x| x.live).count() >= running
+                && s.under_replicated_keys == 0
+        })
+        .await;
+    }
+
+    /// Polls the cluster status until `done` holds, or panics after [`WAIT`]
+    /// with the member logs.
+    pub async fn wait_for(&self, what: &str, done: impl Fn(&dsm::proto::StatusReply) -> bool) {
+        let client = Client::new(ClientConfig {
+            endpoints: vec![self.master.address.clone(), self.backup.address.clone()],
+            timeout: Duration::from_secs(1),
+            retry_for: Duration::from_secs(1),
+        });
+        let started = Instant::now();
+        let mut last = String::new();
+        while started.elapsed() < WAIT {
+            match client.status().await {
+                Ok(status) if done(&status) => return,
+                Ok(status) => last = format!("{status:?}"),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "timed out waiting for {what}; last status: {last}\n{}",
+            self.logs()
+        );
+    }
+
+    /// Waits until the member at `address` reports itself active.
+    pub async fn wait_active(&self, address: &str) {
+        let client = Cluster::direct_client(address);
+        let started = Instant::now();
+        while started.elapsed() < WAIT {
+            if let Ok(status) = client.endpoint_status().await
+                && status.role == "active"
+                && status.slaves.iter().any(|s| s.live)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{address} never became active\n{}", self.logs());
+    }
+
+    /// Every member's log, for failure messages.
+    pub fn logs(&self) -> String {
+        [&self.master, &self.backup]
+            .into_iter()
+            .chain(self.slaves.iter())
+            .map(|m| {
+                let log = m.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("----- {} -----\n{}\n", m.name, tail.join("\n"))
+            })
+            .collect()
+    }
+}
+
+/// Fault injection on members.
+impl Member {
+    /// SIGKILL, and reap the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: the process freezes with its sockets and locks held.
+    pub fn pause(&self) {
+        kill(self.pid(), Signal::SIGSTOP).expect("SIGSTOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        kill(self.pid(), Signal::SIGCONT).expect("SIGCONT");
+    }
+
+    /// Starts the member again with the same flags and directories.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.start();
+    }
+
+    /// Whether the process has exited; its exit status if so.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_ref() {
+            // A paused process ignores SIGKILL until continued on some
+            // kernels' accounting; continue it first.
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
+        }
+        self.kill9();
+    }
+}
+
+/// Runs `dsm` with arguments and stdin, returning (exit code, stdout, stderr).
+pub fn run_dsm(args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>, String) {
+    use std::io::Write;
+    let mut child = Command::new(dsm_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn dsm");
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(stdin);
+    }
+    let out = child.wait_with_output().expect("dsm output");
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Bounds a test body's time.
+pub async fn bounded<F: std::future::Future<Output = T>, T>(body: F) -> T {
+    tokio::time::timeout(Duration::from_secs(240), body)
+        .await
+        .expect("test took longer than 240 s")
+}
+
+/// The newest log segment file in `dir`.
+pub fn newest_segment(dir: &Path) -> PathBuf {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read log dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("kv_store.") && n.ends_with(".log"))
+        })
+        .collect();
+    segments.sort();
+    segments.pop().expect("at least one segment")
+}
