@@ -19,6 +19,7 @@ pub mod limits;
 pub mod local;
 pub mod log_dump;
 pub mod master;
+pub mod metrics;
 pub mod proto;
 pub mod slave;
 pub mod text;

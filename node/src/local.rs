@@ -34,100 +34,171 @@ pub struct LocalArgs {
     /// First slave port; slave i listens on this port plus i.
     #[arg(long, default_value_t = 12400)]
     pub slave_port: u16,
+    /// First metrics port: master, backup, then each slave serve /metrics
+    /// on consecutive ports from here.
+    #[arg(long, default_value_t = 9100)]
+    pub metrics_port: u16,
     /// How long to wait for the cluster to serve before giving up.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub ready_timeout: Duration,
 }
 
 /// A started child process and where its output goes.
-struct Member {
-    name: String,
-    address: SocketAddr,
-    log: PathBuf,
+pub struct Member {
+    /// `master`, `backup` or `slave-N`.
+    pub name: String,
+    /// gRPC address.
+    pub address: SocketAddr,
+    /// HTTP address of /metrics, /healthz and /readyz.
+    pub metrics: SocketAddr,
+    /// File receiving the process's output.
+    pub log: PathBuf,
     child: Child,
+}
+
+/// A running local cluster; [`LocalCluster::stop`] ends it (dropping it
+/// kills the children too).
+pub struct LocalCluster {
+    /// Master's gRPC address.
+    pub master: SocketAddr,
+    /// Backup's gRPC address.
+    pub backup: SocketAddr,
+    /// Every child process, master and backup first.
+    pub members: Vec<Member>,
+    /// The cluster's data directory (absolute).
+    pub dir: PathBuf,
+}
+
+impl LocalCluster {
+    /// Starts master, backup and the slaves, and waits until the master
+    /// serves with every slave registered.
+    pub async fn start(args: &LocalArgs) -> anyhow::Result<LocalCluster> {
+        if args.slaves == 0 {
+            bail!("--slaves must be at least 1");
+        }
+        let exe = std::env::current_exe().context("cannot find the dsm executable")?;
+        let dir = absolute(&args.dir)?;
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs)
+            .with_context(|| format!("cannot create {}", logs.display()))?;
+        let at =
+            |port: u16, offset: u32| SocketAddr::new(args.host, port.wrapping_add(offset as u16));
+        let master = at(args.port, 0);
+        let backup = at(args.port, 1);
+        let metrics = |i: u32| at(args.metrics_port, i);
+        let slave_addrs: Vec<SocketAddr> =
+            (0..args.slaves).map(|i| at(args.slave_port, i)).collect();
+        let wanted = [master, backup]
+            .into_iter()
+            .chain(slave_addrs.iter().copied())
+            .chain((0..args.slaves + 2).map(metrics));
+        for addr in wanted {
+            TcpListener::bind(addr).with_context(|| {
+                format!(
+                    "port {} on {} is not free; pick others with --port, --slave-port or --metrics-port",
+                    addr.port(),
+                    addr.ip()
+                )
+            })?;
+        }
+
+        let log_dir = dir.join("log");
+        let mut cluster = LocalCluster {
+            master,
+            backup,
+            members: Vec::new(),
+            dir: dir.clone(),
+        };
+        for (i, (name, addr)) in [("master", master), ("backup", backup)]
+            .into_iter()
+            .enumerate()
+        {
+            let cmd = vec![
+                name.to_string(),
+                format!("--id={name}"),
+                format!("--log-dir={}", log_dir.display()),
+                format!("--slaves={}", args.slaves),
+            ];
+            cluster
+                .members
+                .push(spawn(&exe, name, addr, metrics(i as u32), cmd, &logs)?);
+        }
+        for (i, addr) in slave_addrs.iter().enumerate() {
+            let name = format!("slave-{i}");
+            let cmd = vec![
+                "slave".to_string(),
+                format!("--id={name}"),
+                format!("--data-dir={}", dir.join(&name).display()),
+                format!("--master={master}"),
+                format!("--backup={backup}"),
+            ];
+            cluster.members.push(spawn(
+                &exe,
+                &name,
+                *addr,
+                metrics(i as u32 + 2),
+                cmd,
+                &logs,
+            )?);
+        }
+        let ready = tokio::select! {
+            r = wait_ready(master, backup, args.slaves, args.ready_timeout) => r,
+            _ = shutdown_signal() => Err(anyhow::anyhow!("interrupted before the cluster was ready")),
+        };
+        if let Err(e) = ready {
+            cluster.stop().await;
+            return Err(e.context(format!(
+                "the cluster did not start; see the logs in {}",
+                logs.display()
+            )));
+        }
+        Ok(cluster)
+    }
+
+    /// Sends SIGTERM to every child, waits for them, SIGKILLs stragglers.
+    pub async fn stop(&mut self) {
+        for m in self.members.iter() {
+            if let Some(pid) = m.child.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        for m in self.members.iter_mut() {
+            if tokio::time::timeout(Duration::from_secs(5), m.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = m.child.kill().await;
+            }
+        }
+    }
 }
 
 /// Runs the local cluster until Ctrl-C or SIGTERM.
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
-    if args.slaves == 0 {
-        bail!("--slaves must be at least 1");
-    }
+    let mut cluster = LocalCluster::start(&args).await?;
     let exe = std::env::current_exe().context("cannot find the dsm executable")?;
-    let dir = absolute(&args.dir)?;
-    let logs = dir.join("logs");
-    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-    let master_addr = SocketAddr::new(args.host, args.port);
-    let backup_addr = SocketAddr::new(args.host, args.port.wrapping_add(1));
-    let slave_addrs: Vec<SocketAddr> = (0..args.slaves)
-        .map(|i| SocketAddr::new(args.host, args.slave_port.wrapping_add(i as u16)))
-        .collect();
-    for addr in [master_addr, backup_addr].iter().chain(&slave_addrs) {
-        TcpListener::bind(addr).with_context(|| {
-            format!(
-                "port {} on {} is not free; pick others with --port / --slave-port",
-                addr.port(),
-                addr.ip()
-            )
-        })?;
-    }
-
-    let log_dir = dir.join("log");
-    let slaves = args.slaves.to_string();
-    let mut members = Vec::new();
-    for (name, role, addr) in [
-        ("master", "master", master_addr),
-        ("backup", "backup", backup_addr),
-    ] {
-        let cmd = [
-            role.to_string(),
-            format!("--listen={addr}"),
-            format!("--id={name}"),
-            format!("--log-dir={}", log_dir.display()),
-            format!("--slaves={slaves}"),
-        ];
-        members.push(spawn(&exe, name, addr, &cmd, &logs)?);
-    }
-    for (i, addr) in slave_addrs.iter().enumerate() {
-        let name = format!("slave-{i}");
-        let cmd = [
-            "slave".to_string(),
-            format!("--listen={addr}"),
-            format!("--id={name}"),
-            format!("--data-dir={}", dir.join(&name).display()),
-            format!("--master={master_addr}"),
-            format!("--backup={backup_addr}"),
-        ];
-        members.push(spawn(&exe, &name, *addr, &cmd, &logs)?);
-    }
-
-    let outcome = tokio::select! {
-        r = wait_ready(master_addr, backup_addr, args.slaves, args.ready_timeout) => r,
-        _ = shutdown_signal() => Err(anyhow::anyhow!("interrupted before the cluster was ready")),
-    };
-    if let Err(e) = outcome {
-        stop_all(&mut members).await;
-        return Err(e.context(format!(
-            "the cluster did not start; see the logs in {}",
-            logs.display()
-        )));
-    }
-
     let mut banner = format!(
         "DSM local cluster is up ({} slaves, data in {})\n",
         args.slaves,
-        dir.display()
+        cluster.dir.display()
     );
-    for m in &members {
+    for m in &cluster.members {
         banner += &format!(
-            "  {:<9} {:<21} log: {}\n",
+            "  {:<9} {:<21} metrics: http://{}/metrics  log: {}\n",
             m.name,
             m.address,
+            m.metrics,
             m.log.display()
         );
     }
     banner += &format!(
-        "\nConnect with:\n  {} client --master {master_addr} --backup {backup_addr}\n\nPress Ctrl-C to stop the cluster.\n",
-        client_program(&exe)
+        "\nConnect with:\n  {} client --master {} --backup {}\n\nPress Ctrl-C to stop the cluster.\n",
+        client_program(&exe),
+        cluster.master,
+        cluster.backup
     );
     // Whoever reads our output may be gone (`dsm local | head`): the
     // cluster keeps running regardless.
@@ -138,7 +209,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
 
     shutdown_signal().await;
     eprintln!("stopping...");
-    stop_all(&mut members).await;
+    cluster.stop().await;
     eprintln!("stopped");
     Ok(())
 }
@@ -170,9 +241,12 @@ fn spawn(
     exe: &Path,
     name: &str,
     address: SocketAddr,
-    args: &[String],
+    metrics: SocketAddr,
+    mut args: Vec<String>,
     logs: &Path,
 ) -> anyhow::Result<Member> {
+    args.push(format!("--listen={address}"));
+    args.push(format!("--metrics-listen={metrics}"));
     let log = logs.join(format!("{name}.log"));
     let out = std::fs::OpenOptions::new()
         .create(true)
@@ -201,6 +275,7 @@ fn spawn(
     Ok(Member {
         name: name.to_string(),
         address,
+        metrics,
         log,
         child,
     })
@@ -240,26 +315,6 @@ async fn wait_ready(
             last_report = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Sends SIGTERM to every child, waits for them, SIGKILLs stragglers.
-async fn stop_all(members: &mut [Member]) {
-    for m in members.iter() {
-        if let Some(pid) = m.child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-    }
-    for m in members.iter_mut() {
-        if tokio::time::timeout(Duration::from_secs(5), m.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = m.child.kill().await;
-        }
     }
 }
 

@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,7 +16,8 @@ use dsm::client::ClientArgs;
 use dsm::limits::{DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES, HARD_MAX_VALUE_BYTES, Limits};
 use dsm::local::{LocalArgs, shutdown_signal};
 use dsm::master::{Master, MasterConfig, placement};
-use dsm::slave::SlaveConfig;
+use dsm::metrics::MetricsListen;
+use dsm::slave::{Slave, SlaveConfig};
 
 /// DSM: a replicated key-value store ("distributed shared memory").
 ///
@@ -107,6 +109,10 @@ struct MasterArgs {
     /// Compact the log automatically once this many sealed segments exist.
     #[arg(long, env = "DSM_COMPACT_SEGMENTS", default_value_t = 4)]
     compact_segments: usize,
+    /// Where to serve /metrics, /healthz and /readyz over HTTP, or `none`
+    /// [default: 0.0.0.0:9100 for master, 0.0.0.0:9101 for backup].
+    #[arg(long, env = "DSM_METRICS_LISTEN")]
+    metrics_listen: Option<MetricsListen>,
 }
 
 /// Flags of `dsm slave`.
@@ -134,6 +140,9 @@ struct SlaveArgs {
     /// Interval between heartbeats to the active master.
     #[arg(long, env = "DSM_HEARTBEAT", default_value = "500ms", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
+    /// Where to serve /metrics, /healthz and /readyz over HTTP, or `none`.
+    #[arg(long, env = "DSM_METRICS_LISTEN", default_value = "0.0.0.0:9102")]
+    metrics_listen: MetricsListen,
 }
 
 /// `host:port` others can dial for a listen address.
@@ -159,11 +168,17 @@ fn cancel_on_signal() -> CancellationToken {
 }
 
 async fn run_master(args: MasterArgs, prefer_active: bool) -> anyhow::Result<()> {
-    let (default_port, default_id) = if prefer_active {
-        (12345, "master")
+    let (default_port, default_metrics, default_id) = if prefer_active {
+        (12345, 9100, "master")
     } else {
-        (12346, "backup")
+        (12346, 9101, "backup")
     };
+    let metrics_listen = args
+        .metrics_listen
+        .unwrap_or(MetricsListen(Some(SocketAddr::from((
+            [0, 0, 0, 0],
+            default_metrics,
+        )))));
     let listen = args
         .listen
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], default_port)));
@@ -196,10 +211,13 @@ async fn run_master(args: MasterArgs, prefer_active: bool) -> anyhow::Result<()>
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%listen, "master-capable process started");
-    master.run(listener, cancel_on_signal()).await
+    let cancel = cancel_on_signal();
+    dsm::metrics::spawn(metrics_listen.0, master.readiness(), cancel.clone()).await?;
+    master.run(listener, cancel).await
 }
 
 async fn run_slave(args: SlaveArgs) -> anyhow::Result<()> {
+    let metrics_listen = args.metrics_listen;
     let config = SlaveConfig {
         id: args.id,
         advertise: advertised(args.listen, args.advertise),
@@ -209,7 +227,17 @@ async fn run_slave(args: SlaveArgs) -> anyhow::Result<()> {
         heartbeat_interval: args.heartbeat,
     };
     let cancel = cancel_on_signal();
-    dsm::slave::run(config, cancel.cancelled_owned()).await
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let slave = Slave::open(config).await?;
+    let registered = slave.registered();
+    let readiness: dsm::metrics::Readiness = Arc::new(move || match registered.borrow().as_ref() {
+        Some(_) => Ok(()),
+        None => Err("not registered with an active master".into()),
+    });
+    dsm::metrics::spawn(metrics_listen.0, readiness, cancel.clone()).await?;
+    slave.serve(listener, cancel.cancelled_owned()).await
 }
 
 fn init_tracing() {

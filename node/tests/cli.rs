@@ -109,6 +109,7 @@ fn local_cluster_prints_a_working_client_command() {
             &format!("--dir={}", dir.path().display()),
             &format!("--port={port}"),
             &format!("--slave-port={slave_port}"),
+            &format!("--metrics-port={}", free_port()),
             "--slaves=3",
         ])
         .stdout(Stdio::piped())

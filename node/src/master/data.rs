@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 use super::index::SlaveIdx;
 use super::slaves::SlaveHandle;
 use super::{Master, Term, lock, placement};
+use crate::metrics;
 use crate::proto::{CompactReply, GetReply, GetRequest, PutRequest};
 use crate::version::Version;
 use crate::wal::{self, LogPos};
@@ -140,7 +141,7 @@ impl Master {
         let result = tokio::time::timeout(self.config.slave_timeout, client.put(request)).await;
         match self.settle(term, slave, result) {
             Ok(reply) => {
-                slave.writes.fetch_add(1, Ordering::Relaxed);
+                slave.writes.inc();
                 Ok(reply.stored)
             }
             Err(status) => Err(status),
@@ -227,7 +228,7 @@ impl Master {
             let found = reply.version.map(Version::from).filter(|_| reply.found);
             match found {
                 Some(v) if v == meta.version => {
-                    slave.reads.fetch_add(1, Ordering::Relaxed);
+                    slave.reads.inc();
                     term.check_can_ack()?;
                     return Ok((Bytes::from(reply.value), v));
                 }
@@ -335,6 +336,7 @@ impl Master {
             {
                 missing -= 1;
                 copies += 1;
+                metrics::RE_REPLICATIONS.inc();
             }
         }
         copies

@@ -6,17 +6,34 @@ use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
 use super::{Master, Role, lock};
+use crate::metrics;
 use crate::proto::kv_server::Kv;
 use crate::proto::{
     CompactReply, CompactRequest, DrainReply, DrainRequest, ReadReply, ReadRequest, SlaveStatus,
     StatusReply, StatusRequest, WriteReply, WriteRequest,
 };
 
+/// Runs a request, counting it by result and timing it.
+async fn measured<T>(
+    op: &'static str,
+    request: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let timer = metrics::REQUEST_DURATION
+        .with_label_values(&[op])
+        .start_timer();
+    let result = request.await;
+    timer.observe_duration();
+    metrics::REQUESTS
+        .with_label_values(&[op, metrics::result_label(&result)])
+        .inc();
+    result
+}
+
 #[tonic::async_trait]
 impl Kv for Master {
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
         let key = Bytes::from(request.into_inner().key);
-        let (value, version) = Master::read(self, key).await?;
+        let (value, version) = measured("read", Master::read(self, key)).await?;
         Ok(Response::new(ReadReply {
             value: value.to_vec(),
             version: Some(version.into()),
@@ -25,8 +42,8 @@ impl Kv for Master {
 
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteReply>, Status> {
         let request = request.into_inner();
-        let version =
-            Master::write(self, Bytes::from(request.key), Bytes::from(request.value)).await?;
+        let write = Master::write(self, Bytes::from(request.key), Bytes::from(request.value));
+        let version = measured("write", write).await?;
         Ok(Response::new(WriteReply {
             version: Some(version.into()),
         }))
@@ -72,8 +89,8 @@ impl Kv for Master {
                         address: s.handle.address.clone(),
                         live: s.live,
                         keys: index.count_held_by(s.handle.idx) as u64,
-                        reads: s.handle.reads.load(Ordering::Relaxed),
-                        writes: s.handle.writes.load(Ordering::Relaxed),
+                        reads: s.handle.reads.get(),
+                        writes: s.handle.writes.get(),
                         draining: s.draining,
                     })
                     .collect();
@@ -86,12 +103,14 @@ impl Kv for Master {
         &self,
         _request: Request<CompactRequest>,
     ) -> Result<Response<CompactReply>, Status> {
-        Ok(Response::new(Master::compact(self).await?))
+        Ok(Response::new(
+            measured("compact", Master::compact(self)).await?,
+        ))
     }
 
     async fn drain(&self, request: Request<DrainRequest>) -> Result<Response<DrainReply>, Status> {
         let slave_id = request.into_inner().slave_id;
-        let moved_keys = Master::drain(self, &slave_id).await?;
+        let moved_keys = measured("drain", Master::drain(self, &slave_id)).await?;
         Ok(Response::new(DrainReply { moved_keys }))
     }
 }

@@ -45,9 +45,10 @@ use tracing::{error, info, warn};
 
 use crate::lease::{LeaseFile, LeaseRecord, now_unix_ms};
 use crate::limits::Limits;
+use crate::metrics::{self, Readiness};
 use crate::proto::control_server::ControlServer;
 use crate::proto::kv_server::KvServer;
-use crate::wal::{EpochHistory, LogReader, LogWriter};
+use crate::wal::{self, EpochHistory, LogReader, LogWriter};
 use index::Index;
 use slaves::Registry;
 
@@ -164,6 +165,8 @@ pub struct Master {
     repair: Notify,
     /// Highest sequence number known to be in the log.
     log_end_seq: AtomicU64,
+    /// When the standby last read the log to its end (readiness, lag).
+    caught_up_at: Mutex<Instant>,
 }
 
 /// Locks a std mutex, recovering the data if a panicking thread poisoned it
@@ -190,6 +193,7 @@ impl Master {
             slaves: Arc::new(Mutex::new(Registry::default())),
             repair: Notify::new(),
             log_end_seq: AtomicU64::new(0),
+            caught_up_at: Mutex::new(Instant::now()),
         }))
     }
 
@@ -281,6 +285,7 @@ impl Master {
                 cancel.clone().cancelled_owned(),
             );
         let background = [
+            tokio::spawn(self.clone().publish_gauges(cancel.clone())),
             tokio::spawn(self.clone().expire_slaves(cancel.clone())),
             tokio::spawn(self.clone().repair_loop(cancel.clone())),
             tokio::spawn(self.clone().compaction_loop(cancel.clone())),
@@ -295,6 +300,88 @@ impl Master {
             let _ = task.await;
         }
         result
+    }
+
+    /// `/readyz` for a master-capable process: the active master once it
+    /// serves, a standby while it keeps up with the log.
+    pub fn readiness(self: &Arc<Self>) -> Readiness {
+        let master = Arc::downgrade(self);
+        Arc::new(move || match master.upgrade() {
+            Some(master) => master.ready(),
+            None => Err("shutting down".into()),
+        })
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        match self.role() {
+            Role::Active(term) if term.is_deposed() => Err("stepping down".into()),
+            Role::Active(term) if !term.serving.load(Ordering::SeqCst) => {
+                Err("taking over: waiting for enough slaves to be fenced".into())
+            }
+            Role::Active(_) => Ok(()),
+            Role::Standby { .. } => {
+                let behind = lock(&self.caught_up_at).elapsed();
+                if behind <= self.config.lease_ttl {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "standby last caught up with the log {behind:?} ago"
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Refreshes the gauges once a second.
+    async fn publish_gauges(self: Arc<Self>, cancel: CancellationToken) {
+        metrics::register_all();
+        metrics::CONFIGURED_SLAVES.set(i64::from(self.config.slaves));
+        metrics::REPLICATION_FACTOR.set(i64::from(self.config.replication_factor));
+        loop {
+            let r = self.config.replication_factor as usize;
+            let (active, epoch) = match self.role() {
+                Role::Active(term) => (true, term.epoch),
+                Role::Standby { .. } => (false, 0),
+            };
+            metrics::ROLE
+                .with_label_values(&["active"])
+                .set(i64::from(active));
+            metrics::ROLE
+                .with_label_values(&["standby"])
+                .set(i64::from(!active));
+            metrics::EPOCH.set(epoch as i64);
+            metrics::LOG_LAST_SEQUENCE.set(self.log_end_seq.load(Ordering::SeqCst) as i64);
+            let lag = if active {
+                0.0
+            } else {
+                lock(&self.caught_up_at).elapsed().as_secs_f64()
+            };
+            metrics::BACKUP_LAG.set(lag);
+            let placeable: Vec<index::SlaveIdx> = lock(&self.slaves)
+                .placeable()
+                .iter()
+                .map(|s| s.idx)
+                .collect();
+            metrics::LIVE_SLAVES.set(if active { placeable.len() as i64 } else { 0 });
+            {
+                let index = lock(&self.index);
+                metrics::KEYS.set(index.len() as i64);
+                let short = if active {
+                    index.count_under_replicated(r, |i| placeable.contains(&i))
+                } else {
+                    0
+                };
+                metrics::UNDER_REPLICATED.set(short as i64);
+            }
+            let dir = self.config.log_dir.clone();
+            if let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || wal::log_bytes(&dir)).await {
+                metrics::LOG_BYTES.set(bytes as i64);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
     }
 
     /// The standby → takeover → active → (deposed) standby loop.
@@ -392,6 +479,7 @@ impl Master {
                 format!("cannot replay the log in {}", self.config.log_dir.display())
             })?;
         self.log_end_seq.store(reader.last_seq(), Ordering::SeqCst);
+        *lock(&self.caught_up_at) = Instant::now();
         Ok(())
     }
 
@@ -450,6 +538,7 @@ impl Master {
             keys = lock(&self.index).len(),
             "took over as the active master; fencing slaves"
         );
+        metrics::FAILOVERS.inc();
         Ok(Some(Arc::new(Term {
             epoch,
             writer,

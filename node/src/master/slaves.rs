@@ -9,12 +9,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use prometheus::IntCounter;
 use tonic::transport::Channel;
 
 use super::index::SlaveIdx;
+use crate::metrics::SLAVE_REQUESTS;
 use crate::proto::replica_client::ReplicaClient;
 
 /// How the master reaches one slave. Cheap to clone (an `Arc`).
@@ -28,10 +29,12 @@ pub struct SlaveHandle {
     pub address: String,
     /// gRPC client on a long-lived channel (connections are reused).
     pub client: ReplicaClient<Channel>,
-    /// READs served, for the load-distribution view.
-    pub reads: AtomicU64,
-    /// WRITEs (including re-replication copies) stored.
-    pub writes: AtomicU64,
+    /// READs served, for the load-distribution view
+    /// (`dsm_slave_requests_total{op="read"}`).
+    pub reads: IntCounter,
+    /// WRITEs (including re-replication copies) stored
+    /// (`dsm_slave_requests_total{op="write"}`).
+    pub writes: IntCounter,
 }
 
 #[derive(Debug)]
@@ -91,22 +94,13 @@ impl Registry {
         self.next_session += 1;
         let session = self.next_session;
         let draining = self.entry(idx).is_some_and(|e| e.draining);
-        let (reads, writes) = self
-            .entry(idx)
-            .map(|e| {
-                (
-                    e.handle.reads.load(Ordering::Relaxed),
-                    e.handle.writes.load(Ordering::Relaxed),
-                )
-            })
-            .unwrap_or((0, 0));
         let handle = Arc::new(SlaveHandle {
             idx,
             id: id.to_string(),
             address: address.to_string(),
             client,
-            reads: AtomicU64::new(reads),
-            writes: AtomicU64::new(writes),
+            reads: SLAVE_REQUESTS.with_label_values(&[id, "read"]),
+            writes: SLAVE_REQUESTS.with_label_values(&[id, "write"]),
         });
         if let Some(slot) = self.entries.get_mut(idx as usize) {
             *slot = Some(Entry {

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use crate::metrics;
 use crate::proto::replica_server::ReplicaServer;
 use registration::Registration;
 use service::ReplicaService;
@@ -128,6 +129,11 @@ impl Slave {
             .add_service(health_service)
             .add_service(ReplicaService::new(store.clone()).into_server())
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+        let gauges = tokio::spawn(publish_gauges(
+            store.clone(),
+            registration.subscribe(),
+            stopped(stop_rx.clone()),
+        ));
         let registration = tokio::spawn(registration.run(stopped(stop_rx)));
         tracing::info!(id = store.id(), %local, epoch = store.epoch(), "slave serving");
 
@@ -142,6 +148,7 @@ impl Slave {
             }
         };
         stop_tx.send_replace(true);
+        let _ = gauges.await;
         if let Err(e) = registration.await {
             tracing::error!(error = %e, "registration task failed");
         }
@@ -150,6 +157,27 @@ impl Slave {
         store.close().await.context("closing slave store")?;
         tracing::info!("slave stopped");
         result
+    }
+}
+
+/// Refreshes the slave's gauges once a second until `stop`.
+async fn publish_gauges(
+    store: Store,
+    registered: watch::Receiver<Option<String>>,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        let counted = store.clone();
+        if let Ok(Ok(keys)) = tokio::task::spawn_blocking(move || counted.len()).await {
+            metrics::REPLICA_KEYS.set(keys as i64);
+        }
+        metrics::REPLICA_EPOCH.set(store.epoch() as i64);
+        metrics::REPLICA_REGISTERED.set(i64::from(registered.borrow().is_some()));
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 

@@ -111,6 +111,14 @@ fn check_key(key: &[u8]) -> Result<(), Status> {
     Ok(())
 }
 
+/// Counts a served request by operation and result.
+fn count<T>(op: &str, result: Result<T, Status>) -> Result<T, Status> {
+    crate::metrics::REPLICA_REQUESTS
+        .with_label_values(&[op, crate::metrics::result_label(&result)])
+        .inc();
+    result
+}
+
 fn join_status(e: tokio::task::JoinError) -> Status {
     Status::internal(format!("slave read task failed: {e}"))
 }
@@ -121,74 +129,86 @@ impl Replica for ReplicaService {
         &self,
         request: Request<proto::PutRequest>,
     ) -> Result<Response<proto::PutReply>, Status> {
-        let req = request.into_inner();
-        check_key(&req.key)?;
-        if req.value.len() > MAX_VALUE_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "value is {} bytes, over the slave's limit of {MAX_VALUE_BYTES} bytes",
-                req.value.len()
-            )));
-        }
-        let version: Version = req
-            .version
-            .ok_or_else(|| Status::invalid_argument("version is required"))?
-            .into();
-        let outcome = self
-            .store
-            .put_fenced(
-                req.epoch,
-                Bytes::from(req.key),
-                Bytes::from(req.value),
-                version,
-                req.force,
-            )
-            .await
-            .map_err(store_status)?;
-        match outcome {
-            PutOutcome::Stored => Ok(Response::new(proto::PutReply { stored: true })),
-            PutOutcome::Superseded { current } => {
-                tracing::debug!(%version, %current, "put superseded by a version already held");
-                Ok(Response::new(proto::PutReply { stored: false }))
+        let result = async move {
+            let req = request.into_inner();
+            check_key(&req.key)?;
+            if req.value.len() > MAX_VALUE_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "value is {} bytes, over the slave's limit of {MAX_VALUE_BYTES} bytes",
+                    req.value.len()
+                )));
             }
-            PutOutcome::StaleEpoch { fenced } => Err(stale_epoch(req.epoch, fenced)),
+            let version: Version = req
+                .version
+                .ok_or_else(|| Status::invalid_argument("version is required"))?
+                .into();
+            let outcome = self
+                .store
+                .put_fenced(
+                    req.epoch,
+                    Bytes::from(req.key),
+                    Bytes::from(req.value),
+                    version,
+                    req.force,
+                )
+                .await
+                .map_err(store_status)?;
+            match outcome {
+                PutOutcome::Stored => Ok(Response::new(proto::PutReply { stored: true })),
+                PutOutcome::Superseded { current } => {
+                    tracing::debug!(%version, %current, "put superseded by a version already held");
+                    Ok(Response::new(proto::PutReply { stored: false }))
+                }
+                PutOutcome::StaleEpoch { fenced } => Err(stale_epoch(req.epoch, fenced)),
+            }
         }
+        .await;
+        count("put", result)
     }
 
     async fn get(
         &self,
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::GetReply>, Status> {
-        let req = request.into_inner();
-        check_key(&req.key)?;
-        self.check_epoch(req.epoch).await?;
-        let store = self.store.clone();
-        let found = tokio::task::spawn_blocking(move || store.get(&req.key))
-            .await
-            .map_err(join_status)?
-            .map_err(store_status)?;
-        let reply = match found {
-            Some((value, version)) => proto::GetReply {
-                found: true,
-                value: value.into(),
-                version: Some(version.into()),
-            },
-            None => proto::GetReply {
-                found: false,
-                value: Vec::new(),
-                version: None,
-            },
-        };
-        Ok(Response::new(reply))
+        let result = async move {
+            let req = request.into_inner();
+            check_key(&req.key)?;
+            self.check_epoch(req.epoch).await?;
+            let store = self.store.clone();
+            let found = tokio::task::spawn_blocking(move || store.get(&req.key))
+                .await
+                .map_err(join_status)?
+                .map_err(store_status)?;
+            let reply = match found {
+                Some((value, version)) => proto::GetReply {
+                    found: true,
+                    value: value.into(),
+                    version: Some(version.into()),
+                },
+                None => proto::GetReply {
+                    found: false,
+                    value: Vec::new(),
+                    version: None,
+                },
+            };
+            Ok(Response::new(reply))
+        }
+        .await;
+        count("get", result)
     }
 
     async fn fence(
         &self,
         request: Request<proto::FenceRequest>,
     ) -> Result<Response<proto::FenceReply>, Status> {
-        let wanted = request.into_inner().epoch;
-        let epoch = self.store.raise_epoch(wanted).await.map_err(store_status)?;
-        tracing::info!(requested = wanted, epoch, "fenced");
-        Ok(Response::new(proto::FenceReply { epoch }))
+        let result = async move {
+            let wanted = request.into_inner().epoch;
+            let epoch = self.store.raise_epoch(wanted).await.map_err(store_status)?;
+            tracing::info!(requested = wanted, epoch, "fenced");
+            Ok(Response::new(proto::FenceReply { epoch }))
+        }
+        .await;
+        count("fence", result)
     }
 
     type InventoryStream = ReceiverStream<Result<proto::InventoryChunk, Status>>;

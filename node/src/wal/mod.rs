@@ -129,6 +129,16 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
     Ok(segments)
 }
 
+/// Total size of the log segments in `dir`, in bytes. A segment deleted by
+/// a concurrent compaction between listing and measuring counts as empty.
+pub fn log_bytes(dir: &Path) -> Result<u64> {
+    Ok(list_segments(dir)?
+        .iter()
+        .filter_map(|(_, path)| std::fs::metadata(path).ok())
+        .map(|m| m.len())
+        .sum())
+}
+
 /// Makes a directory entry change (create, rename, unlink) durable: without it a
 /// crash can forget a file whose contents were fsynced.
 fn sync_dir(dir: &Path) -> Result<()> {

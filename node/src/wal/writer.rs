@@ -331,7 +331,10 @@ impl Worker {
             return Err(io_err(io::Error::other("injected write failure")));
         }
         self.active.file.write_all(&self.buf).map_err(io_err)?;
+        let fsync = crate::metrics::LOG_FSYNC_DURATION.start_timer();
         self.active.file.sync_data().map_err(io_err)?;
+        fsync.observe_duration();
+        crate::metrics::LOG_RECORDS.inc_by(batch.len() as u64);
         // Durable from here on.
         let n = batch.len() as u64;
         self.next_seq += n;

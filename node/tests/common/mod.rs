@@ -35,6 +35,8 @@ pub fn free_port() -> u16 {
 pub struct Member {
     pub name: String,
     pub address: String,
+    /// HTTP address of /metrics, /healthz, /readyz.
+    pub metrics_address: String,
     args: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
@@ -120,10 +122,13 @@ impl Cluster {
                 "--lease-ttl=1500ms".to_string(),
                 "--slave-timeout=1500ms".to_string(),
             ];
+            let metrics_address = format!("127.0.0.1:{}", free_port());
+            args.push(format!("--metrics-listen={metrics_address}"));
             args.extend(options.extra_master_args.iter().cloned());
             Member {
                 name: role.to_string(),
                 address: addr.to_string(),
+                metrics_address,
                 args,
                 log: dir.path().join(format!("{role}.log")),
                 child: None,
@@ -135,6 +140,7 @@ impl Cluster {
             .map(|i| {
                 let name = format!("slave-{i}");
                 let address = format!("127.0.0.1:{}", free_port());
+                let metrics_address = format!("127.0.0.1:{}", free_port());
                 Member {
                     args: vec![
                         "slave".to_string(),
@@ -144,7 +150,9 @@ impl Cluster {
                         format!("--master={master_addr}"),
                         format!("--backup={backup_addr}"),
                         "--heartbeat=250ms".to_string(),
+                        format!("--metrics-listen={metrics_address}"),
                     ],
+                    metrics_address,
                     log: dir.path().join(format!("{name}.log")),
                     name,
                     address,
@@ -374,4 +382,26 @@ pub fn newest_segment(dir: &Path) -> PathBuf {
         .collect();
     segments.sort();
     segments.pop().expect("at least one segment")
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status code, body).
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to metrics port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
