@@ -20,6 +20,7 @@ pub mod local;
 pub mod log_dump;
 pub mod master;
 pub mod metrics;
+pub mod pipeline;
 pub mod proto;
 pub mod slave;
 pub mod text;

@@ -259,3 +259,45 @@ async fn corrupt_record_in_the_middle_refuses_to_start() {
     })
     .await;
 }
+
+/// The pipelined client (many requests on one stream, as the bench uses)
+/// has the unary calls' semantics: values, NOT_FOUND, refused input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_client_has_unary_semantics() {
+    bounded(async {
+        let cluster = Cluster::start(Options::default()).await;
+        let leader = cluster.client().status().await.expect("status").leader;
+        let pipelined = std::sync::Arc::new(
+            dsm::client::pipelined::PipelinedClient::new(&leader, Duration::from_secs(10))
+                .expect("pipelined client"),
+        );
+        let writes: Vec<_> = (0..300)
+            .map(|i| {
+                let p = pipelined.clone();
+                tokio::spawn(async move {
+                    p.write(format!("p{i}").as_bytes(), format!("v{i}").as_bytes())
+                        .await
+                })
+            })
+            .collect();
+        for w in writes {
+            w.await.expect("task").expect("pipelined write");
+        }
+        let unary = cluster.client();
+        for i in 0..300 {
+            let key = format!("p{i}");
+            let want = Some(format!("v{i}").into_bytes());
+            let got = pipelined
+                .read(key.as_bytes())
+                .await
+                .expect("pipelined read");
+            assert_eq!(got.map(|(v, _)| v.to_vec()), want);
+            let got = unary.read(key.as_bytes()).await.expect("unary read");
+            assert_eq!(got.map(|(v, _)| v.to_vec()), want);
+        }
+        assert!(pipelined.read(b"absent").await.expect("read").is_none());
+        let err = pipelined.write(b"", b"v").await.expect_err("empty key");
+        assert!(err.to_string().contains("key is empty"), "{err}");
+    })
+    .await;
+}

@@ -13,6 +13,7 @@
 //! at once: retrying them elsewhere cannot help.
 
 pub mod cli;
+pub mod pipelined;
 pub mod repl;
 
 use std::fmt;
@@ -792,6 +793,17 @@ mod tests {
         ) -> Result<Response<proto::DrainReply>, Status> {
             self.maybe_hang().await;
             self.answer(|_| proto::DrainReply::default())
+        }
+
+        type PipelineStream = tokio_stream::Empty<Result<proto::KvResults, Status>>;
+
+        async fn pipeline(
+            &self,
+            _: Request<tonic::Streaming<proto::KvBatch>>,
+        ) -> Result<Response<Self::PipelineStream>, Status> {
+            Err(Status::unimplemented(
+                "the failover fakes serve unary calls only",
+            ))
         }
     }
 

@@ -137,8 +137,7 @@ impl Master {
             epoch: term.epoch,
             force,
         };
-        let mut client = slave.client.clone();
-        let result = tokio::time::timeout(self.config.slave_timeout, client.put(request)).await;
+        let result = tokio::time::timeout(self.config.slave_timeout, slave.pipe.put(request)).await;
         match self.settle(term, slave, result) {
             Ok(reply) => {
                 slave.writes.inc();
@@ -159,8 +158,7 @@ impl Master {
             key: key.to_vec(),
             epoch: term.epoch,
         };
-        let mut client = slave.client.clone();
-        let result = tokio::time::timeout(self.config.slave_timeout, client.get(request)).await;
+        let result = tokio::time::timeout(self.config.slave_timeout, slave.pipe.get(request)).await;
         self.settle(term, slave, result)
     }
 
@@ -172,10 +170,10 @@ impl Master {
         &self,
         term: &Term,
         slave: &SlaveHandle,
-        result: Result<Result<tonic::Response<T>, Status>, tokio::time::error::Elapsed>,
+        result: Result<Result<T, Status>, tokio::time::error::Elapsed>,
     ) -> Result<T, Status> {
         let status = match result {
-            Ok(Ok(reply)) => return Ok(reply.into_inner()),
+            Ok(Ok(reply)) => return Ok(reply),
             Ok(Err(status)) => status,
             Err(_) => Status::deadline_exceeded(format!(
                 "slave {} did not answer within {:?}",

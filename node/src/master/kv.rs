@@ -3,15 +3,20 @@
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use tonic::{Request, Response, Status};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use super::{Master, Role, lock};
 use crate::metrics;
+use crate::pipeline;
+use crate::proto::kv_op::Op;
+use crate::proto::kv_result::Result as Outcome;
 use crate::proto::kv_server::Kv;
 use crate::proto::{
     CompactReply, CompactRequest, DrainReply, DrainRequest, ReadReply, ReadRequest, SlaveStatus,
     StatusReply, StatusRequest, WriteReply, WriteRequest,
 };
+use crate::proto::{KvBatch, KvOp, KvResult, KvResults, OpError};
 
 /// Runs a request, counting it by result and timing it.
 async fn measured<T>(
@@ -29,8 +34,65 @@ async fn measured<T>(
     result
 }
 
+impl Master {
+    /// Runs one pipelined READ or WRITE exactly like the unary call.
+    async fn run_kv_op(&self, op: KvOp) -> KvResult {
+        let outcome = match op.op {
+            Some(Op::Read(read)) => measured("read", Master::read(self, Bytes::from(read.key)))
+                .await
+                .map(|(value, version)| {
+                    Outcome::Read(ReadReply {
+                        value: value.to_vec(),
+                        version: Some(version.into()),
+                    })
+                }),
+            Some(Op::Write(write)) => {
+                let write = Master::write(self, Bytes::from(write.key), Bytes::from(write.value));
+                measured("write", write).await.map(|version| {
+                    Outcome::Write(WriteReply {
+                        version: Some(version.into()),
+                    })
+                })
+            }
+            None => Err(Status::invalid_argument("pipelined op without a request")),
+        };
+        KvResult {
+            id: op.id,
+            result: Some(outcome.unwrap_or_else(|status| {
+                Outcome::Error(OpError {
+                    code: status.code() as i32,
+                    message: status.message().to_string(),
+                })
+            })),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Kv for Master {
+    type PipelineStream = ReceiverStream<Result<KvResults, Status>>;
+
+    async fn pipeline(
+        &self,
+        request: Request<Streaming<KvBatch>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        // A standby refuses the whole stream, naming the active master.
+        self.serving_term()?;
+        let master = self
+            .me
+            .upgrade()
+            .ok_or_else(|| Status::unavailable("shutting down"))?;
+        Ok(Response::new(pipeline::serve(
+            request.into_inner(),
+            |batch| batch.ops,
+            move |op| {
+                let master = master.clone();
+                async move { master.run_kv_op(op).await }
+            },
+            |results| KvResults { results },
+        )))
+    }
+
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
         let key = Bytes::from(request.into_inner().key);
         let (value, version) = measured("read", Master::read(self, key)).await?;

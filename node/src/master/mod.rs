@@ -26,6 +26,7 @@ pub mod control;
 pub mod data;
 pub mod index;
 pub mod kv;
+pub mod pipe;
 pub mod placement;
 pub mod slaves;
 

@@ -15,6 +15,7 @@ use prometheus::IntCounter;
 use tonic::transport::Channel;
 
 use super::index::SlaveIdx;
+use super::pipe::SlavePipe;
 use crate::metrics::SLAVE_REQUESTS;
 use crate::proto::replica_client::ReplicaClient;
 
@@ -29,6 +30,8 @@ pub struct SlaveHandle {
     pub address: String,
     /// gRPC client on a long-lived channel (connections are reused).
     pub client: ReplicaClient<Channel>,
+    /// The Put/Get pipeline on that channel (the hot path).
+    pub pipe: SlavePipe,
     /// READs served, for the load-distribution view
     /// (`dsm_slave_requests_total{op="read"}`).
     pub reads: IntCounter,
@@ -98,6 +101,7 @@ impl Registry {
             idx,
             id: id.to_string(),
             address: address.to_string(),
+            pipe: SlavePipe::new(client.clone()),
             client,
             reads: SLAVE_REQUESTS.with_label_values(&[id, "read"]),
             writes: SLAVE_REQUESTS.with_label_values(&[id, "write"]),

@@ -1,0 +1,154 @@
+//! A client that sends READs and WRITEs to one master over `Kv.Pipeline`:
+//! many requests in flight on one stream, batched, for callers that need
+//! throughput more than failover (the bench). Each op has exactly the
+//! semantics of the unary call; errors come back as the same statuses, but
+//! nothing is retried and no "not leader" answer is followed — find the
+//! active master first (for example with [`super::Client::status`]).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use super::ClientError;
+use crate::limits::HARD_MAX_VALUE_BYTES;
+use crate::pipeline::{Pipe, Protocol};
+use crate::proto::kv_client::KvClient;
+use crate::proto::kv_op::Op;
+use crate::proto::kv_result::Result as Outcome;
+use crate::proto::{KvBatch, KvOp, KvResults, ReadRequest, WriteRequest};
+use crate::version::Version;
+
+/// `Kv.Pipeline` as a [`Protocol`].
+struct KvPipeline(KvClient<Channel>);
+
+impl Protocol for KvPipeline {
+    type Op = Op;
+    type Outcome = Outcome;
+    type Batch = KvBatch;
+    type Results = KvResults;
+
+    fn batch(ops: Vec<(u64, Op)>) -> KvBatch {
+        KvBatch {
+            ops: ops
+                .into_iter()
+                .map(|(id, op)| KvOp { id, op: Some(op) })
+                .collect(),
+        }
+    }
+
+    fn results(results: KvResults) -> Vec<(u64, Result<Outcome, Status>)> {
+        results
+            .results
+            .into_iter()
+            .map(|r| {
+                let outcome = match r.result {
+                    Some(Outcome::Error(e)) => Err(Status::new(Code::from(e.code), e.message)),
+                    Some(outcome) => Ok(outcome),
+                    None => Err(Status::internal("master sent an empty pipelined result")),
+                };
+                (r.id, outcome)
+            })
+            .collect()
+    }
+
+    async fn open(
+        &mut self,
+        batches: ReceiverStream<KvBatch>,
+    ) -> Result<tonic::Streaming<KvResults>, Status> {
+        Ok(self.0.pipeline(batches).await?.into_inner())
+    }
+}
+
+/// A pipelined connection to one master. Cheap to share: every task may
+/// call it concurrently, and their requests share the stream.
+#[derive(Debug)]
+pub struct PipelinedClient {
+    address: String,
+    timeout: Duration,
+    pipe: Pipe<KvPipeline>,
+}
+
+impl PipelinedClient {
+    /// Prepares a connection to the master at `address` (`host:port`); it
+    /// is opened on first use. `timeout` bounds each request.
+    ///
+    /// # Errors
+    /// [`ClientError::BadAddress`] when `address` is not `host:port`.
+    pub fn new(address: &str, timeout: Duration) -> Result<PipelinedClient, ClientError> {
+        let endpoint = Endpoint::from_shared(format!("http://{address}")).map_err(|e| {
+            ClientError::BadAddress {
+                address: address.to_owned(),
+                reason: e.to_string(),
+            }
+        })?;
+        let client = KvClient::new(
+            endpoint
+                .connect_timeout(timeout)
+                .tcp_nodelay(true)
+                .connect_lazy(),
+        )
+        .max_decoding_message_size(HARD_MAX_VALUE_BYTES + 64 * 1024)
+        .max_encoding_message_size(HARD_MAX_VALUE_BYTES + 64 * 1024);
+        Ok(PipelinedClient {
+            address: address.to_owned(),
+            timeout,
+            pipe: Pipe::new(KvPipeline(client)),
+        })
+    }
+
+    async fn call(&self, op: Op) -> Result<Outcome, ClientError> {
+        let answer = tokio::time::timeout(self.timeout, self.pipe.call(op))
+            .await
+            .map_err(|_| Status::deadline_exceeded(format!("no answer within {:?}", self.timeout)))
+            .and_then(|r| r);
+        answer.map_err(|status| match status.code() {
+            Code::InvalidArgument => ClientError::InvalidArgument(status.message().to_owned()),
+            Code::NotFound => ClientError::NotFound(status.message().to_owned()),
+            _ => ClientError::Other {
+                address: self.address.clone(),
+                status,
+            },
+        })
+    }
+
+    /// Like [`super::Client::read`], without retries.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn read(&self, key: &[u8]) -> Result<Option<(Bytes, Version)>, ClientError> {
+        match self.call(Op::Read(ReadRequest { key: key.to_vec() })).await {
+            Ok(Outcome::Read(reply)) => Ok(Some((
+                Bytes::from(reply.value),
+                reply.version.map(Version::from).unwrap_or_default(),
+            ))),
+            Ok(_) => Err(self.wrong_kind()),
+            Err(ClientError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Like [`super::Client::write`], without retries.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn write(&self, key: &[u8], value: &[u8]) -> Result<Version, ClientError> {
+        let op = Op::Write(WriteRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        });
+        match self.call(op).await? {
+            Outcome::Write(reply) => Ok(reply.version.map(Version::from).unwrap_or_default()),
+            _ => Err(self.wrong_kind()),
+        }
+    }
+
+    fn wrong_kind(&self) -> ClientError {
+        ClientError::Other {
+            address: self.address.clone(),
+            status: Status::internal("the master answered with another kind of result"),
+        }
+    }
+}
