@@ -45,7 +45,7 @@ impl Protocol for KvPipeline {
             .into_iter()
             .map(|r| {
                 let outcome = match r.result {
-                    Some(Outcome::Error(e)) => Err(Status::new(Code::from(e.code), e.message)),
+                    Some(Outcome::Error(e)) => Err(e.into()),
                     Some(outcome) => Ok(outcome),
                     None => Err(Status::internal("master sent an empty pipelined result")),
                 };

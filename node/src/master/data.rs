@@ -212,13 +212,7 @@ impl Master {
         let Some(meta) = lock(&self.index).get(&key).cloned() else {
             return Err(Status::not_found("key not found"));
         };
-        let holders: Vec<Arc<SlaveHandle>> = {
-            let slaves = lock(&self.slaves);
-            meta.holders
-                .iter()
-                .filter_map(|h| slaves.live_handle(*h))
-                .collect()
-        };
+        let holders = self.live_holders(&meta.holders);
         for slave in placement::write_order(&holders) {
             let Ok(reply) = self.get_from(&term, &slave, &key).await else {
                 continue;
@@ -278,6 +272,15 @@ impl Master {
         })
     }
 
+    /// The live slaves among `holders`.
+    fn live_holders(&self, holders: &[SlaveIdx]) -> Vec<Arc<SlaveHandle>> {
+        let slaves = lock(&self.slaves);
+        holders
+            .iter()
+            .filter_map(|h| slaves.live_handle(*h))
+            .collect()
+    }
+
     /// The value of the latest version of `key`, from a holder or the log.
     async fn latest_value(
         &self,
@@ -285,13 +288,7 @@ impl Master {
         key: &Bytes,
     ) -> Option<(Bytes, Version, Vec<SlaveIdx>)> {
         let meta = lock(&self.index).get(key).cloned()?;
-        let holders: Vec<Arc<SlaveHandle>> = {
-            let slaves = lock(&self.slaves);
-            meta.holders
-                .iter()
-                .filter_map(|h| slaves.live_handle(*h))
-                .collect()
-        };
+        let holders = self.live_holders(&meta.holders);
         for slave in holders {
             if let Ok(reply) = self.get_from(term, &slave, key).await
                 && reply.found

@@ -16,7 +16,7 @@ use crate::proto::{
     CompactReply, CompactRequest, DrainReply, DrainRequest, ReadReply, ReadRequest, SlaveStatus,
     StatusReply, StatusRequest, WriteReply, WriteRequest,
 };
-use crate::proto::{KvBatch, KvOp, KvResult, KvResults, OpError};
+use crate::proto::{KvBatch, KvOp, KvResult, KvResults};
 
 /// Runs a request, counting it by result and timing it.
 async fn measured<T>(
@@ -58,12 +58,7 @@ impl Master {
         };
         KvResult {
             id: op.id,
-            result: Some(outcome.unwrap_or_else(|status| {
-                Outcome::Error(OpError {
-                    code: status.code() as i32,
-                    message: status.message().to_string(),
-                })
-            })),
+            result: Some(outcome.unwrap_or_else(|status| Outcome::Error(status.into()))),
         }
     }
 }

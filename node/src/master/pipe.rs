@@ -2,8 +2,8 @@
 //! Get the master sends to one slave travels on one long-lived stream,
 //! batched with whatever else is waiting (see [`crate::pipeline`]).
 
+use tonic::Status;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
 
 use crate::pipeline::{Pipe, Protocol};
 use crate::proto::replica_client::ReplicaClient;
@@ -37,7 +37,7 @@ impl Protocol for ReplicaPipeline {
             .into_iter()
             .map(|r| {
                 let outcome = match r.result {
-                    Some(Outcome::Error(e)) => Err(Status::new(Code::from(e.code), e.message)),
+                    Some(Outcome::Error(e)) => Err(e.into()),
                     Some(outcome) => Ok(outcome),
                     None => Err(Status::internal("slave sent an empty pipelined result")),
                 };

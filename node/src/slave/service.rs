@@ -188,12 +188,7 @@ impl ReplicaService {
         };
         proto::ReplicaResult {
             id: op.id,
-            result: Some(outcome.unwrap_or_else(|status| {
-                Outcome::Error(proto::OpError {
-                    code: status.code() as i32,
-                    message: status.message().to_string(),
-                })
-            })),
+            result: Some(outcome.unwrap_or_else(|status| Outcome::Error(status.into()))),
         }
     }
 }
