@@ -19,4 +19,31 @@ install_operator_test_deps() {
         'kubernetes-validate==1.37.0' 'helm-python-sdk==0.2.2'
 }
 
+# --- Prometheus (issue 3) ------------------------------------------------------
+# node/tests/prometheus.rs runs a real Prometheus server against a local cluster and
+# checks the chart's rules with promtool; both come in Debian's `prometheus` package.
+# Installed without recommends (prometheus-node-exporter would start on :9100, DSM's
+# metrics port) and without starting the packaged service: the test starts its own.
+install_prometheus() {
+    if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
+        return 0
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "install-test-deps: installing prometheus needs root (apt-get)" >&2
+        return 1
+    fi
+    # Debian starts a package's service on install unless policy-rc.d says no;
+    # say no for this install only (container images often ship that file already).
+    local policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        # Removed however the install ends (set -e exits on a failure).
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+}
+
 install_operator_test_deps
+install_prometheus

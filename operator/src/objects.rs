@@ -827,6 +827,13 @@ pub fn service_monitor_resource() -> ApiResource {
 }
 
 /// A ServiceMonitor scraping `/metrics` of master, backup and slaves.
+///
+/// The DSM dashboards and alerts (`charts/dsm/dashboards`, `charts/dsm/rules`) select a
+/// cluster by the `namespace` and `cluster` labels and name processes by `instance`. The
+/// Prometheus Operator adds `namespace` itself; the relabelings set `cluster` to the
+/// DsmCluster's name and `instance` to the pod's name (which is also a slave's id, the
+/// `slave` label of `dsm_slave_requests_total`), instead of a pod IP that changes on
+/// every restart.
 pub fn service_monitor(dc: &DsmCluster, names: &Names) -> Result<DynamicObject> {
     let mut object = DynamicObject::new(&names.service_monitor(), &service_monitor_resource())
         .within(&names.namespace);
@@ -839,7 +846,21 @@ pub fn service_monitor(dc: &DsmCluster, names: &Names) -> Result<DynamicObject> 
                     LABEL_SCRAPE: "true",
                 }
             },
-            "endpoints": [{ "port": "metrics", "path": "/metrics", "interval": "15s" }],
+            "endpoints": [{
+                "port": "metrics",
+                "path": "/metrics",
+                "interval": "15s",
+                "relabelings": [
+                    {
+                        "sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_instance"],
+                        "targetLabel": "cluster",
+                    },
+                    {
+                        "sourceLabels": ["__meta_kubernetes_pod_name"],
+                        "targetLabel": "instance",
+                    },
+                ],
+            }],
         }
     });
     Ok(object)
@@ -1178,5 +1199,34 @@ mod tests {
                 .map(|r| r.name),
             Some("test-config".to_string())
         );
+    }
+
+    #[test]
+    fn service_monitor_labels_targets_the_way_the_dashboards_select_them() {
+        let (dc, names) = cluster(DsmClusterSpec::default());
+        let sm = service_monitor(&dc, &names).expect("sm");
+        let relabelings = &sm.data["spec"]["endpoints"][0]["relabelings"];
+        let target = |label: &str| {
+            relabelings
+                .as_array()
+                .expect("relabelings")
+                .iter()
+                .find(|r| r["targetLabel"] == label)
+                .map(|r| r["sourceLabels"][0].clone())
+        };
+        // Kubernetes turns the Service label app.kubernetes.io/instance (the cluster's
+        // name) into this meta label.
+        assert_eq!(
+            target("cluster"),
+            Some(serde_json::json!(
+                "__meta_kubernetes_service_label_app_kubernetes_io_instance"
+            ))
+        );
+        assert_eq!(
+            target("instance"),
+            Some(serde_json::json!("__meta_kubernetes_pod_name"))
+        );
+        let selected = &sm.data["spec"]["selector"]["matchLabels"];
+        assert_eq!(selected[LABEL_INSTANCE], "test");
     }
 }
