@@ -10,6 +10,7 @@
 //!   replay, compaction); [`lease`]: the leadership lease beside it.
 //! - [`slave`]: the storage role: versioned values in an embedded database.
 //! - [`local`]: `dsm local`, a whole cluster as child processes.
+//! - [`security`]: TLS, mutual TLS between members, client tokens.
 //! - [`proto`]: generated gRPC code; [`version`], [`limits`]: shared types.
 #![deny(missing_docs)]
 
@@ -22,6 +23,7 @@ pub mod master;
 pub mod metrics;
 pub mod pipeline;
 pub mod proto;
+pub mod security;
 pub mod slave;
 pub mod text;
 pub mod version;

@@ -17,6 +17,7 @@ use dsm::limits::{DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES, HARD_MAX_VALUE
 use dsm::local::{LocalArgs, shutdown_signal};
 use dsm::master::{Master, MasterConfig, placement};
 use dsm::metrics::MetricsListen;
+use dsm::security::{MemberTlsArgs, Security, TokenArgs};
 use dsm::slave::{Slave, SlaveConfig};
 
 /// DSM: a replicated key-value store ("distributed shared memory").
@@ -113,6 +114,10 @@ struct MasterArgs {
     /// [default: 0.0.0.0:9100 for master, 0.0.0.0:9101 for backup].
     #[arg(long, env = "DSM_METRICS_LISTEN")]
     metrics_listen: Option<MetricsListen>,
+    #[command(flatten)]
+    tls: MemberTlsArgs,
+    #[command(flatten)]
+    tokens: TokenArgs,
 }
 
 /// Flags of `dsm slave`.
@@ -143,6 +148,8 @@ struct SlaveArgs {
     /// Where to serve /metrics, /healthz and /readyz over HTTP, or `none`.
     #[arg(long, env = "DSM_METRICS_LISTEN", default_value = "0.0.0.0:9102")]
     metrics_listen: MetricsListen,
+    #[command(flatten)]
+    tls: MemberTlsArgs,
 }
 
 /// `host:port` others can dial for a listen address.
@@ -205,6 +212,7 @@ async fn run_master(args: MasterArgs, prefer_active: bool) -> anyhow::Result<()>
         },
         segment_bytes: args.segment_bytes,
         compact_segments: args.compact_segments.max(1),
+        security: Security::for_member(&args.tls, Some(&args.tokens))?,
     };
     let master = Master::new(config)?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -225,6 +233,7 @@ async fn run_slave(args: SlaveArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         masters: vec![args.master, args.backup],
         heartbeat_interval: args.heartbeat,
+        security: Security::for_member(&args.tls, None)?,
     };
     let cancel = cancel_on_signal();
     let listener = tokio::net::TcpListener::bind(config.listen)

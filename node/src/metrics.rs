@@ -326,6 +326,19 @@ async fn ready(State(readiness): State<Readiness>) -> impl IntoResponse {
     }
 }
 
+// ---- every role ---------------------------------------------------------
+
+/// gRPC calls refused by the security layer, by reason (unauthenticated:
+/// no or unknown token, or a member call without a verified certificate;
+/// permission_denied: a read-only token asking for a write).
+pub static AUTH_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "dsm_auth_rejected_total",
+        "gRPC calls refused for missing or insufficient credentials, by reason.",
+        &["reason"],
+    )
+});
+
 /// Forces every master/backup metric of this module into the registry, so
 /// that a scrape shows each series (at zero) before it first changes.
 ///
@@ -348,6 +361,9 @@ pub fn register_all() {
     let _ = BACKUP_LAG.get();
     let _ = (FAILOVERS.get(), RE_REPLICATIONS.get(), LOG_RECORDS.get());
     let _ = LOG_FSYNC_DURATION.get_sample_count();
+    for reason in ["unauthenticated", "permission_denied"] {
+        let _ = AUTH_REJECTED.with_label_values(&[reason]).get();
+    }
     for role in ["active", "standby"] {
         let _ = ROLE.with_label_values(&[role]).get();
     }

@@ -17,6 +17,7 @@ use tokio::io::AsyncReadExt as _;
 use super::repl::{run_interactive, run_script};
 use super::{Client, ClientConfig, ClientError};
 use crate::proto;
+use crate::security::{ClientSecurity, ClientSecurityArgs};
 use crate::text::escape;
 
 const EXIT_CODES: &str = "\
@@ -62,6 +63,9 @@ pub struct ClientArgs {
     /// How long to keep retrying while no master answers (e.g. 10s, 1m).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub retry_for: Duration,
+    /// TLS and token settings.
+    #[command(flatten)]
+    pub security: ClientSecurityArgs,
     /// One-shot command; without one, the interactive shell starts.
     #[command(subcommand)]
     pub command: Option<ClientCommand>,
@@ -123,7 +127,14 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
         timeout: args.timeout,
         retry_for: args.retry_for,
     };
-    let client = match Client::try_new(config) {
+    let security = match ClientSecurity::from_args(&args.security) {
+        Ok(security) => security,
+        Err(e) => {
+            eprintln!("dsm client: {e:#}");
+            return Ok(ExitCode::from(EXIT_ERROR));
+        }
+    };
+    let client = match Client::try_with_security(config, security) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dsm client: {e}");

@@ -24,11 +24,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use rand::Rng as _;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::proto;
 use crate::proto::kv_client::KvClient;
+use crate::security::{self, BearerToken, ClientSecurity, ClientTls};
 use crate::version::Version;
 
 pub use cli::{ClientArgs, run};
@@ -131,7 +133,7 @@ pub enum ClientError {
     #[error("no master address given")]
     NoEndpoints,
     /// Any other answer from a server, returned without retrying.
-    #[error("{address} answered {}: {}", code_name(status.code()), status.message())]
+    #[error("{address} answered {}: {}", code_name(status.code()), describe(status))]
     Other {
         /// The endpoint that answered.
         address: String,
@@ -197,6 +199,8 @@ struct State {
 pub struct Client {
     timeout: Duration,
     retry_for: Duration,
+    /// TLS and token for every endpoint, learned ones included.
+    security: ClientSecurity,
     state: Mutex<State>,
 }
 
@@ -222,16 +226,26 @@ impl Client {
     /// Outside a Tokio runtime: each endpoint's channel spawns its
     /// connection task there.
     pub fn new(config: ClientConfig) -> Self {
+        Client::with_security(config, ClientSecurity::default())
+    }
+
+    /// Like [`Client::new`], talking TLS and sending a token as `security`
+    /// says (see [`crate::security`]).
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime, as [`Client::new`].
+    pub fn with_security(config: ClientConfig, security: ClientSecurity) -> Self {
         let mut peers: Vec<Peer> = Vec::new();
         for address in config.endpoints.iter().map(|a| a.trim()) {
             if address.is_empty() || peers.iter().any(|p| p.address == strip(address)) {
                 continue;
             }
-            peers.push(make_peer(address, config.timeout));
+            peers.push(make_peer(address, config.timeout, security.tls.as_ref()));
         }
         Client {
             timeout: config.timeout,
             retry_for: config.retry_for,
+            security,
             state: Mutex::new(State { peers, active: 0 }),
         }
     }
@@ -246,7 +260,21 @@ impl Client {
     /// # Panics
     /// Outside a Tokio runtime, as [`Client::new`].
     pub fn try_new(config: ClientConfig) -> Result<Self, ClientError> {
-        let client = Client::new(config);
+        Client::try_with_security(config, ClientSecurity::default())
+    }
+
+    /// [`Client::try_new`] with TLS and a token, as [`Client::with_security`].
+    ///
+    /// # Errors
+    /// As [`Client::try_new`].
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime, as [`Client::new`].
+    pub fn try_with_security(
+        config: ClientConfig,
+        security: ClientSecurity,
+    ) -> Result<Self, ClientError> {
+        let client = Client::with_security(config, security);
         {
             let state = client.lock();
             if state.peers.is_empty() {
@@ -409,7 +437,7 @@ impl Client {
     /// documentation for the policy).
     async fn call<T, F, Fut>(&self, attempt: F) -> Result<T, ClientError>
     where
-        F: Fn(KvClient<Channel>, Duration) -> Fut,
+        F: Fn(KvClient<InterceptedService<Channel, BearerToken>>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let deadline = Instant::now() + self.retry_for;
@@ -458,7 +486,10 @@ impl Client {
 
                 let outcome = tokio::time::timeout(
                     self.timeout,
-                    attempt(KvClient::new(channel), self.timeout),
+                    attempt(
+                        KvClient::with_interceptor(channel, self.security.token.clone()),
+                        self.timeout,
+                    ),
                 )
                 .await;
                 let failure = match outcome {
@@ -548,7 +579,7 @@ impl Client {
         if state.peers.len() >= MAX_ENDPOINTS {
             return None;
         }
-        let peer = make_peer(leader, self.timeout);
+        let peer = make_peer(leader, self.timeout, self.security.tls.as_ref());
         if let Err(reason) = &peer.channel {
             tracing::debug!(%leader, %reason, "ignoring unusable leader hint");
             return None;
@@ -651,14 +682,12 @@ fn strip(address: &str) -> &str {
     address.strip_prefix("http://").unwrap_or(address)
 }
 
-fn make_peer(address: &str, timeout: Duration) -> Peer {
+fn make_peer(address: &str, timeout: Duration, tls: Option<&ClientTls>) -> Peer {
     let address = strip(address);
     let channel = if address.contains("://") {
-        Err("only plain host:port (http) addresses are supported".to_owned())
+        Err("only plain host:port addresses are supported".to_owned())
     } else {
-        Endpoint::from_shared(format!("http://{address}"))
-            .map(|e| e.connect_timeout(timeout).connect_lazy())
-            .map_err(|e| e.to_string())
+        security::endpoint(address, tls).map(|e| e.connect_timeout(timeout).connect_lazy())
     };
     Peer {
         address: address.to_owned(),

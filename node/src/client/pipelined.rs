@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::ClientError;
@@ -19,10 +20,11 @@ use crate::proto::kv_client::KvClient;
 use crate::proto::kv_op::Op;
 use crate::proto::kv_result::Result as Outcome;
 use crate::proto::{KvBatch, KvOp, KvResults, ReadRequest, WriteRequest};
+use crate::security::{self, BearerToken, ClientSecurity};
 use crate::version::Version;
 
 /// `Kv.Pipeline` as a [`Protocol`].
-struct KvPipeline(KvClient<Channel>);
+struct KvPipeline(KvClient<InterceptedService<Channel, BearerToken>>);
 
 impl Protocol for KvPipeline {
     type Op = Op;
@@ -78,17 +80,32 @@ impl PipelinedClient {
     /// # Errors
     /// [`ClientError::BadAddress`] when `address` is not `host:port`.
     pub fn new(address: &str, timeout: Duration) -> Result<PipelinedClient, ClientError> {
-        let endpoint = Endpoint::from_shared(format!("http://{address}")).map_err(|e| {
+        PipelinedClient::with_security(address, timeout, &ClientSecurity::default())
+    }
+
+    /// [`PipelinedClient::new`] with TLS and a token (see
+    /// [`crate::security`]).
+    ///
+    /// # Errors
+    /// [`ClientError::BadAddress`] when `address` is not `host:port` or the
+    /// TLS files no longer load.
+    pub fn with_security(
+        address: &str,
+        timeout: Duration,
+        security: &ClientSecurity,
+    ) -> Result<PipelinedClient, ClientError> {
+        let endpoint = security::endpoint(address, security.tls.as_ref()).map_err(|reason| {
             ClientError::BadAddress {
                 address: address.to_owned(),
-                reason: e.to_string(),
+                reason,
             }
         })?;
-        let client = KvClient::new(
+        let client = KvClient::with_interceptor(
             endpoint
                 .connect_timeout(timeout)
                 .tcp_nodelay(true)
                 .connect_lazy(),
+            security.token.clone(),
         )
         .max_decoding_message_size(HARD_MAX_VALUE_BYTES + 64 * 1024)
         .max_encoding_message_size(HARD_MAX_VALUE_BYTES + 64 * 1024);

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
@@ -23,6 +23,7 @@ use super::{Master, Term, lock, placement};
 use crate::proto::control_server::Control;
 use crate::proto::replica_client::ReplicaClient;
 use crate::proto::{FenceRequest, InventoryRequest, Ping, Pong, RegisterReply, RegisterRequest};
+use crate::security;
 use crate::version::Version;
 
 impl Master {
@@ -36,9 +37,9 @@ impl Master {
                 "slave id must be 1 to 253 characters",
             ));
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        let endpoint = security::endpoint(address, self.config.security.client.as_ref())
             .map_err(|e| {
-                Status::invalid_argument(format!("slave address {address:?} is not host:port: {e}"))
+                Status::invalid_argument(format!("slave address {address:?} is not usable: {e}"))
             })?
             .connect_timeout(self.config.slave_timeout)
             .tcp_nodelay(true);

@@ -31,7 +31,9 @@ pub mod placement;
 pub mod slaves;
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -49,6 +51,7 @@ use crate::limits::Limits;
 use crate::metrics::{self, Readiness};
 use crate::proto::control_server::ControlServer;
 use crate::proto::kv_server::KvServer;
+use crate::security::Security;
 use crate::wal::{self, EpochHistory, LogReader, LogWriter};
 use index::Index;
 use slaves::Registry;
@@ -87,6 +90,9 @@ pub struct MasterConfig {
     pub segment_bytes: u64,
     /// Compact automatically once this many sealed segments exist.
     pub compact_segments: usize,
+    /// TLS for the server and for connections to slaves, client tokens
+    /// (see [`crate::security`]); the default is plaintext and open.
+    pub security: Security,
 }
 
 /// One term of this process as the active master.
@@ -273,18 +279,26 @@ impl Master {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<KvServer<Master>>().await;
         let max_message = self.config.limits.max_message_bytes();
-        let server = tonic::transport::Server::builder()
+        let security = &self.config.security;
+        let router = tonic::transport::Server::builder()
+            .layer(security.auth_layer())
             .add_service(health_service)
             .add_service(
                 KvServer::from_arc(self.clone())
                     .max_decoding_message_size(max_message)
                     .max_encoding_message_size(max_message),
             )
-            .add_service(ControlServer::from_arc(self.clone()))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                cancel.clone().cancelled_owned(),
-            );
+            .add_service(ControlServer::from_arc(self.clone()));
+        let shutdown = cancel.clone().cancelled_owned();
+        let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match &security.server {
+                Some(tls) => Box::pin(
+                    router.serve_with_incoming_shutdown(tls.clone().incoming(listener), shutdown),
+                ),
+                None => Box::pin(
+                    router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown),
+                ),
+            };
         let background = [
             tokio::spawn(self.clone().publish_gauges(cancel.clone())),
             tokio::spawn(self.clone().expire_slaves(cancel.clone())),

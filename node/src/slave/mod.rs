@@ -19,6 +19,7 @@ pub mod store;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -29,6 +30,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::metrics;
 use crate::proto::replica_server::ReplicaServer;
+use crate::security::Security;
 use registration::Registration;
 use service::ReplicaService;
 use store::Store;
@@ -53,6 +55,9 @@ pub struct SlaveConfig {
     /// Time between heartbeat Pings; a master silent for three intervals is
     /// given up.
     pub heartbeat_interval: Duration,
+    /// TLS for the Replica server and for registration with the masters
+    /// (see [`crate::security`]); the default is plaintext.
+    pub security: Security,
 }
 
 /// An opened slave, not yet serving: its store is open and its registration
@@ -62,6 +67,8 @@ pub struct Slave {
     store: Store,
     /// The register/heartbeat loop, started by [`Slave::serve`].
     registration: Registration,
+    /// How the Replica server is protected.
+    security: Security,
 }
 
 impl Slave {
@@ -81,10 +88,12 @@ impl Slave {
             config.masters,
             config.heartbeat_interval,
             store.clone(),
-        );
+        )
+        .with_tls(config.security.client.clone());
         Ok(Slave {
             store,
             registration,
+            security: config.security,
         })
     }
 
@@ -111,6 +120,7 @@ impl Slave {
         let Slave {
             store,
             registration,
+            security,
         } = self;
         let local = listener.local_addr().context("listener address")?;
 
@@ -124,11 +134,21 @@ impl Slave {
             let _ = rx.wait_for(|stop| *stop).await;
         };
 
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = Server::builder()
+        let router = Server::builder()
+            .layer(security.auth_layer())
             .add_service(health_service)
-            .add_service(ReplicaService::new(store.clone()).into_server())
-            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+            .add_service(ReplicaService::new(store.clone()).into_server());
+        let stop = stopped(stop_rx.clone());
+        let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match &security.server {
+                Some(tls) => Box::pin(
+                    router.serve_with_incoming_shutdown(tls.clone().incoming(listener), stop),
+                ),
+                None => {
+                    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                    Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
+                }
+            };
         let gauges = tokio::spawn(publish_gauges(
             store.clone(),
             registration.subscribe(),
@@ -217,6 +237,7 @@ mod tests {
                 // Nobody listens there: registration keeps retrying.
                 masters: vec!["127.0.0.1:1".into()],
                 heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+                security: Security::default(),
             };
             let listener = TcpListener::bind(config.listen).await.unwrap();
             let addr = format!("http://{}", listener.local_addr().unwrap());

@@ -33,12 +33,13 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 use super::store::Store;
 use crate::proto;
 use crate::proto::control_client::ControlClient;
+use crate::security::{self, ClientTls};
 
 /// Response metadata naming the active master on a FAILED_PRECONDITION
 /// answer from a standby.
@@ -70,6 +71,9 @@ pub struct Registration {
     store: Store,
     /// The master currently registered with, `None` while looking for one.
     state: watch::Sender<Option<String>>,
+    /// TLS towards the masters (cluster CA, own certificate); `None` dials
+    /// plaintext.
+    tls: Option<ClientTls>,
 }
 
 /// Why one registration attempt at one address failed.
@@ -99,7 +103,15 @@ impl Registration {
             heartbeat_interval: heartbeat_interval.max(Duration::from_millis(1)),
             store,
             state,
+            tls: None,
         }
+    }
+
+    /// Registers over TLS with this client configuration (the cluster CA and
+    /// the slave's own certificate), instead of plaintext.
+    pub fn with_tls(mut self, tls: Option<ClientTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// The master this slave is registered with (its URI), `None` while it
@@ -184,8 +196,8 @@ impl Registration {
 
     /// One Register call at `addr`.
     async fn register_at(&self, addr: &str) -> Result<ControlClient<Channel>, Refusal> {
-        let endpoint = Endpoint::from_shared(addr.to_string())
-            .map_err(|e| Refusal::Failed(format!("invalid master address: {e}")))?
+        let endpoint = security::endpoint(addr, self.tls.as_ref())
+            .map_err(|e| Refusal::Failed(format!("unusable master address: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         let channel = timeout(CONNECT_TIMEOUT, endpoint.connect())
