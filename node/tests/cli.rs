@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Options, bounded, dsm_bin, free_port, run_dsm};
+use common::{Cluster, Options, bounded, dsm_bin, free_port, free_ports, run_dsm};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_commands_and_exit_codes() {
@@ -101,19 +101,20 @@ async fn log_dump_prints_the_seed_format() {
 #[test]
 fn local_cluster_prints_a_working_client_command() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let slave_port = free_port();
+    let port = free_ports(2);
+    let slave_port = free_ports(3);
+    let metrics_port = free_ports(5);
     let mut local = Command::new(dsm_bin())
         .args([
             "local",
             &format!("--dir={}", dir.path().display()),
             &format!("--port={port}"),
             &format!("--slave-port={slave_port}"),
-            &format!("--metrics-port={}", free_port()),
+            &format!("--metrics-port={metrics_port}"),
             "--slaves=3",
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("local.err")).expect("stderr file"))
         .spawn()
         .expect("spawn dsm local");
     let stdout = local.stdout.take().expect("stdout");
@@ -130,7 +131,10 @@ fn local_cluster_prints_a_working_client_command() {
             "dsm local too slow"
         );
     }
-    let command = command.expect("dsm local printed a client command");
+    let Some(command) = command else {
+        let err = std::fs::read_to_string(dir.path().join("local.err")).unwrap_or_default();
+        panic!("dsm local printed no client command; its stderr:\n{err}");
+    };
     let mut words: Vec<String> = command.split_whitespace().map(String::from).collect();
     let program = words.remove(0);
     let program = if program == "dsm" {

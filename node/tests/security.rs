@@ -296,11 +296,14 @@ async fn tls_mtls_and_tokens() {
         // Plaintext to a TLS server.
         let plain = client(&master, None, Some("rw-secret"));
         let err = plain.read(b"k").await.expect_err("plaintext client");
-        // The server drops the connection at the failed handshake: the
-        // client sees a transport error, never an answer.
+        // The server fails the handshake: depending on timing the client
+        // sees the connection drop or the TLS alert as a broken HTTP/2
+        // frame — a transport or protocol error, never an answer.
         assert!(
             matches!(err, ClientError::Unavailable { .. })
-                || code_of(&err).is_some_and(|c| c == Code::Unknown || c == Code::Unavailable),
+                || code_of(&err).is_some_and(|c| {
+                    matches!(c, Code::Unknown | Code::Unavailable | Code::Internal)
+                }),
             "{err}"
         );
 
