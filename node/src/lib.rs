@@ -10,10 +10,13 @@
 //!   replay, compaction); [`lease`]: the leadership lease beside it.
 //! - [`slave`]: the storage role: versioned values in an embedded database.
 //! - [`local`]: `dsm local`, a whole cluster as child processes.
+//! - [`bench`]: `dsm bench`, load generation, results and plots.
+//! - [`metrics`]: Prometheus metrics and the health endpoints.
 //! - [`security`]: TLS, mutual TLS between members, client tokens.
 //! - [`proto`]: generated gRPC code; [`version`], [`limits`]: shared types.
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod client;
 pub mod lease;
 pub mod limits;

@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use dsm::bench::BenchArgs;
 use dsm::client::ClientArgs;
 use dsm::limits::{DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES, HARD_MAX_VALUE_BYTES, Limits};
 use dsm::local::{LocalArgs, shutdown_signal};
@@ -46,6 +47,9 @@ enum Command {
     Client(ClientArgs),
     /// Start a whole cluster on this machine (master, backup, slaves).
     Local(LocalArgs),
+    /// Load a cluster and report throughput and latency percentiles; with
+    /// `sweep`, run a grid of client and slave counts and plot it.
+    Bench(BenchArgs),
     /// Inspect the write-ahead log.
     Log {
         #[command(subcommand)]
@@ -268,6 +272,7 @@ async fn main() -> ExitCode {
             command: LogCommand::Dump { dir },
         } => dsm::log_dump::dump(&dir, &mut std::io::stdout().lock()),
         Command::Local(args) => dsm::local::run(args).await,
+        Command::Bench(args) => dsm::bench::run(args).await,
         Command::Master(args) => {
             init_tracing();
             run_master(args, true).await

@@ -244,6 +244,28 @@ pub static REPLICA_EPOCH: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+// ---- bench -------------------------------------------------------------
+
+/// Requests `dsm bench` sent, by operation (read, write) and result (ok,
+/// missing, not_found, invalid, unavailable, bad_address, error). Counts
+/// the warm-up too: it is a live view, the bench's report is the result.
+pub static BENCH_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "dsm_bench_requests_total",
+        "Requests sent by dsm bench, by operation and result.",
+        &["op", "result"],
+    )
+});
+
+/// Latency `dsm bench` observed per served request, by operation.
+pub static BENCH_REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram_vec(
+        "dsm_bench_request_duration_seconds",
+        "Latency of requests served to dsm bench, as the client saw it, by operation.",
+        &["op"],
+    )
+});
+
 /// Decides what `/readyz` answers: `Ok` when ready, or why not.
 pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
@@ -382,6 +404,17 @@ pub fn register_all() {
     }
 }
 
+/// Forces the bench's metrics into the registry (not part of
+/// [`register_all`]: servers do not export bench series).
+pub fn register_bench() {
+    for op in ["read", "write"] {
+        let _ = BENCH_REQUESTS.with_label_values(&[op, "ok"]).get();
+        let _ = BENCH_REQUEST_DURATION
+            .with_label_values(&[op])
+            .get_sample_count();
+    }
+}
+
 /// The `result` label for a request's outcome.
 pub fn result_label<T>(result: &Result<T, tonic::Status>) -> &'static str {
     use tonic::Code;
@@ -406,6 +439,7 @@ mod tests {
         register_all();
         // What a slave's gauge loop does on its first tick.
         REPLICA_KEYS.set(0);
+        register_bench();
         let names: Vec<String> = prometheus::gather()
             .iter()
             .map(|f| f.name().to_string())
@@ -424,6 +458,8 @@ mod tests {
             "dsm_failovers_total",
             "dsm_re_replications_total",
             "dsm_replica_keys",
+            "dsm_bench_requests_total",
+            "dsm_bench_request_duration_seconds",
         ] {
             assert!(
                 names.iter().any(|n| n == name),
