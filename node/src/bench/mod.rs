@@ -362,7 +362,7 @@ pub async fn measure(
     let samples = report_progress(
         futures::future::join_all(handles),
         &recorder,
-        start,
+        start..end,
         measure_from,
         &params.label,
     )
@@ -540,14 +540,17 @@ async fn run_client(
 }
 
 /// Prints a progress line every second until `clients` completes, and
-/// returns the samples of the measured seconds.
+/// returns the samples of the measured seconds. Requests still in flight
+/// at the end (a client retrying against a dead cluster) are waited for
+/// and shown as `drain`: they count, but their seconds are not samples.
 async fn report_progress<F: std::future::Future>(
     clients: F,
     recorder: &Mutex<Recorder>,
-    start: Instant,
+    run: std::ops::Range<Instant>,
     measure_from: Instant,
     label: &str,
 ) -> Vec<stats::Sample> {
+    let start = run.start;
     const TICK: Duration = Duration::from_secs(1);
     let mut ticker = tokio::time::interval_at(start + TICK, TICK);
     let mut samples = Vec::new();
@@ -565,12 +568,18 @@ async fn report_progress<F: std::future::Future>(
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take_sample(second, TICK);
-        let phase = if second >= 1 { "measure" } else { "warm-up" };
+        let phase = if tick > run.end {
+            "drain"
+        } else if second >= 1 {
+            "measure"
+        } else {
+            "warm-up"
+        };
         eprintln!(
             "{label}{}",
             sample.progress_line(phase, tick.duration_since(start))
         );
-        if second >= 1 {
+        if phase == "measure" {
             samples.push(sample);
         }
     }
