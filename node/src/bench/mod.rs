@@ -56,6 +56,12 @@ pub enum BenchCommand {
     /// Run every combination of client and slave counts against local
     /// clusters and write results.csv, results.json and SVG plots.
     Sweep(sweep::SweepArgs),
+    /// Redraw the plots of a sweep from its results.json.
+    Plot {
+        /// The sweep's output directory (holding results.json); the plots
+        /// are written there.
+        dir: PathBuf,
+    },
 }
 
 /// The workload flags shared by `dsm bench` and `dsm bench sweep`.
@@ -150,6 +156,7 @@ pub struct RunParams {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         Some(BenchCommand::Sweep(sweep)) => sweep::run(sweep).await,
+        Some(BenchCommand::Plot { dir }) => sweep::replot(&dir),
         None => run_once(args.run).await,
     }
 }

@@ -17,7 +17,10 @@ use plotters::prelude::*;
 use super::report::{SlaveLoad, Summary};
 
 /// Size of every plot, in pixels.
-const SIZE: (u32, u32) = (900, 560);
+const SIZE: (u32, u32) = (1060, 580);
+/// Width of the legend panel right of a line chart: a legend inside the
+/// plot would hide points (there are up to 10 lines).
+const LEGEND_WIDTH: u32 = 200;
 
 /// One line of a [`LineChart`].
 #[derive(Clone, Debug)]
@@ -108,20 +111,25 @@ pub fn draw_line_chart(path: &Path, chart: &LineChart) -> anyhow::Result<()> {
     };
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(drawing_error)?;
+    let area = root
+        .titled(&chart.title, ("sans-serif", 24))
+        .map_err(drawing_error)?;
+    let (plot, legend) = area.split_horizontally(SIZE.0 - LEGEND_WIDTH);
+    draw_legend(&legend, &series)?;
     if chart.log_y {
         let y = if y_lo.is_finite() {
             (y_lo / 1.5)..(y_hi * 1.5)
         } else {
             1.0..10.0
         };
-        draw_lines(&root, chart, &series, x, y.log_scale())?;
+        draw_lines(&plot, chart, &series, x, y.log_scale())?;
     } else {
         let y = if y_hi.is_finite() && y_hi > 0.0 {
             0.0..(y_hi * 1.1)
         } else {
             0.0..1.0
         };
-        draw_lines(&root, chart, &series, x, y)?;
+        draw_lines(&plot, chart, &series, x, y)?;
     }
     root.present().map_err(drawing_error)
 }
@@ -140,7 +148,6 @@ where
     Y::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
     let mut ctx = ChartBuilder::on(root)
-        .caption(&chart.title, ("sans-serif", 24))
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(80)
@@ -159,38 +166,77 @@ where
                 String::new()
             }
         })
-        .y_label_formatter(&|v: &f64| format_tick(*v))
-        // A log axis spanning less than a decade otherwise gets one label.
-        .y_labels(if chart.log_y { 20 } else { 10 })
+        .y_label_formatter(&|v: &f64| {
+            // A log axis gets a grid line at every 1..9 × 10^k; labelling
+            // only 1, 2 and 5 keeps the labels apart.
+            if chart.log_y {
+                format_log_tick(*v)
+            } else {
+                format_tick(*v)
+            }
+        })
+        .light_line_style(BLACK.mix(0.04))
+        // Without asking for many, a log axis spanning less than a decade
+        // gets a single label.
+        .y_labels(if chart.log_y { 30 } else { 10 })
         .draw()
         .map_err(drawing_error)?;
     for s in series {
         let c = color(s.color);
         let style = c.stroke_width(2);
-        let drawn = if s.dashed {
+        if s.dashed {
             ctx.draw_series(DashedLineSeries::new(s.points.clone(), 8, 5, style))
         } else {
             ctx.draw_series(LineSeries::new(s.points.clone(), style))
         }
         .map_err(drawing_error)?;
-        // The legend sample of a dashed line is two strokes with a gap.
-        let gap = if s.dashed { (8, 13) } else { (10, 10) };
-        drawn.label(&s.label).legend(move |(x, y)| {
-            EmptyElement::at((x, y))
-                + PathElement::new(vec![(0, 0), (gap.0, 0)], style)
-                + PathElement::new(vec![(gap.1, 0), (22, 0)], style)
-        });
         ctx.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, c.filled())))
             .map_err(drawing_error)?;
     }
-    ctx.configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .label_font(("sans-serif", 13))
-        .draw()
-        .map_err(drawing_error)?;
     Ok(())
+}
+
+/// Draws the legend of `series` in its own panel, one line each.
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    series: &[Series],
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    for (i, s) in series.iter().enumerate() {
+        let y = 40 + 22 * i as i32;
+        let style = color(s.color).stroke_width(2);
+        // A dashed line's sample is two strokes with a gap.
+        let (a, b) = if s.dashed { (10, 16) } else { (13, 13) };
+        area.draw(&PathElement::new(vec![(4, y), (4 + a, y)], style))
+            .map_err(drawing_error)?;
+        area.draw(&PathElement::new(vec![(4 + b, y), (30, y)], style))
+            .map_err(drawing_error)?;
+        area.draw(&Text::new(
+            s.label.clone(),
+            (38, y - 7),
+            ("sans-serif", 14).into_font().color(&BLACK),
+        ))
+        .map_err(drawing_error)?;
+    }
+    Ok(())
+}
+
+/// Log-axis ticks: only at 1, 2 and 5 × 10^k.
+fn format_log_tick(v: f64) -> String {
+    if v <= 0.0 {
+        return String::new();
+    }
+    let mantissa = v / 10f64.powf(v.log10().floor());
+    if [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .any(|m| (mantissa - m).abs() < 1e-6)
+    {
+        format_tick(v)
+    } else {
+        String::new()
+    }
 }
 
 /// Axis ticks: integers without `.0`, large numbers with a `k`.
@@ -304,7 +350,12 @@ fn sweep_chart(points: &[Summary], figure: Figure, by_clients: bool) -> LineChar
     } else {
         (|p| u64::from(p.config.slaves), |p| p.config.clients as u64)
     };
-    let group_word = if by_clients { "slaves" } else { "clients" };
+    let group_word = |n: u64| match (by_clients, n) {
+        (true, 1) => "slave",
+        (true, _) => "slaves",
+        (false, 1) => "client",
+        (false, _) => "clients",
+    };
     let x_label = if by_clients {
         "concurrent clients"
     } else {
@@ -319,7 +370,7 @@ fn sweep_chart(points: &[Summary], figure: Figure, by_clients: bool) -> LineChar
         };
         match figure {
             Figure::Throughput => series.push(Series {
-                label: format!("{group} {group_word}"),
+                label: format!("{group} {}", group_word(group)),
                 points: line(&|p| p.throughput_ops_per_s),
                 color,
                 dashed: false,
@@ -333,13 +384,13 @@ fn sweep_chart(points: &[Summary], figure: Figure, by_clients: bool) -> LineChar
                     }
                 };
                 series.push(Series {
-                    label: format!("p50, {group} {group_word}"),
+                    label: format!("p50, {group} {}", group_word(group)),
                     points: line(&|p| op(p).p50_us as f64),
                     color,
                     dashed: false,
                 });
                 series.push(Series {
-                    label: format!("p99, {group} {group_word}"),
+                    label: format!("p99, {group} {}", group_word(group)),
                     points: line(&|p| op(p).p99_us as f64),
                     color,
                     dashed: true,
@@ -478,5 +529,8 @@ mod tests {
         assert_eq!(format_tick(5.0), "5");
         assert_eq!(format_tick(2.5), "2.5");
         assert_eq!(format_tick(25_000.0), "25k");
+        assert_eq!(format_log_tick(2000.0), "2000");
+        assert_eq!(format_log_tick(50_000.0), "50k");
+        assert_eq!(format_log_tick(9000.0), "");
     }
 }

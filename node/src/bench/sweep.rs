@@ -115,6 +115,20 @@ pub async fn run(args: SweepArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads `dir/results.json` and draws the plots again (after changing
+/// them, or to plot a subset of points edited out of the file).
+pub fn replot(dir: &std::path::Path) -> anyhow::Result<()> {
+    let path = dir.join("results.json");
+    let json = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let points: Vec<Summary> = serde_json::from_str(&json)
+        .with_context(|| format!("{} is not the results of a sweep", path.display()))?;
+    for plot in super::plot::sweep_plots(dir, &points)? {
+        println!("plot: {}", plot.display());
+    }
+    Ok(())
+}
+
 /// Writes `results.csv` and `results.json` into `dir`.
 pub fn write_results(dir: &std::path::Path, points: &[Summary]) -> anyhow::Result<()> {
     let path = dir.join("results.csv");
