@@ -304,7 +304,22 @@ impl RunParams {
         {
             bail!("--rate must be a positive number of requests per second, not {rate}");
         }
+        self.period()?;
         Workload::new(&self.workload).map(|_| ())
+    }
+
+    /// Open loop: the time between two requests of one client.
+    fn period(&self) -> anyhow::Result<Option<Duration>> {
+        let Some(rate) = self.rate else {
+            return Ok(None);
+        };
+        match Duration::try_from_secs_f64(self.clients as f64 / rate) {
+            Ok(period) if period <= Duration::from_secs(3600) => Ok(Some(period)),
+            _ => bail!(
+                "--rate {rate} is too low for {} clients: each would wait over an hour",
+                self.clients
+            ),
+        }
     }
 }
 
@@ -349,9 +364,7 @@ pub async fn measure(
         }
     });
 
-    let period = params
-        .rate
-        .map(|rate| Duration::from_secs_f64(params.clients as f64 / rate));
+    let period = params.period()?;
     let mut handles = Vec::with_capacity(params.clients);
     for (i, client) in clients.into_iter().enumerate() {
         // Open-loop clients are spread over one period so the requests do
@@ -673,11 +686,19 @@ mod tests {
             ..params.clone()
         };
         assert!(no_clients.validate().is_err());
-        let bad_rate = RunParams {
-            rate: Some(0.0),
+        for rate in [0.0, -1.0, f64::NAN, 1e-300] {
+            let bad_rate = RunParams {
+                rate: Some(rate),
+                ..params.clone()
+            };
+            assert!(bad_rate.validate().is_err(), "{rate}");
+        }
+        let open = RunParams {
+            clients: 4,
+            rate: Some(100.0),
             ..params.clone()
         };
-        assert!(bad_rate.validate().is_err());
+        assert_eq!(open.period().unwrap(), Some(Duration::from_millis(40)));
         assert!(Cli::try_parse_from(["bench", "--backup", "x:1"]).is_err());
     }
 

@@ -232,5 +232,8 @@ mod tests {
         let csv = std::fs::read_to_string(dir.path().join("results.csv")).unwrap();
         assert_eq!(csv.lines().count(), 2);
         assert!(table(&points).contains("500"));
+        replot(dir.path()).unwrap();
+        assert!(dir.path().join("throughput_vs_clients.svg").exists());
+        assert!(replot(&dir.path().join("nowhere")).is_err());
     }
 }
