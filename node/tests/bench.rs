@@ -116,6 +116,8 @@ fn bench_sweep_writes_results_and_plots() {
             "--metrics-listen",
             "none",
         ])
+        // The run test covers the unary API; this one the pipelined.
+        .args(["--api", "pipelined"])
         .arg("--out")
         .arg(&out)
         .output()
@@ -127,8 +129,14 @@ fn bench_sweep_writes_results_and_plots() {
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(rows.len(), 3, "{csv}");
     assert!(rows[0].starts_with("slaves,clients,"));
-    assert!(rows[1].starts_with("3,1,"), "{csv}");
-    assert!(rows[2].starts_with("3,2,"), "{csv}");
+    assert!(rows[1].starts_with("3,1,pipelined,"), "{csv}");
+    assert!(rows[2].starts_with("3,2,pipelined,"), "{csv}");
+    for row in &rows[1..] {
+        // ops > 0 and errors == 0 (columns 10 and 11).
+        let fields: Vec<&str> = row.split(',').collect();
+        assert_ne!(fields[9], "0", "{csv}");
+        assert_eq!(fields[10], "0", "{csv}");
+    }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 2);

@@ -31,7 +31,8 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Client, ClientConfig};
+use crate::client::pipelined::PipelinedClient;
+use crate::client::{Client, ClientConfig, ClientError};
 use crate::local::{LocalArgs, LocalCluster, shutdown_signal};
 use crate::metrics::{self, MetricsListen};
 use report::{OpSummary, RunConfig, Summary, load_delta};
@@ -88,9 +89,67 @@ pub struct WorkloadArgs {
     /// cluster shows up in it. Default: closed loop, no sleeping.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Client API: `unary` (one gRPC call per request, with failover and
+    /// retries: what `dsm client` uses) or `pipelined` (each client's
+    /// requests on one `Kv.Pipeline` stream to the active master, no
+    /// failover).
+    #[arg(long, value_enum, default_value_t = Api::Unary)]
+    pub api: Api,
     /// Where to serve the bench's own /metrics while it runs, or `none`.
     #[arg(long, default_value = "127.0.0.1:9190")]
     pub metrics_listen: MetricsListen,
+}
+
+/// Which client API the bench drives.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// [`Client`]: unary calls, failover, retries.
+    #[default]
+    Unary,
+    /// [`PipelinedClient`]: one stream per client to the active master.
+    Pipelined,
+}
+
+impl std::fmt::Display for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Api::Unary => "unary",
+            Api::Pipelined => "pipelined",
+        })
+    }
+}
+
+/// One bench client, whichever API it uses; each has its own connection.
+enum BenchClient {
+    Unary(Client),
+    Pipelined(PipelinedClient),
+}
+
+impl BenchClient {
+    async fn read(&self, key: &[u8]) -> Result<bool, ClientError> {
+        match self {
+            BenchClient::Unary(c) => c.read(key).await.map(|v| v.is_some()),
+            BenchClient::Pipelined(c) => c.read(key).await.map(|v| v.is_some()),
+        }
+    }
+
+    async fn write(&self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {
+        match self {
+            BenchClient::Unary(c) => c.write(key, value).await.map(|_| ()),
+            BenchClient::Pipelined(c) => c.write(key, value).await.map(|_| ()),
+        }
+    }
 }
 
 impl WorkloadArgs {
@@ -148,6 +207,8 @@ pub struct RunParams {
     pub duration: Duration,
     /// Open-loop target over all clients, requests/s.
     pub rate: Option<f64>,
+    /// Client API.
+    pub api: Api,
     /// Prefix of the progress lines (which sweep point this is).
     pub label: String,
 }
@@ -189,6 +250,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         warmup: args.warmup,
         duration: args.duration,
         rate: args.workload.rate,
+        api: args.workload.api,
         label: String::new(),
     };
     // Check the flags before starting a cluster for nothing.
@@ -337,14 +399,26 @@ pub async fn measure(
     params.validate()?;
     let workload = Arc::new(Workload::new(&params.workload)?);
     let config = ClientConfig::new(endpoints.to_vec());
-    let clients = (0..params.clients)
-        .map(|_| Client::try_new(config.clone()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let status_client = Arc::new(Client::try_new(config)?);
+    let status_client = Arc::new(Client::try_new(config.clone())?);
     let first_status = status_client
         .status()
         .await
         .with_context(|| format!("cannot reach the cluster at {}", endpoints.join(", ")))?;
+    let clients = (0..params.clients)
+        .map(|_| match params.api {
+            Api::Unary => Client::try_new(config.clone()).map(BenchClient::Unary),
+            // The pipelined client does not look for the active master
+            // itself: give it the one that answered Status.
+            Api::Pipelined => {
+                let active = if first_status.role == "active" && !first_status.address.is_empty() {
+                    first_status.address.clone()
+                } else {
+                    status_client.active_endpoint()
+                };
+                PipelinedClient::new(&active, config.timeout).map(BenchClient::Pipelined)
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
 
     prepopulate(&clients, &workload).await?;
 
@@ -426,6 +500,7 @@ pub async fn measure(
             warmup_s: params.warmup.as_secs_f64(),
             duration_s: params.duration.as_secs_f64(),
             rate: params.rate,
+            api: params.api,
         },
         measured_s: measured.as_secs_f64(),
         interrupted,
@@ -441,7 +516,7 @@ pub async fn measure(
 }
 
 /// Writes every key once, so that READs during the run find a value.
-async fn prepopulate(clients: &[Client], workload: &Workload) -> anyhow::Result<()> {
+async fn prepopulate(clients: &[BenchClient], workload: &Workload) -> anyhow::Result<()> {
     // Enough in flight to be quick even with one client (a `Client` may be
     // used concurrently), few enough not to swamp a small cluster.
     const IN_FLIGHT: usize = 32;
@@ -486,7 +561,7 @@ impl OpMetrics {
 
 /// One client's loop: pick a request, send it, record it, until `end`.
 async fn run_client(
-    client: Client,
+    client: BenchClient,
     workload: Arc<Workload>,
     recorder: Arc<Mutex<Recorder>>,
     schedule: ClientSchedule,
@@ -519,8 +594,8 @@ async fn run_client(
         let request = async {
             match op {
                 Op::Read => match client.read(key).await {
-                    Ok(Some(_)) => Outcome::Ok,
-                    Ok(None) => Outcome::Failed(
+                    Ok(true) => Outcome::Ok,
+                    Ok(false) => Outcome::Failed(
                         stats::MISSING_KIND,
                         format!(
                             "{} has no value although the bench wrote it before the run",
@@ -678,6 +753,7 @@ mod tests {
             warmup: Duration::ZERO,
             duration: Duration::from_secs(1),
             rate: None,
+            api: Api::Unary,
             label: String::new(),
         };
         assert!(params.validate().is_ok());

@@ -29,6 +29,9 @@ pub struct RunConfig {
     /// closed loop (each client sends its next request when the previous
     /// one is answered).
     pub rate: Option<f64>,
+    /// Client API (absent from results written before it existed: unary).
+    #[serde(default)]
+    pub api: super::Api,
 }
 
 /// Figures of one operation over the measurement.
@@ -122,6 +125,7 @@ impl Summary {
             Some(rate) => format!("open loop at {rate} ops/s"),
             None => "closed loop".to_string(),
         };
+        let mode = format!("{mode}, {} API", c.api);
         format!(
             "{} clients, {} slaves ({}), {:.0}% writes, {} keys ({}), {}-byte values, {mode}, {:.1}s measured after {:.0}s warm-up{}",
             c.clients,
@@ -249,6 +253,7 @@ pub(crate) mod tests {
                 warmup_s: 5.0,
                 duration_s: 30.0,
                 rate: None,
+                api: crate::bench::Api::Unary,
             },
             measured_s: 30.0,
             interrupted: false,

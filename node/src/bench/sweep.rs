@@ -48,6 +48,7 @@ pub async fn run(args: SweepArgs) -> anyhow::Result<()> {
         warmup: args.warmup,
         duration: args.duration,
         rate: args.workload.rate,
+        api: args.workload.api,
         label: String::new(),
     };
     for &clients in &args.clients {
@@ -138,7 +139,7 @@ pub fn write_results(dir: &std::path::Path, points: &[Summary]) -> anyhow::Resul
 }
 
 /// Column names of `results.csv`, in order.
-pub const CSV_HEADER: &str = "slaves,clients,write_ratio,keys,distribution,value_size,rate,\
+pub const CSV_HEADER: &str = "slaves,clients,api,write_ratio,keys,distribution,value_size,rate,\
 measured_s,ops,errors,throughput_ops_per_s,\
 read_ops,read_p50_us,read_p90_us,read_p99_us,read_p999_us,read_max_us,read_mean_us,\
 write_ops,write_p50_us,write_p90_us,write_p99_us,write_p999_us,write_max_us,write_mean_us";
@@ -153,9 +154,10 @@ pub fn csv(points: &[Summary]) -> String {
         let w = &c.workload;
         let _ = write!(
             out,
-            "{},{},{},{},{},{},{},{:.3},{},{},{:.1}",
+            "{},{},{},{},{},{},{},{},{:.3},{},{},{:.1}",
             c.slaves,
             c.clients,
+            c.api,
             w.write_ratio,
             w.keys,
             w.distribution,
@@ -214,11 +216,11 @@ mod tests {
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 3);
         let columns = lines[0].split(',').count();
-        assert_eq!(columns, 25);
+        assert_eq!(columns, 26);
         for row in &lines[1..] {
             assert_eq!(row.split(',').count(), columns, "{row}");
         }
-        assert!(lines[2].starts_with("3,10,0.3,1000,uniform,100,,30.000,75000,0,2500.0,"));
+        assert!(lines[2].starts_with("3,10,unary,0.3,1000,uniform,100,,30.000,75000,0,2500.0,"));
     }
 
     #[test]
