@@ -35,6 +35,7 @@ use crate::client::pipelined::PipelinedClient;
 use crate::client::{Client, ClientConfig, ClientError};
 use crate::local::{LocalArgs, LocalCluster, shutdown_signal};
 use crate::metrics::{self, MetricsListen};
+use crate::security::{ClientSecurity, ClientSecurityArgs};
 use report::{OpSummary, RunConfig, Summary, load_delta};
 use stats::{Outcome, Recorder, error_kind, per_second};
 use workload::{Distribution, Op, Workload, WorkloadSpec, key_name};
@@ -189,6 +190,10 @@ pub struct RunArgs {
     /// Write every figure, with per-second samples, to this JSON file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// TLS and token towards the --master cluster (the bench's own local
+    /// cluster is plaintext and open, and ignores them).
+    #[command(flatten)]
+    pub security: ClientSecurityArgs,
     /// The workload.
     #[command(flatten)]
     pub workload: WorkloadArgs,
@@ -209,6 +214,8 @@ pub struct RunParams {
     pub rate: Option<f64>,
     /// Client API.
     pub api: Api,
+    /// TLS and token of every client.
+    pub security: ClientSecurity,
     /// Prefix of the progress lines (which sweep point this is).
     pub label: String,
 }
@@ -251,6 +258,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         duration: args.duration,
         rate: args.workload.rate,
         api: args.workload.api,
+        security: ClientSecurity::default(),
         label: String::new(),
     };
     // Check the flags before starting a cluster for nothing.
@@ -258,6 +266,10 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
     let summary = match args.master {
         Some(master) => {
             let endpoints: Vec<String> = std::iter::once(master).chain(args.backup).collect();
+            let params = RunParams {
+                security: ClientSecurity::from_args(&args.security)?,
+                ..params
+            };
             measure(&endpoints, &params, &cancel).await?
         }
         None => {
@@ -399,14 +411,17 @@ pub async fn measure(
     params.validate()?;
     let workload = Arc::new(Workload::new(&params.workload)?);
     let config = ClientConfig::new(endpoints.to_vec());
-    let status_client = Arc::new(Client::try_new(config.clone())?);
+    let security = &params.security;
+    let status_client = Arc::new(Client::try_with_security(config.clone(), security.clone())?);
     let first_status = status_client
         .status()
         .await
         .with_context(|| format!("cannot reach the cluster at {}", endpoints.join(", ")))?;
     let clients = (0..params.clients)
         .map(|_| match params.api {
-            Api::Unary => Client::try_new(config.clone()).map(BenchClient::Unary),
+            Api::Unary => {
+                Client::try_with_security(config.clone(), security.clone()).map(BenchClient::Unary)
+            }
             // The pipelined client does not look for the active master
             // itself: give it the one that answered Status.
             Api::Pipelined => {
@@ -415,7 +430,8 @@ pub async fn measure(
                 } else {
                     status_client.active_endpoint()
                 };
-                PipelinedClient::new(&active, config.timeout).map(BenchClient::Pipelined)
+                PipelinedClient::with_security(&active, config.timeout, security)
+                    .map(BenchClient::Pipelined)
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -754,6 +770,7 @@ mod tests {
             duration: Duration::from_secs(1),
             rate: None,
             api: Api::Unary,
+            security: ClientSecurity::default(),
             label: String::new(),
         };
         assert!(params.validate().is_ok());

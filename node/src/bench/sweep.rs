@@ -49,6 +49,7 @@ pub async fn run(args: SweepArgs) -> anyhow::Result<()> {
         duration: args.duration,
         rate: args.workload.rate,
         api: args.workload.api,
+        security: Default::default(),
         label: String::new(),
     };
     for &clients in &args.clients {
