@@ -348,13 +348,21 @@ impl OwnCluster {
     }
 }
 
+/// Where the bench looks for ports: below Linux's ephemeral range (32768
+/// and up, where any outgoing connection may take a port between our check
+/// and the child's bind) and below the range the integration tests use.
+const PORT_RANGE: std::ops::Range<u16> = 10_000..20_000;
+
 /// First of `count` consecutive free TCP ports on 127.0.0.1. Starts from a
 /// random base so concurrent benches rarely race for the same range.
 fn free_port_range(count: usize) -> anyhow::Result<u16> {
-    let count = u16::try_from(count).context("too many ports")?;
+    let count = u16::try_from(count)
+        .ok()
+        .filter(|&c| c > 0 && c < PORT_RANGE.len() as u16)
+        .context("too many ports")?;
     let mut rng = rand::rng();
     for _ in 0..50 {
-        let base: u16 = rng.random_range(20_000..(60_000 - count));
+        let base: u16 = rng.random_range(PORT_RANGE.start..(PORT_RANGE.end - count));
         let all_free = (0..count)
             .all(|i| TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], base + i))).is_ok());
         if all_free {
