@@ -5,3 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
 cargo test --workspace "$@"
+# The nemesis must catch a deliberately broken master (issue 5): the
+# test-only `chaos-broken-ack` feature rebuilds only the dsm crate.
+cargo test -p dsm --features chaos-broken-ack --test nemesis broken_ack_is_caught

@@ -11,12 +11,15 @@
 //! - [`slave`]: the storage role: versioned values in an embedded database.
 //! - [`local`]: `dsm local`, a whole cluster as child processes.
 //! - [`bench`]: `dsm bench`, load generation, results and plots.
+//! - [`chaos`]: `dsm chaos` and the nemesis test: faults injected at random,
+//!   the history checked for linearizability.
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
 //! - [`security`]: TLS, mutual TLS between members, client tokens.
 //! - [`proto`]: generated gRPC code; [`version`], [`limits`]: shared types.
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod chaos;
 pub mod client;
 pub mod lease;
 pub mod limits;

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use dsm::bench::BenchArgs;
+use dsm::chaos::ChaosArgs;
 use dsm::client::ClientArgs;
 use dsm::limits::{DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES, HARD_MAX_VALUE_BYTES, Limits};
 use dsm::local::{LocalArgs, shutdown_signal};
@@ -50,6 +51,9 @@ enum Command {
     /// Load a cluster and report throughput and latency percentiles; with
     /// `sweep`, run a grid of client and slave counts and plot it.
     Bench(BenchArgs),
+    /// Run a local cluster under random faults (kill -9, SIGSTOP, network
+    /// faults) and check the history for linearizability.
+    Chaos(ChaosArgs),
     /// Inspect the write-ahead log.
     Log {
         #[command(subcommand)]
@@ -122,6 +126,12 @@ struct MasterArgs {
     tls: MemberTlsArgs,
     #[command(flatten)]
     tokens: TokenArgs,
+    /// TEST-ONLY, deliberately unsafe: acknowledge a WRITE as soon as it is
+    /// logged, before any slave stored it, so that `dsm chaos` has a bug to
+    /// catch. Exists only in builds with the `chaos-broken-ack` feature.
+    #[cfg(feature = "chaos-broken-ack")]
+    #[arg(long, hide = true)]
+    chaos_broken_ack: bool,
 }
 
 /// Flags of `dsm slave`.
@@ -218,6 +228,11 @@ async fn run_master(args: MasterArgs, prefer_active: bool) -> anyhow::Result<()>
         compact_segments: args.compact_segments.max(1),
         security: Security::for_member(&args.tls, Some(&args.tokens))?,
     };
+    #[cfg(feature = "chaos-broken-ack")]
+    if args.chaos_broken_ack {
+        tracing::warn!("--chaos-broken-ack: WRITEs are acknowledged before the quorum (test-only)");
+        dsm::master::data::BROKEN_ACK.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     let master = Master::new(config)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -273,6 +288,10 @@ async fn main() -> ExitCode {
         } => dsm::log_dump::dump(&dir, &mut std::io::stdout().lock()),
         Command::Local(args) => dsm::local::run(args).await,
         Command::Bench(args) => dsm::bench::run(args).await,
+        Command::Chaos(args) => {
+            init_tracing_quiet();
+            return report(dsm::chaos::run(args).await);
+        }
         Command::Master(args) => {
             init_tracing();
             run_master(args, true).await
@@ -287,6 +306,18 @@ async fn main() -> ExitCode {
         }
     };
     report(result.map(|()| ExitCode::SUCCESS))
+}
+
+/// Tracing for `dsm chaos`: warnings only unless RUST_LOG says otherwise,
+/// so the report stays readable.
+fn init_tracing_quiet() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 /// Prints an error the way a person reads it and picks the exit code.

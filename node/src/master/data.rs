@@ -36,6 +36,13 @@ use crate::proto::{CompactReply, GetReply, GetRequest, PutRequest};
 use crate::version::Version;
 use crate::wal::{self, LogPos};
 
+/// TEST-ONLY (feature `chaos-broken-ack`, flag `--chaos-broken-ack`):
+/// when set, a WRITE is acknowledged as soon as it is logged and replicated
+/// in the background — the bug the nemesis must catch (a READ right after
+/// the acknowledgement still finds the previous version).
+#[cfg(feature = "chaos-broken-ack")]
+pub static BROKEN_ACK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Keys repaired per round of the re-replication task.
 const REPAIR_BATCH: usize = 4096;
 /// Concurrent key repairs.
@@ -63,6 +70,20 @@ impl Master {
             .await
             .map_err(|e| Status::unavailable(format!("write-ahead log append failed: {e}")))?;
         self.log_end_seq.fetch_max(version.seq, Ordering::SeqCst);
+        #[cfg(feature = "chaos-broken-ack")]
+        if BROKEN_ACK.load(Ordering::SeqCst)
+            && let Some(me) = self.me.upgrade()
+        {
+            // Deliberately wrong: acknowledge now, replicate later.
+            tokio::spawn(async move {
+                let acked = me
+                    .replicate(&term, &key, &value, version, &candidates)
+                    .await;
+                lock(&me.index).record(&key, version, pos, acked);
+                me.repair.notify_one();
+            });
+            return Ok(version);
+        }
         let acked = self
             .replicate(&term, &key, &value, version, &candidates)
             .await;

@@ -4,7 +4,8 @@
 //! the cluster's temporary directory, and is killed when the [`Cluster`] is
 //! dropped (also when a test fails), so no test leaves processes behind.
 //! Faults are injected the way an operator would meet them: SIGKILL,
-//! SIGSTOP/SIGCONT, restarts, files damaged on disk.
+//! SIGSTOP/SIGCONT, restarts, files damaged on disk, and network faults on
+//! master→slave links through `dsm::chaos::proxy` (`Options::slave_link_proxies`).
 
 #![allow(dead_code)]
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dsm::chaos::proxy::Proxy;
 use dsm::client::{Client, ClientConfig};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -102,6 +104,10 @@ impl Member {
 pub struct Options {
     pub slaves: usize,
     pub extra_master_args: Vec<String>,
+    /// Put a fault-injecting proxy ([`Proxy`]) on each master→slave link:
+    /// slaves advertise the proxy's address, so every call a master makes
+    /// to slave `i` goes through `Cluster::slave_links[i]`.
+    pub slave_link_proxies: bool,
 }
 
 impl Default for Options {
@@ -109,6 +115,7 @@ impl Default for Options {
         Options {
             slaves: 3,
             extra_master_args: Vec::new(),
+            slave_link_proxies: false,
         }
     }
 }
@@ -119,6 +126,9 @@ pub struct Cluster {
     pub master: Member,
     pub backup: Member,
     pub slaves: Vec<Member>,
+    /// Master→slave proxies, one per slave, when
+    /// [`Options::slave_link_proxies`] is set (stopped when dropped).
+    pub slave_links: Vec<Proxy>,
 }
 
 impl Cluster {
@@ -126,7 +136,18 @@ impl Cluster {
     /// with every slave registered.
     pub async fn start(options: Options) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary directory");
+        let proxied = options.slave_link_proxies;
         let mut cluster = Cluster::configure(dir, options);
+        if proxied {
+            for slave in cluster.slaves.iter_mut() {
+                let target = slave.address.parse().expect("slave address");
+                let proxy = Proxy::start(&format!("master->{}", slave.name), target)
+                    .await
+                    .expect("start a proxy");
+                slave.args.push(format!("--advertise={}", proxy.address()));
+                cluster.slave_links.push(proxy);
+            }
+        }
         cluster.start_all();
         cluster.wait_ready().await;
         cluster
@@ -191,6 +212,7 @@ impl Cluster {
             master,
             backup,
             slaves,
+            slave_links: Vec::new(),
         }
     }
 
