@@ -802,6 +802,8 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
     let recorder = Arc::new(Recorder::new());
     let keys: Vec<String> = (0..config.keys.max(1)).map(|k| format!("k{k}")).collect();
     let stop = CancellationToken::new();
+    // Clients stop however this function ends (error, interruption).
+    let _stop_clients = stop.clone().drop_guard();
     let mut clients = Vec::new();
     for process in 0..config.clients.max(1) {
         clients.push(tokio::spawn(client_loop(
