@@ -5,3 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
 cargo test --workspace "$@"
+# The crash points of the WRITE path exist only in a build with this feature.
+cargo test -p dsm --features failpoints --test crash_points "$@"

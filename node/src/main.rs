@@ -260,11 +260,20 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // When stderr is a file on a full volume, a failed log line must not
+        // become a panic (the default reports it with `eprintln!`, which
+        // panics when stderr fails).
+        .log_internal_errors(false)
         .init();
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Builds with the `failpoints` feature arm the points named in the
+    // FAILPOINTS environment variable (see `dsm::faults`) for the whole run.
+    #[cfg(feature = "failpoints")]
+    let _fail_scenario = fail::FailScenario::setup();
+    ignore_file_size_signal();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Client(args) => return report(dsm::client::run(args).await),
@@ -287,6 +296,19 @@ async fn main() -> ExitCode {
         }
     };
     report(result.map(|()| ExitCode::SUCCESS))
+}
+
+/// Ignores SIGXFSZ, so that a write past the file size limit
+/// (`RLIMIT_FSIZE`) fails with EFBIG, which the log writer reports and
+/// recovers from like a full disk, instead of killing the process (the
+/// signal's default action). PostgreSQL does the same.
+fn ignore_file_size_signal() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_IGN installs no handler, so no code runs in signal
+    // context; the disposition is process-wide, set once at startup.
+    if let Err(e) = unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) } {
+        eprintln!("warning: cannot ignore SIGXFSZ: {e}");
+    }
 }
 
 /// Prints an error the way a person reads it and picks the exit code.
