@@ -16,7 +16,11 @@
 //!    `fence_quorum(n, r)` slaves are fenced, so no quorum of the old master
 //!    is left without a fenced slave. Renew the lease; an active master whose
 //!    lease deadline passed (it was paused) acknowledges nothing until it has
-//!    renewed, and one that finds the lease taken steps down to 1.
+//!    renewed, and one that finds the lease taken (or a newer epoch in the
+//!    epoch history) steps down to 1. So does one whose log writer failed
+//!    (full or failing log volume, see [`Term::log_append_failed`]): step 1
+//!    recovers the log from disk, and step 2 is retried until the volume
+//!    accepts writes again.
 //!
 //! The modules: [`index`] (key metadata), [`slaves`] (registry), [`placement`]
 //! (quorum arithmetic), [`data`] (the READ/WRITE/repair paths), [`kv`] and
