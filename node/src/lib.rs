@@ -16,11 +16,16 @@
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
 //! - [`security`]: TLS, mutual TLS between members, client tokens.
 //! - [`proto`]: generated gRPC code; [`version`], [`limits`]: shared types.
+//! - [`faults`]: named crash points of the WRITE path (feature `failpoints`);
+//!   `fuzzing` (feature `fuzzing`): entry points of the fuzz targets.
 #![deny(missing_docs)]
 
 pub mod bench;
 pub mod chaos;
 pub mod client;
+pub mod faults;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod lease;
 pub mod limits;
 pub mod local;

@@ -268,18 +268,29 @@ async fn run_slave(args: SlaveArgs) -> anyhow::Result<()> {
     slave.serve(listener, cancel.cancelled_owned()).await
 }
 
-fn init_tracing() {
+/// Logs to stderr at `default_level` unless RUST_LOG says otherwise (`dsm
+/// chaos` uses `warn` so that its report stays readable).
+fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // When stderr is a file on a full volume, a failed log line must not
+        // become a panic (the default reports it with `eprintln!`, which
+        // panics when stderr fails).
+        .log_internal_errors(false)
         .init();
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Builds with the `failpoints` feature arm the points named in the
+    // FAILPOINTS environment variable (see `dsm::faults`) for the whole run.
+    #[cfg(feature = "failpoints")]
+    let _fail_scenario = fail::FailScenario::setup();
+    ignore_file_size_signal();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Client(args) => return report(dsm::client::run(args).await),
@@ -289,35 +300,36 @@ async fn main() -> ExitCode {
         Command::Local(args) => dsm::local::run(args).await,
         Command::Bench(args) => dsm::bench::run(args).await,
         Command::Chaos(args) => {
-            init_tracing_quiet();
+            init_tracing("warn");
             return report(dsm::chaos::run(args).await);
         }
         Command::Master(args) => {
-            init_tracing();
+            init_tracing("info");
             run_master(args, true).await
         }
         Command::Backup(args) => {
-            init_tracing();
+            init_tracing("info");
             run_master(args, false).await
         }
         Command::Slave(args) => {
-            init_tracing();
+            init_tracing("info");
             run_slave(args).await
         }
     };
     report(result.map(|()| ExitCode::SUCCESS))
 }
 
-/// Tracing for `dsm chaos`: warnings only unless RUST_LOG says otherwise,
-/// so the report stays readable.
-fn init_tracing_quiet() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+/// Ignores SIGXFSZ, so that a write past the file size limit
+/// (`RLIMIT_FSIZE`) fails with EFBIG, which the log writer reports and
+/// recovers from like a full disk, instead of killing the process (the
+/// signal's default action). PostgreSQL does the same.
+fn ignore_file_size_signal() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_IGN installs no handler, so no code runs in signal
+    // context; the disposition is process-wide, set once at startup.
+    if let Err(e) = unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) } {
+        eprintln!("warning: cannot ignore SIGXFSZ: {e}");
+    }
 }
 
 /// Prints an error the way a person reads it and picks the exit code.

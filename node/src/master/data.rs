@@ -64,11 +64,17 @@ impl Master {
                 candidates.len()
             )));
         }
+        fail::fail_point!(crate::faults::BEFORE_LOG_APPEND, |_| {
+            crate::faults::crash(crate::faults::BEFORE_LOG_APPEND)
+        });
         let (version, pos) = term
             .writer
             .append(key.clone(), value.clone())
             .await
-            .map_err(|e| Status::unavailable(format!("write-ahead log append failed: {e}")))?;
+            .map_err(|e| term.log_append_failed(e))?;
+        fail::fail_point!(crate::faults::AFTER_FSYNC_BEFORE_REPLICATION, |_| {
+            crate::faults::crash(crate::faults::AFTER_FSYNC_BEFORE_REPLICATION)
+        });
         self.log_end_seq.fetch_max(version.seq, Ordering::SeqCst);
         #[cfg(feature = "chaos-broken-ack")]
         if BROKEN_ACK.load(Ordering::SeqCst)
@@ -98,6 +104,9 @@ impl Master {
             )));
         }
         term.check_can_ack()?;
+        fail::fail_point!(crate::faults::AFTER_QUORUM_BEFORE_REPLY, |_| {
+            crate::faults::crash(crate::faults::AFTER_QUORUM_BEFORE_REPLY)
+        });
         Ok(version)
     }
 

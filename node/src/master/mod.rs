@@ -16,7 +16,11 @@
 //!    `fence_quorum(n, r)` slaves are fenced, so no quorum of the old master
 //!    is left without a fenced slave. Renew the lease; an active master whose
 //!    lease deadline passed (it was paused) acknowledges nothing until it has
-//!    renewed, and one that finds the lease taken steps down to 1.
+//!    renewed, and one that finds the lease taken (or a newer epoch in the
+//!    epoch history) steps down to 1. So does one whose log writer failed
+//!    (full or failing log volume, see [`Term::log_append_failed`]): step 1
+//!    recovers the log from disk, and step 2 is retried until the volume
+//!    accepts writes again.
 //!
 //! The modules: [`index`] (key metadata), [`slaves`] (registry), [`placement`]
 //! (quorum arithmetic), [`data`] (the READ/WRITE/repair paths), [`kv`] and
@@ -139,6 +143,30 @@ impl Term {
         self.deposed_notify.notify_one();
     }
 
+    /// The answer to a WRITE whose log append failed; ends the term unless
+    /// only that record was refused (too large).
+    ///
+    /// Why end the term: after a failed write or fsync the writer refuses
+    /// every later append for good, because the kernel may have dropped the
+    /// pages the failed fsync covered (fsyncgate), so a retry could
+    /// acknowledge data that is not on disk. The only honest way back is
+    /// PostgreSQL's: forget what memory believes and recover from what the
+    /// disk holds. Here that is cheaper than a restart: the process steps
+    /// down, replays the log from disk as a standby, and takes over again
+    /// (new epoch, new segment, new writer) once the log volume accepts
+    /// writes again — or the other master-capable process does. Tested by
+    /// `tests/disk_faults.rs`.
+    pub fn log_append_failed(&self, error: wal::WalError) -> Status {
+        if !matches!(error, wal::WalError::TooLarge { .. }) {
+            self.depose(&format!(
+                "the write-ahead log failed ({error}); stepping down to recover it with a fresh writer"
+            ));
+        }
+        Status::unavailable(format!(
+            "write-ahead log append failed: {error}; the WRITE was not acknowledged"
+        ))
+    }
+
     /// Whether the term ended.
     pub fn is_deposed(&self) -> bool {
         self.deposed.load(Ordering::SeqCst)
@@ -174,6 +202,26 @@ pub struct Master {
     log_end_seq: AtomicU64,
     /// When the standby last read the log to its end (readiness, lag).
     caught_up_at: Mutex<Instant>,
+}
+
+/// Pause between takeover attempts that failed on I/O (a full or failing
+/// log volume): each attempt may append an epoch line, so do not spin.
+const TAKEOVER_RETRY: Duration = Duration::from_secs(1);
+
+/// Whether a takeover failed because the log itself is damaged (which
+/// needs an operator) rather than because its volume failed an operation
+/// (which may heal: space freed, device back).
+fn is_log_damage(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<wal::WalError>(),
+            Some(
+                wal::WalError::Corrupt { .. }
+                    | wal::WalError::NotASegment { .. }
+                    | wal::WalError::BadEpochs { .. }
+            )
+        )
+    })
 }
 
 /// Locks a std mutex, recovering the data if a panicking thread poisoned it
@@ -452,10 +500,22 @@ impl Master {
             *lock(&self.role) = Role::Standby { leader };
             let may_try = self.config.prefer_active || started.elapsed() >= self.config.lease_ttl;
             if free && may_try {
-                let (back, term) = self.try_takeover(reader).await?;
+                let (back, outcome) = self.try_takeover(reader).await?;
                 reader = back;
-                if let Some(term) = term {
-                    return Ok(Some(term));
+                match outcome {
+                    Ok(Some(term)) => return Ok(Some(term)),
+                    Ok(None) => {}
+                    // A damaged log stays fatal: retrying cannot fix it.
+                    Err(e) if is_log_damage(&e) => return Err(e),
+                    // A full or failing log volume: keep following the log
+                    // and try again once it may have recovered.
+                    Err(e) => {
+                        warn!("cannot take over yet, retrying in {TAKEOVER_RETRY:?}: {e:#}");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return Ok(None),
+                            _ = tokio::time::sleep(TAKEOVER_RETRY) => {}
+                        }
+                    }
                 }
             }
             reader = self.catch_up(reader).await?;
@@ -498,17 +558,18 @@ impl Master {
         Ok(())
     }
 
-    /// Takes the lease if it is still free: the takeover of step 2.
+    /// Takes the lease if it is still free: the takeover of step 2. The
+    /// reader comes back even when the takeover failed.
     async fn try_takeover(
         self: &Arc<Self>,
         mut reader: LogReader,
-    ) -> anyhow::Result<(LogReader, Option<Arc<Term>>)> {
+    ) -> anyhow::Result<(LogReader, anyhow::Result<Option<Arc<Term>>>)> {
         let master = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = master.takeover_locked(&mut reader);
-            result.map(|term| (reader, term))
+        Ok(tokio::task::spawn_blocking(move || {
+            let outcome = master.takeover_locked(&mut reader);
+            (reader, outcome)
         })
-        .await?
+        .await?)
     }
 
     fn takeover_locked(&self, reader: &mut LogReader) -> anyhow::Result<Option<Arc<Term>>> {
@@ -591,16 +652,29 @@ impl Master {
             let epoch = term.epoch;
             match tokio::task::spawn_blocking(move || master.renew_locked(epoch)).await? {
                 Ok(None) => *lock(&term.deadline) = renew_started + self.config.lease_ttl,
-                Ok(Some(taken_by)) => term.depose(&format!("the lease is now held by {taken_by}")),
+                Ok(Some(why)) => term.depose(&why),
                 Err(e) => warn!("cannot renew the lease: {e:#}"),
             }
         }
     }
 
-    /// Renews the lease if this term still holds it; otherwise returns who
-    /// holds it now.
+    /// Renews the lease if this term still holds it; otherwise returns why
+    /// the term is over.
     fn renew_locked(&self, epoch: u64) -> anyhow::Result<Option<String>> {
         let guard = self.lease.lock()?;
+        // A takeover appends its epoch before it writes the lease. If the
+        // lease write failed (full log volume), the lease still names us, but
+        // our records from that epoch's start seq on are already invalid on
+        // replay: acknowledging them would lose them. Tested by
+        // `tests/disk_faults.rs`.
+        if let Some((newer, start_seq)) = EpochHistory::load(&self.config.log_dir)?
+            .latest()
+            .filter(|(newer, _)| *newer > epoch)
+        {
+            return Ok(Some(format!(
+                "a takeover started epoch {newer} at seq {start_seq} in the log's epoch history"
+            )));
+        }
         let current = self.lease.read()?;
         match current {
             Some(l) if l.holder == self.config.id && l.epoch == epoch => {
@@ -614,10 +688,10 @@ impl Master {
                 Ok(None)
             }
             Some(l) => Ok(Some(format!(
-                "{} at {} (epoch {})",
+                "the lease is now held by {} at {} (epoch {})",
                 l.holder, l.address, l.epoch
             ))),
-            None => Ok(Some("nobody (lease file removed)".into())),
+            None => Ok(Some("the lease file was removed".into())),
         }
     }
 

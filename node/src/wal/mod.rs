@@ -43,7 +43,7 @@
 mod compact;
 mod epochs;
 mod error;
-mod frame;
+pub(crate) mod frame;
 mod reader;
 mod segment;
 mod writer;

@@ -331,6 +331,14 @@ impl Worker {
             return Err(io_err(io::Error::other("injected write failure")));
         }
         self.active.file.write_all(&self.buf).map_err(io_err)?;
+        // Written but not durable: a crash here must lose the batch or keep
+        // it whole; an injected error here is a failed fsync.
+        fail::fail_point!(crate::faults::AFTER_LOG_WRITE_BEFORE_FSYNC, |arg| {
+            Err(io_err(crate::faults::io_error(
+                crate::faults::AFTER_LOG_WRITE_BEFORE_FSYNC,
+                arg,
+            )))
+        });
         let fsync = crate::metrics::LOG_FSYNC_DURATION.start_timer();
         self.active.file.sync_data().map_err(io_err)?;
         fsync.observe_duration();

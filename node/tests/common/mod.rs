@@ -68,6 +68,9 @@ pub struct Member {
     args: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
+    /// Extra environment of the next start (e.g. FAILPOINTS); clear it
+    /// before a restart that should run clean.
+    pub env: Vec<(String, String)>,
 }
 
 impl Member {
@@ -81,6 +84,7 @@ impl Member {
         let child = Command::new(dsm_bin())
             .args(&self.args)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -153,6 +157,14 @@ impl Cluster {
         cluster
     }
 
+    /// A cluster configured but not started, for tests that prepare its
+    /// directories or members' environment first; then [`start_all`] and
+    /// [`wait_ready`].
+    pub fn prepare(options: Options) -> Cluster {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        Cluster::configure(dir, options)
+    }
+
     fn configure(dir: tempfile::TempDir, options: Options) -> Cluster {
         let master_port = free_port();
         let backup_port = free_port();
@@ -179,6 +191,7 @@ impl Cluster {
                 args,
                 log: dir.path().join(format!("{role}.log")),
                 child: None,
+                env: Vec::new(),
             }
         };
         let master = master_like("master", &master_addr);
@@ -204,6 +217,7 @@ impl Cluster {
                     name,
                     address,
                     child: None,
+                    env: Vec::new(),
                 }
             })
             .collect();
@@ -350,6 +364,11 @@ impl Member {
     /// SIGSTOP: the process freezes with its sockets and locks held.
     pub fn pause(&self) {
         kill(self.pid(), Signal::SIGSTOP).expect("SIGSTOP");
+    }
+
+    /// The process id, while running.
+    pub fn process_id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGCONT.
