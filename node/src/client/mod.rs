@@ -628,12 +628,16 @@ fn classify(address: &str, status: Status) -> Failure {
             }),
         },
         // CANCELLED is what tonic reports for its own transport timeouts and
-        // for connections torn down mid-call (e.g. the master was killed).
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Failure::Retry(format!(
-            "{}: {}",
-            code_name(status.code()),
-            describe(&status)
-        )),
+        // for connections torn down mid-call (e.g. the master was killed);
+        // UNKNOWN for a connection reset under a call in flight ("transport
+        // error"). DSM servers never answer UNKNOWN themselves.
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+            Failure::Retry(format!(
+                "{}: {}",
+                code_name(status.code()),
+                describe(&status)
+            ))
+        }
         Code::InvalidArgument => {
             Failure::Fatal(ClientError::InvalidArgument(status.message().to_owned()))
         }
@@ -715,6 +719,17 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
     use tonic::{Request, Response};
+
+    /// A master killed under a call in flight shows up as UNKNOWN
+    /// ("transport error: connection reset"): the client must try the
+    /// other master, not give up (found by the failover measurement).
+    #[test]
+    fn connection_reset_mid_call_is_retried() {
+        let reset = Status::unknown("transport error: connection error: connection reset");
+        assert!(matches!(classify("127.0.0.1:1", reset), Failure::Retry(_)));
+        let refused = Status::invalid_argument("key is empty");
+        assert!(matches!(classify("127.0.0.1:1", refused), Failure::Fatal(_)));
+    }
 
     /// What a fake master does with every call.
     #[derive(Clone)]
