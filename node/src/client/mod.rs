@@ -728,7 +728,10 @@ mod tests {
         let reset = Status::unknown("transport error: connection error: connection reset");
         assert!(matches!(classify("127.0.0.1:1", reset), Failure::Retry(_)));
         let refused = Status::invalid_argument("key is empty");
-        assert!(matches!(classify("127.0.0.1:1", refused), Failure::Fatal(_)));
+        assert!(matches!(
+            classify("127.0.0.1:1", refused),
+            Failure::Fatal(_)
+        ));
     }
 
     /// What a fake master does with every call.
