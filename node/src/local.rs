@@ -248,30 +248,7 @@ fn spawn(
     args.push(format!("--listen={address}"));
     args.push(format!("--metrics-listen={metrics}"));
     let log = logs.join(format!("{name}.log"));
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .with_context(|| format!("cannot open {}", log.display()))?;
-    let err = out.try_clone()?;
-    let mut command = Command::new(exe);
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .kill_on_drop(true);
-    // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
-    // It makes the child die with `dsm local` even when that is killed -9.
-    unsafe {
-        command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
-    let child = command
-        .spawn()
-        .with_context(|| format!("cannot start {name} ({})", exe.display()))?;
+    let child = spawn_logged(exe, name, &args, &log, &[])?;
     Ok(Member {
         name: name.to_string(),
         address,
@@ -279,6 +256,41 @@ fn spawn(
         log,
         child,
     })
+}
+
+/// Starts `exe` with `args` (and `env`) as a child whose output is appended
+/// to `log`, and which dies with this process even when that is killed -9.
+pub fn spawn_logged(
+    exe: &Path,
+    name: &str,
+    args: &[String],
+    log: &Path,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    let err = out.try_clone()?;
+    let mut command = Command::new(exe);
+    command
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true);
+    // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    command
+        .spawn()
+        .with_context(|| format!("cannot start {name} ({})", exe.display()))
 }
 
 /// Waits until the master serves and every slave registered, printing

@@ -35,15 +35,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Options, WAIT, bounded, free_port};
+use common::{Cluster, Options, WAIT, bounded, free_port, try_http_get};
 use serde_json::Value;
 
 /// The `namespace` and `cluster` labels the test attaches to every target,
@@ -362,7 +360,7 @@ impl Prometheus {
 
     /// GET `path` and the `data` of Prometheus' JSON answer.
     fn api(&self, path: &str) -> Result<Value, String> {
-        let (status, body) = http_get(&self.address, path).map_err(|e| e.to_string())?;
+        let (status, body) = try_http_get(&self.address, path).map_err(|e| e.to_string())?;
         let answer: Value = serde_json::from_str(&body)
             .map_err(|e| format!("HTTP {status}, not JSON ({e}): {body}"))?;
         if answer["status"] != "success" {
@@ -390,7 +388,7 @@ impl Prometheus {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("prometheus exited with {status}:\n{}", self.log());
             }
-            if matches!(http_get(&self.address, "/-/ready"), Ok((200, _))) {
+            if matches!(try_http_get(&self.address, "/-/ready"), Ok((200, _))) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -450,30 +448,6 @@ fn url_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// A plain HTTP/1.0 GET: (status, body). Unlike `common::http_get` it
-/// reports a refused connection instead of panicking, so it can poll a server
-/// that is still starting.
-fn http_get(address: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let addr = address
-        .parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 /// Whether a series' value (a JSON string such as "0.25" or "NaN") is a number.

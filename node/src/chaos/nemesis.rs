@@ -30,14 +30,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -212,31 +211,13 @@ struct Process {
 
 impl Process {
     fn start(&mut self) -> anyhow::Result<()> {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("cannot open {}", self.log.display()))?;
-        let err = out.try_clone()?;
-        let mut command = Command::new(&self.binary);
-        command
-            .args(&self.args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .kill_on_drop(true);
-        // SAFETY: the closure only calls prctl(2), which is
-        // async-signal-safe. Members die with the nemesis even on kill -9.
-        unsafe {
-            command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {} ({})", self.name, self.binary.display()))?;
+        let child = crate::local::spawn_logged(
+            &self.binary,
+            &self.name,
+            &self.args,
+            &self.log,
+            &[("RUST_LOG", "info")],
+        )?;
         self.child = Some(child);
         self.paused = false;
         Ok(())

@@ -452,15 +452,16 @@ pub fn newest_segment(dir: &Path) -> PathBuf {
 }
 
 /// A plain HTTP/1.0 GET on loopback: (status code, body).
-pub fn http_get(address: &str, path: &str) -> (u16, String) {
+pub fn try_http_get(address: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).expect("connect to metrics port");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").expect("send request");
+    let addr: std::net::SocketAddr = address
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
+    stream.read_to_string(&mut response)?;
     let status = response
         .split_whitespace()
         .nth(1)
@@ -470,5 +471,10 @@ pub fn http_get(address: &str, path: &str) -> (u16, String) {
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
+}
+
+/// [`try_http_get`] that panics when the server cannot be reached.
+pub fn http_get(address: &str, path: &str) -> (u16, String) {
+    try_http_get(address, path).unwrap_or_else(|e| panic!("GET http://{address}{path}: {e}"))
 }
