@@ -7,7 +7,8 @@
 //!   epochs and fencing, the key index, the READ/WRITE paths,
 //!   re-replication.
 //! - [`wal`]: the write-ahead log (`kv_store` segments, group commit,
-//!   replay, compaction); [`lease`]: the leadership lease beside it.
+//!   replay, compaction); [`lease`]: the leadership lease beside it;
+//!   [`commit_window`]: how the log and the slaves' stores batch fsyncs.
 //! - [`slave`]: the storage role: versioned values in an embedded database.
 //! - [`local`]: `dsm local`, a whole cluster as child processes.
 //! - [`bench`]: `dsm bench`, load generation, results and plots.
@@ -23,6 +24,7 @@
 pub mod bench;
 pub mod chaos;
 pub mod client;
+pub mod commit_window;
 pub mod faults;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;

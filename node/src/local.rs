@@ -41,6 +41,11 @@ pub struct LocalArgs {
     /// How long to wait for the cluster to serve before giving up.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub ready_timeout: Duration,
+    /// Worker threads of each member process. The members share this
+    /// machine's cores; one thread each spares them the cross-thread
+    /// wake-ups of several busy runtimes per core.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub member_threads: u16,
 }
 
 /// A started child process and where its output goes.
@@ -114,6 +119,7 @@ impl LocalCluster {
             .enumerate()
         {
             let cmd = vec![
+                format!("--worker-threads={}", args.member_threads),
                 name.to_string(),
                 format!("--id={name}"),
                 format!("--log-dir={}", log_dir.display()),
@@ -126,6 +132,7 @@ impl LocalCluster {
         for (i, addr) in slave_addrs.iter().enumerate() {
             let name = format!("slave-{i}");
             let cmd = vec![
+                format!("--worker-threads={}", args.member_threads),
                 "slave".to_string(),
                 format!("--id={name}"),
                 format!("--data-dir={}", dir.join(&name).display()),

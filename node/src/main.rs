@@ -20,7 +20,11 @@ use dsm::local::{LocalArgs, shutdown_signal};
 use dsm::master::{Master, MasterConfig, placement};
 use dsm::metrics::MetricsListen;
 use dsm::security::{MemberTlsArgs, Security, TokenArgs};
+use dsm::slave::store::StoreOptions;
 use dsm::slave::{Slave, SlaveConfig};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// DSM: a replicated key-value store ("distributed shared memory").
 ///
@@ -31,6 +35,9 @@ use dsm::slave::{Slave, SlaveConfig};
 #[derive(Parser, Debug)]
 #[command(name = "dsm", version, about, long_about)]
 struct Cli {
+    /// Tokio worker threads of this process [default: one per CPU core].
+    #[arg(long, global = true, env = "DSM_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -118,6 +125,11 @@ struct MasterArgs {
     /// Compact the log automatically once this many sealed segments exist.
     #[arg(long, env = "DSM_COMPACT_SEGMENTS", default_value_t = 4)]
     compact_segments: usize,
+    /// Under load, how long a WRITE waits for others to share its log fsync.
+    /// Longer: fewer fsyncs, more latency; 0: sync at once. A lone writer
+    /// never waits.
+    #[arg(long, env = "DSM_COMMIT_WINDOW", default_value = "500us", value_parser = humantime::parse_duration)]
+    commit_window: Duration,
     /// Where to serve /metrics, /healthz and /readyz over HTTP, or `none`
     /// [default: 0.0.0.0:9100 for master, 0.0.0.0:9101 for backup].
     #[arg(long, env = "DSM_METRICS_LISTEN")]
@@ -162,6 +174,11 @@ struct SlaveArgs {
     /// Where to serve /metrics, /healthz and /readyz over HTTP, or `none`.
     #[arg(long, env = "DSM_METRICS_LISTEN", default_value = "0.0.0.0:9102")]
     metrics_listen: MetricsListen,
+    /// Under load, how long a WRITE waits for others to share its commit
+    /// (one fsync). Longer: fewer fsyncs, more latency; 0: commit at once.
+    /// A lone writer never waits.
+    #[arg(long, env = "DSM_COMMIT_WINDOW", default_value = "500us", value_parser = humantime::parse_duration)]
+    commit_window: Duration,
     #[command(flatten)]
     tls: MemberTlsArgs,
 }
@@ -226,6 +243,7 @@ async fn run_master(args: MasterArgs, prefer_active: bool) -> anyhow::Result<()>
         },
         segment_bytes: args.segment_bytes,
         compact_segments: args.compact_segments.max(1),
+        commit_window: args.commit_window,
         security: Security::for_member(&args.tls, Some(&args.tokens))?,
     };
     #[cfg(feature = "chaos-broken-ack")]
@@ -253,6 +271,9 @@ async fn run_slave(args: SlaveArgs) -> anyhow::Result<()> {
         masters: vec![args.master, args.backup],
         heartbeat_interval: args.heartbeat,
         security: Security::for_member(&args.tls, None)?,
+        store: StoreOptions {
+            commit_window: args.commit_window,
+        },
     };
     let cancel = cancel_on_signal();
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -284,15 +305,29 @@ fn init_tracing(default_level: &str) {
         .init();
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // Builds with the `failpoints` feature arm the points named in the
     // FAILPOINTS environment variable (see `dsm::faults`) for the whole run.
     #[cfg(feature = "failpoints")]
     let _fail_scenario = fail::FailScenario::setup();
     ignore_file_size_signal();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = cli.worker_threads {
+        runtime.worker_threads(usize::from(threads));
+    }
+    match runtime.build() {
+        Ok(runtime) => runtime.block_on(run(cli.command)),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(command: Command) -> ExitCode {
+    let result = match command {
         Command::Client(args) => return report(dsm::client::run(args).await),
         Command::Log {
             command: LogCommand::Dump { dir },

@@ -323,6 +323,7 @@ impl OwnCluster {
             slave_port: ports + 2,
             metrics_port: ports + 2 + slaves as u16,
             ready_timeout: Duration::from_secs(60),
+            member_threads: 1,
         };
         eprintln!("starting a local cluster with {slaves} slaves");
         match LocalCluster::start(&args).await {

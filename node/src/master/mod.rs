@@ -45,9 +45,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+use tonic::transport::server::TcpIncoming;
 use tracing::{error, info, warn};
 
 use crate::lease::{LeaseFile, LeaseRecord, now_unix_ms};
@@ -94,6 +94,9 @@ pub struct MasterConfig {
     pub segment_bytes: u64,
     /// Compact automatically once this many sealed segments exist.
     pub compact_segments: usize,
+    /// Under load, how long a log append waits for others to share its
+    /// fsync (see [`crate::commit_window`]).
+    pub commit_window: Duration,
     /// TLS for the server and for connections to slaves, client tokens
     /// (see [`crate::security`]); the default is plaintext and open.
     pub security: Security,
@@ -343,9 +346,11 @@ impl Master {
                 Some(tls) => Box::pin(
                     router.serve_with_incoming_shutdown(tls.clone().incoming(listener), shutdown),
                 ),
-                None => Box::pin(
-                    router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown),
-                ),
+                // Small replies must not wait for Nagle's algorithm.
+                None => Box::pin(router.serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown,
+                )),
             };
         let background = [
             tokio::spawn(self.clone().publish_gauges(cancel.clone())),
@@ -607,7 +612,13 @@ impl Master {
             },
         )?;
         drop(guard);
-        let writer = LogWriter::open(&config.log_dir, epoch, start_seq, config.segment_bytes)?;
+        let writer = LogWriter::open(
+            &config.log_dir,
+            epoch,
+            start_seq,
+            config.segment_bytes,
+            config.commit_window,
+        )?;
         info!(
             epoch,
             start_seq,

@@ -33,7 +33,7 @@ use crate::proto::replica_server::ReplicaServer;
 use crate::security::Security;
 use registration::Registration;
 use service::ReplicaService;
-use store::Store;
+use store::{Store, StoreOptions};
 
 /// Default time between two heartbeat Pings.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
@@ -58,6 +58,8 @@ pub struct SlaveConfig {
     /// TLS for the Replica server and for registration with the masters
     /// (see [`crate::security`]); the default is plaintext.
     pub security: Security,
+    /// How the store batches its commits.
+    pub store: StoreOptions,
 }
 
 /// An opened slave, not yet serving: its store is open and its registration
@@ -78,7 +80,8 @@ impl Slave {
         let dir = config.data_dir.clone();
         let id = config.id.clone();
         // Opening may repair the database after a crash: keep it off the runtime.
-        let store = tokio::task::spawn_blocking(move || Store::open(&dir, &id))
+        let options = config.store;
+        let store = tokio::task::spawn_blocking(move || Store::open_with(&dir, &id, options))
             .await
             .context("store open task failed")?
             .with_context(|| format!("opening slave data in {}", config.data_dir.display()))?;
@@ -238,6 +241,7 @@ mod tests {
                 masters: vec!["127.0.0.1:1".into()],
                 heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
                 security: Security::default(),
+                store: StoreOptions::default(),
             };
             let listener = TcpListener::bind(config.listen).await.unwrap();
             let addr = format!("http://{}", listener.local_addr().unwrap());

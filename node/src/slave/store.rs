@@ -10,6 +10,9 @@
 //! transaction, committed with [`redb::Durability::Immediate`] (fsync) before
 //! any of them is answered. Reads use their own read transactions and never
 //! wait for the writer.
+//! Under load the writer holds each batch open for a short
+//! [commit window](crate::commit_window): a redb commit costs about ten page
+//! writes and an fsync whatever the batch size.
 //!
 //! Invariants enforced here:
 //! - **Version order**: a put never replaces a newer-or-equal version with an
@@ -32,11 +35,13 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::commit_window::{CommitWindow, DEFAULT_COMMIT_WINDOW};
 use crate::version::Version;
 
 /// Key bytes → encoded `(epoch, seq, value)`.
@@ -57,6 +62,22 @@ const QUEUE_DEPTH: usize = 1024;
 const MAX_BATCH_COMMANDS: usize = 1024;
 /// …or stops growing once its values add up to this many bytes.
 const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+
+/// How a [`Store`] batches its commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Under load, how long a batch waits for more commands to share its
+    /// commit (see [`crate::commit_window`]); zero commits at once.
+    pub commit_window: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            commit_window: DEFAULT_COMMIT_WINDOW,
+        }
+    }
+}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +214,15 @@ impl Store {
     /// own. After a crash redb repairs the file here, which may take a while
     /// on a large database: call it from a blocking context.
     pub fn open(dir: impl AsRef<Path>, id: &str) -> Result<Store, StoreError> {
+        Store::open_with(dir, id, StoreOptions::default())
+    }
+
+    /// [`Store::open`] with explicit [`StoreOptions`].
+    pub fn open_with(
+        dir: impl AsRef<Path>,
+        id: &str,
+        options: StoreOptions,
+    ) -> Result<Store, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir {
             path: dir.clone(),
@@ -243,6 +273,7 @@ impl Store {
             db: db.clone(),
             epoch: epoch_cell.clone(),
             rx,
+            commit_window: CommitWindow::new(options.commit_window),
         };
         let handle = std::thread::Builder::new()
             .name("slave-store-writer".into())
@@ -488,6 +519,7 @@ struct Writer {
     db: Arc<Database>,
     epoch: Arc<AtomicU64>,
     rx: mpsc::Receiver<Command>,
+    commit_window: CommitWindow,
 }
 
 /// The answer owed to one command of a batch, sent after the commit.
@@ -497,15 +529,17 @@ enum Pending {
 }
 
 impl Writer {
-    /// Group commit loop: wait for one command, take every other command
-    /// already queued (up to the batch limits), apply them all in one write
-    /// transaction, commit (fsync), and only then answer them.
+    /// Group commit loop: wait for one command, under load wait the commit
+    /// window, take every other command queued by then (up to the batch
+    /// limits), apply them all in one write transaction, commit (fsync), and
+    /// only then answer them.
     fn run(mut self) {
         let mut closing = false;
         while !closing {
             let Some(first) = self.rx.blocking_recv() else {
                 break;
             };
+            self.commit_window.wait();
             let mut bytes = first.size();
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
@@ -522,6 +556,7 @@ impl Writer {
                 batch.truncate(pos);
                 closing = true;
             }
+            self.commit_window.taken(batch.len());
             if !batch.is_empty() {
                 self.apply(batch);
             }

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
+use crate::commit_window::DEFAULT_COMMIT_WINDOW;
 
 type Map = HashMap<Bytes, (Version, Bytes)>;
 
@@ -46,7 +47,7 @@ fn replay_map(dir: &Path) -> Map {
 fn new_log(epoch: u64, segment_bytes: u64) -> (tempfile::TempDir, LogWriter) {
     let dir = tempfile::tempdir().unwrap();
     EpochHistory::append(dir.path(), epoch, 1).unwrap();
-    let w = LogWriter::open(dir.path(), epoch, 1, segment_bytes).unwrap();
+    let w = LogWriter::open(dir.path(), epoch, 1, segment_bytes, DEFAULT_COMMIT_WINDOW).unwrap();
     (dir, w)
 }
 
@@ -58,7 +59,7 @@ fn take_over(dir: &Path, epoch: u64, segment_bytes: u64) -> LogWriter {
         reader.last_seq() + 1
     };
     EpochHistory::append(dir, epoch, first_seq).unwrap();
-    LogWriter::open(dir, epoch, first_seq, segment_bytes).unwrap()
+    LogWriter::open(dir, epoch, first_seq, segment_bytes, DEFAULT_COMMIT_WINDOW).unwrap()
 }
 
 #[tokio::test]
@@ -176,7 +177,7 @@ async fn corrupt_middle_record_names_file_and_offset() {
     // A new writer refuses to start and does not truncate anything.
     EpochHistory::append(dir.path(), 2, 2).unwrap();
     assert!(matches!(
-        LogWriter::open(dir.path(), 2, 2, 1 << 20),
+        LogWriter::open(dir.path(), 2, 2, 1 << 20, DEFAULT_COMMIT_WINDOW),
         Err(WalError::Corrupt { .. })
     ));
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
@@ -240,7 +241,7 @@ async fn stale_epoch_records_are_ignored_on_replay() {
 
     // The new master read the log when it ended at seq 5.
     EpochHistory::append(dir.path(), 2, 6).unwrap();
-    let w2 = LogWriter::open(dir.path(), 2, 6, 1 << 20).unwrap();
+    let w2 = LogWriter::open(dir.path(), 2, 6, 1 << 20, DEFAULT_COMMIT_WINDOW).unwrap();
     for i in 5..7 {
         w2.append(b(&format!("k{i}")), b("e2")).await.unwrap();
     }

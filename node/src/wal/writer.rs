@@ -21,6 +21,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -28,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::frame::{self, MAGIC, MAX_RECORD_BYTES};
 use super::segment::{Next, Segment};
 use super::{EpochHistory, LogPos, Result, WalError, list_segments, segment_path, sync_dir};
+use crate::commit_window::CommitWindow;
 use crate::version::Version;
 
 /// Appends queued at most; further `append` calls wait (backpressure).
@@ -88,11 +90,26 @@ impl LogWriter {
     /// [`WalError::Corrupt`] and nothing is changed. Then a new segment is created
     /// (never appending to the old master's file, which a paused old master may
     /// still hold open). The writer rolls to a new segment before a batch once the
-    /// current one holds `segment_bytes` or more.
+    /// current one holds `segment_bytes` or more. Under load each batch waits
+    /// `commit_window` for more appends to share its fsync
+    /// ([`crate::commit_window`]).
     ///
     /// Blocking I/O: call it from `spawn_blocking` in async code.
-    pub fn open(dir: &Path, epoch: u64, first_seq: u64, segment_bytes: u64) -> Result<Self> {
-        Self::open_with(dir, epoch, first_seq, segment_bytes, Hooks::default())
+    pub fn open(
+        dir: &Path,
+        epoch: u64,
+        first_seq: u64,
+        segment_bytes: u64,
+        commit_window: Duration,
+    ) -> Result<Self> {
+        Self::open_with(
+            dir,
+            epoch,
+            first_seq,
+            segment_bytes,
+            commit_window,
+            Hooks::default(),
+        )
     }
 
     fn open_with(
@@ -100,6 +117,7 @@ impl LogWriter {
         epoch: u64,
         first_seq: u64,
         segment_bytes: u64,
+        commit_window: Duration,
         hooks: Hooks,
     ) -> Result<Self> {
         let latest = EpochHistory::load(dir)?.latest();
@@ -143,6 +161,7 @@ impl LogWriter {
             shared: shared.clone(),
             rx,
             buf: Vec::new(),
+            commit_window: CommitWindow::new(commit_window),
             hooks,
         };
         std::thread::Builder::new()
@@ -246,6 +265,7 @@ struct Worker {
     rx: mpsc::Receiver<Request>,
     /// Encoding buffer, reused across batches.
     buf: Vec<u8>,
+    commit_window: CommitWindow,
     #[cfg_attr(not(test), allow(dead_code))]
     hooks: Hooks,
 }
@@ -257,7 +277,9 @@ impl Worker {
             if let Some(gate) = &self.hooks.gate {
                 drop(gate.lock());
             }
+            self.commit_window.wait();
             let batch = self.take_batch(first);
+            self.commit_window.taken(batch.len());
             self.commit(batch);
         }
         drop(done);
@@ -464,12 +486,14 @@ fn numbers_exhausted(dir: &Path) -> WalError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commit_window::DEFAULT_COMMIT_WINDOW;
     use crate::wal::LogReader;
 
     fn setup(segment_bytes: u64, hooks: Hooks) -> (tempfile::TempDir, Arc<LogWriter>) {
         let dir = tempfile::tempdir().unwrap();
         EpochHistory::append(dir.path(), 1, 1).unwrap();
-        let w = LogWriter::open_with(dir.path(), 1, 1, segment_bytes, hooks).unwrap();
+        let w =
+            LogWriter::open_with(dir.path(), 1, 1, segment_bytes, Duration::ZERO, hooks).unwrap();
         (dir, Arc::new(w))
     }
 
@@ -565,12 +589,12 @@ mod tests {
     async fn open_requires_the_epoch_line_first() {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
-            LogWriter::open(dir.path(), 1, 1, 1 << 20),
+            LogWriter::open(dir.path(), 1, 1, 1 << 20, DEFAULT_COMMIT_WINDOW),
             Err(WalError::EpochMismatch { latest: None, .. })
         ));
         EpochHistory::append(dir.path(), 1, 1).unwrap();
         assert!(matches!(
-            LogWriter::open(dir.path(), 2, 1, 1 << 20),
+            LogWriter::open(dir.path(), 2, 1, 1 << 20, DEFAULT_COMMIT_WINDOW),
             Err(WalError::EpochMismatch { .. })
         ));
     }
