@@ -31,7 +31,10 @@ pub struct Settings {
     pub metrics_listen: SocketAddr,
     /// Take part in leader election (off only when a single replica runs).
     pub leader_elect: bool,
-    /// Namespace of the leader Lease.
+    /// The namespace the operator runs in (its pod's), which the clusters'
+    /// NetworkPolicies let through to the masters.
+    pub namespace: Option<String>,
+    /// Namespace of the leader Lease (default: `namespace`, else the client's default).
     pub lease_namespace: Option<String>,
     /// Name of the leader Lease.
     pub lease_name: String,
@@ -140,6 +143,7 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         let namespace = settings
             .lease_namespace
             .clone()
+            .or_else(|| settings.namespace.clone())
             .unwrap_or_else(|| client.default_namespace().to_string());
         let election = Arc::new(LeaderElection {
             api: Api::<Lease>::namespaced(client.clone(), &namespace),
@@ -170,6 +174,7 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         metrics,
         nodes: Arc::new(GrpcNodes::default()),
         service_monitor_crd: service_monitor_crd(&client).await,
+        operator_namespace: settings.namespace.clone(),
         client: client.clone(),
     });
     let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));

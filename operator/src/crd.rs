@@ -4,10 +4,11 @@
 //! The schema the API server enforces is derived from these types: `dsm-operator crd`
 //! prints it, and `manifests/crd.yaml` is that output checked in (the test
 //! `crd_yaml_is_up_to_date` fails when it drifts). Validation that a plain OpenAPI schema
-//! cannot express (write quorum ≤ slaves, sizes that are quantities) is written as CEL
-//! rules with a message a user can act on.
+//! cannot express (write quorum ≤ slaves, sizes that are quantities, settings fixed once
+//! the cluster exists) is written as CEL rules with a message a user can act on.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -76,6 +77,9 @@ pub const GROUP: &str = "dsm.io";
 #[x_kube(validation = Rule::new(
     "!has(self.replication) || !has(self.replication.factor) || self.replication.factor <= self.slaves.replicas"
 ).message("spec.replication.factor (the write quorum) must not exceed spec.slaves.replicas"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.tls) || !has(self.tls.clientAuth) || self.tls.clientAuth != 'required' || !has(self.client) || !self.client.enabled"
+).message("spec.tls.clientAuth: required needs spec.client.enabled: false (the client pod gets no certificate: any certificate of the cluster CA is a member's)"))]
 #[serde(rename_all = "camelCase")]
 pub struct DsmClusterSpec {
     /// Container image holding the `dsm` binary, used by every pod of the cluster.
@@ -108,6 +112,15 @@ pub struct DsmClusterSpec {
     /// Failure-detection timings handed to the nodes.
     #[serde(default)]
     pub timeouts: TimeoutsSpec,
+    /// TLS on every gRPC connection, mutual TLS between members.
+    #[serde(default)]
+    pub tls: TlsSpec,
+    /// Bearer tokens the masters demand from clients.
+    #[serde(default)]
+    pub auth: AuthSpec,
+    /// NetworkPolicies limiting who may connect to the nodes.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
     /// Stops reconciling: the operator leaves every object as it is until unpaused
     /// (for maintenance by hand).
     #[serde(default)]
@@ -324,6 +337,96 @@ impl Default for TimeoutsSpec {
     }
 }
 
+/// TLS for the cluster's gRPC connections (docs/SECURITY.md).
+///
+/// Fixed once the cluster exists: members speak TLS or plaintext, trusting one CA, and a
+/// half-rolled cluster of both kinds could not reach a quorum to finish the rollout.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.enabled == oldSelf.enabled").message("spec.tls.enabled cannot change once the cluster exists"))]
+#[x_kube(validation = Rule::new(
+    "(has(self.secretName) ? self.secretName : '') == (has(oldSelf.secretName) ? oldSelf.secretName : '')"
+).message("spec.tls.secretName cannot change once the cluster exists: renew the certificate inside the Secret instead"))]
+#[x_kube(validation = Rule::new("self.enabled || !has(self.secretName)").message("spec.tls.secretName needs spec.tls.enabled: true"))]
+pub struct TlsSpec {
+    /// Serves and dials TLS on every gRPC port, members authenticating each other with
+    /// certificates of one cluster CA. The operator issues the CA and the member
+    /// certificate (Secrets `<name>-tls-ca` and `<name>-tls`) and renews the latter,
+    /// unless `secretName` is set.
+    #[serde(default)]
+    pub enabled: bool,
+    /// A `kubernetes.io/tls` Secret to use instead of issuing one (for instance the
+    /// Secret of a cert-manager Certificate), with keys `tls.crt`, `tls.key` and
+    /// `ca.crt`. Its certificate must name every address members are dialled at and
+    /// allow both server and client authentication (docs/SECURITY.md lists them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+    /// Whether `Kv` clients must present a certificate of the cluster CA too (members
+    /// always must); `optional` (the nodes' default) lets clients use tokens instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<TlsClientAuth>,
+}
+
+/// Whether the masters demand a client certificate from `Kv` clients.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsClientAuth {
+    /// Verified if presented; clients may go without one.
+    Optional,
+    /// The TLS handshake fails without a certificate of the cluster CA.
+    Required,
+}
+
+impl TlsClientAuth {
+    /// The value of the nodes' `DSM_TLS_CLIENT_AUTH`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsClientAuth::Optional => "optional",
+            TlsClientAuth::Required => "required",
+        }
+    }
+}
+
+/// Client bearer tokens.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// A Secret with keys `tokens` (read-write tokens, one per line) and
+    /// `read-only-tokens` (may be empty), and optionally `client-token` (the token the
+    /// client pod sends). With it the masters refuse `Kv` calls without a token; the
+    /// operator uses the first read-write token itself. Unset: no tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+}
+
+/// NetworkPolicies for the cluster's pods.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Creates NetworkPolicies so that only master and backup reach the slaves' port,
+    /// and only the cluster's own pods, the operator and pods labelled
+    /// `dsm.io/client: <name>` (plus `allowedClients`) reach the masters' ports; the
+    /// metrics port stays open. Without a CNI that enforces NetworkPolicies they change
+    /// nothing.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// More peers allowed to reach the masters' gRPC ports, e.g. a namespaceSelector
+    /// for applications in other namespaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_clients: Vec<NetworkPolicyPeer>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            allowed_clients: Vec::new(),
+        }
+    }
+}
+
 /// What the operator observed on its last reconcile.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -407,6 +510,9 @@ impl Default for DsmClusterSpec {
             client: ClientSpec::default(),
             metrics: MetricsSpec::default(),
             timeouts: TimeoutsSpec::default(),
+            tls: TlsSpec::default(),
+            auth: AuthSpec::default(),
+            network_policy: NetworkPolicySpec::default(),
             paused: false,
         }
     }
@@ -469,6 +575,8 @@ mod tests {
             "must not exceed spec.slaves.replicas",
             "isQuantity(self)",
             "minimum: 1",
+            "spec.tls.enabled cannot change once the cluster exists",
+            "spec.tls.clientAuth: required needs spec.client.enabled: false",
         ] {
             assert!(yaml.contains(needle), "CRD lacks `{needle}`");
         }

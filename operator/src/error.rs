@@ -31,6 +31,18 @@ pub enum Error {
         /// The gRPC status.
         status: Box<tonic::Status>,
     },
+    /// A certificate could not be issued.
+    #[error("cannot issue a certificate: {0}")]
+    Certificate(String),
+    /// A Secret the cluster depends on lacks a key or holds something unusable. The
+    /// reason names the key, never its content.
+    #[error("Secret {secret} is not usable: {reason}")]
+    InvalidSecret {
+        /// The Secret's name.
+        secret: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Scaling down cannot go on safely (e.g. no active master to drain through).
     #[error("cannot scale down: {0}")]
     ScaleDownBlocked(String),
@@ -45,6 +57,8 @@ impl Error {
             Error::MissingObjectKey(_) => "missing_object_key",
             Error::NodeUnreachable { .. } => "node_unreachable",
             Error::NodeRpc { .. } => "node_rpc",
+            Error::Certificate(_) => "certificate",
+            Error::InvalidSecret { .. } => "invalid_secret",
             Error::ScaleDownBlocked(_) => "scale_down_blocked",
         }
     }

@@ -13,13 +13,13 @@ use tokio::task::JoinHandle;
 use tower_test::mock::{self, Handle};
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetStatus};
-use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Secret};
 use kube::api::ObjectMeta;
 
 use crate::crd::{DsmCluster, DsmClusterSpec, DsmClusterStatus};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::node::{DrainReply, NodeApi, StatusReply};
+use crate::node::{DrainReply, NodeApi, NodeCredentials, StatusReply};
 use crate::objects::{ANNOTATION_SPEC_HASH, LABEL_ROLE, Names, Role, Seat};
 use crate::reconcile::Context;
 
@@ -109,17 +109,33 @@ pub fn seat_pod(names: &Names, seat: Seat, hash: &str, role: Role, ready: bool) 
     }
 }
 
-/// A [`NodeApi`] answering from a table instead of sockets, recording drains.
+/// A [`NodeApi`] answering from a table instead of sockets, recording drains and the
+/// credentials of every call.
 #[derive(Default)]
 pub struct FakeNodes {
     /// `Kv.Status` replies by address; other addresses are unreachable.
     pub statuses: BTreeMap<String, StatusReply>,
     /// `(address, slave_id)` of every `Kv.Drain` call.
     pub drains: Mutex<Vec<(String, String)>>,
+    /// The credentials each call was made with.
+    pub credentials: Mutex<Vec<NodeCredentials>>,
+}
+
+impl FakeNodes {
+    fn record(&self, credentials: &NodeCredentials) {
+        if let Ok(mut seen) = self.credentials.lock() {
+            seen.push(credentials.clone());
+        }
+    }
 }
 
 impl NodeApi for FakeNodes {
-    fn status<'a>(&'a self, address: &'a str) -> BoxFuture<'a, Result<StatusReply>> {
+    fn status<'a>(
+        &'a self,
+        address: &'a str,
+        credentials: &'a NodeCredentials,
+    ) -> BoxFuture<'a, Result<StatusReply>> {
+        self.record(credentials);
         let reply = self
             .statuses
             .get(address)
@@ -135,7 +151,9 @@ impl NodeApi for FakeNodes {
         &'a self,
         address: &'a str,
         slave_id: &'a str,
+        credentials: &'a NodeCredentials,
     ) -> BoxFuture<'a, Result<DrainReply>> {
+        self.record(credentials);
         if let Ok(mut drains) = self.drains.lock() {
             drains.push((address.to_string(), slave_id.to_string()));
         }
@@ -162,16 +180,24 @@ impl Call {
 }
 
 /// A mocked API server holding a fixed state: it answers each request as the real one
-/// would (echoing applied objects, serving the given StatefulSet and pods, 404 for the
-/// rest) and records every request, so a test can assert the exact calls made.
+/// would (echoing applied and created objects, serving the given StatefulSet, pods and
+/// Secrets, 404 for the rest) and records every request, so a test can assert the exact
+/// calls made.
 pub struct ApiServerVerifier {
     handle: Handle<Request<Body>, Response<Body>>,
     cluster: DsmCluster,
     slave_set: Option<StatefulSet>,
     pods: Vec<Pod>,
+    secrets: Vec<Secret>,
 }
 
 impl ApiServerVerifier {
+    /// The same server also holding `secrets`.
+    pub fn with_secrets(mut self, secrets: Vec<Secret>) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
     /// Serves requests until every client is dropped, then returns the calls made.
     pub fn run(self) -> JoinHandle<Vec<Call>> {
         tokio::spawn(async move {
@@ -180,6 +206,7 @@ impl ApiServerVerifier {
                 cluster,
                 slave_set,
                 pods,
+                secrets,
             } = self;
             let mut calls = Vec::new();
             while let Some((request, send)) = handle.next_request().await {
@@ -194,6 +221,13 @@ impl ApiServerVerifier {
                 let (code, response) = match (method.as_str(), &body) {
                     ("GET", _) if uri.contains("/statefulsets/") => match &slave_set {
                         Some(sts) => (200, json!(sts)),
+                        None => not_found(),
+                    },
+                    ("GET", _) if uri.contains("/secrets/") => match secrets
+                        .iter()
+                        .find(|s| uri.ends_with(&format!("/secrets/{}", s.name_any())))
+                    {
+                        Some(secret) => (200, json!(secret)),
                         None => not_found(),
                     },
                     ("GET", _) if uri.contains("/pods?") => (
@@ -262,12 +296,14 @@ impl Context {
             metrics: Arc::new(Metrics::register(&registry).expect("metrics")),
             nodes,
             service_monitor_crd: false,
+            operator_namespace: Some("dsm-system".to_string()),
         };
         let verifier = ApiServerVerifier {
             handle,
             cluster: cluster.clone(),
             slave_set,
             pods,
+            secrets: Vec::new(),
         };
         (Arc::new(context), verifier)
     }

@@ -35,8 +35,12 @@ struct RunArgs {
     /// Elect a leader among replicas with a coordination.k8s.io Lease.
     #[arg(long, env = "DSM_OPERATOR_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
-    /// Namespace of the Lease (default: the operator pod's namespace).
+    /// The operator pod's namespace: the DsmClusters' NetworkPolicies let the operator
+    /// through from there (from any namespace when unset).
     #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// Namespace of the Lease (default: --namespace).
+    #[arg(long)]
     lease_namespace: Option<String>,
     /// Name of the Lease.
     #[arg(long, env = "DSM_OPERATOR_LEASE_NAME", default_value = "dsm-operator")]
@@ -70,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
             controller::run(Settings {
                 metrics_listen: args.metrics_listen,
                 leader_elect: args.leader_elect,
+                namespace: args.namespace,
                 lease_namespace: args.lease_namespace,
                 lease_name: args.lease_name,
                 lease_ttl: Duration::from_secs(args.lease_seconds.max(3)),

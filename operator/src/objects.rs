@@ -12,19 +12,27 @@
 //! Config changes roll: each pod template carries the checksum of the configuration its
 //! component reads, and each master-capable pod a hash of its whole spec, so a change
 //! makes the StatefulSet roll its slaves and the reconciler replace outdated masters.
+//!
+//! With `spec.tls.enabled` every member mounts the member certificate Secret at
+//! [`TLS_DIR`] and its probes move from gRPC to the HTTP `/healthz` and `/readyz` of the
+//! metrics port, because kubelet's gRPC probes cannot speak TLS. With
+//! `spec.auth.secretName` master and backup mount the token files at [`AUTH_DIR`]. The
+//! client pod only ever gets the CA certificate and a token, never a private key.
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
     StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort,
-    EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, GRPCAction, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
-    PodAffinity, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort,
+    EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, GRPCAction, HTTPGetAction,
+    KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodAffinity, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    Secret, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort,
     ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -36,6 +44,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::certs::{self, CaPems, MemberPems};
 use crate::crd::{AccessMode, DsmCluster};
 use crate::error::{Error, Result};
 
@@ -56,6 +65,13 @@ pub const LABEL_LOG_VOLUME: &str = "dsm.io/log-volume";
 /// Set on the Services a ServiceMonitor scrapes (not on the leader Service, which would
 /// scrape the active master twice).
 pub const LABEL_SCRAPE: &str = "dsm.io/scrape";
+/// Set to the cluster's name on the pods allowed through the NetworkPolicies to the
+/// masters' gRPC ports: the client pod, and any application pod a user labels.
+pub const LABEL_CLIENT: &str = "dsm.io/client";
+/// Set to `"true"` on the operator's own pod (chart and `manifests/operator.yaml`), which
+/// the NetworkPolicies let through to the masters' gRPC ports for `Kv.Status` and
+/// `Kv.Drain`.
+pub const LABEL_OPERATOR: &str = "dsm.io/operator";
 /// Hash of a master-capable pod's spec: a pod whose hash differs from the desired one is
 /// outdated and gets replaced (pod specs are mostly immutable).
 pub const ANNOTATION_SPEC_HASH: &str = "dsm.io/spec-hash";
@@ -78,6 +94,17 @@ pub const LOG_DIR: &str = "/var/lib/dsm/log";
 pub const DATA_DIR: &str = "/var/lib/dsm/data";
 /// The unprivileged user (and group) every container runs as; the images create it.
 pub const RUN_AS_USER: i64 = 10001;
+/// Where the member certificate Secret (or, in the client pod, only its `ca.crt`) is
+/// mounted.
+pub const TLS_DIR: &str = "/etc/dsm/tls";
+/// Where master and backup mount the token Secret.
+pub const AUTH_DIR: &str = "/etc/dsm/auth";
+/// Key of the read-write tokens (one per line) in the auth Secret.
+pub const TOKENS: &str = "tokens";
+/// Key of the read-only tokens in the auth Secret.
+pub const READ_ONLY_TOKENS: &str = "read-only-tokens";
+/// Key of the client pod's token in the auth Secret (optional).
+pub const CLIENT_TOKEN: &str = "client-token";
 
 /// One of the two master-capable pods.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,6 +216,22 @@ impl Names {
     pub fn client(&self) -> String {
         format!("{}-client", self.cluster)
     }
+    /// `<name>-tls-ca`: the CA Secret the operator generates.
+    pub fn tls_ca(&self) -> String {
+        format!("{}-tls-ca", self.cluster)
+    }
+    /// `<name>-tls`: the member certificate Secret the operator issues.
+    pub fn tls(&self) -> String {
+        format!("{}-tls", self.cluster)
+    }
+    /// `<name>-slaves` again, for the NetworkPolicy guarding the slaves.
+    pub fn slaves_policy(&self) -> String {
+        self.slaves_service()
+    }
+    /// `<name>-masters`: the NetworkPolicy guarding master and backup.
+    pub fn masters_policy(&self) -> String {
+        format!("{}-masters", self.cluster)
+    }
     /// `<name>-slaves` as well, for the PodDisruptionBudget.
     pub fn pdb(&self) -> String {
         self.slaves_service()
@@ -228,7 +271,7 @@ fn selector_labels(names: &Names, component: &str) -> BTreeMap<String, String> {
 }
 
 /// Selector labels plus `managed-by`.
-fn labels(names: &Names, component: &str) -> BTreeMap<String, String> {
+pub(crate) fn labels(names: &Names, component: &str) -> BTreeMap<String, String> {
     let mut labels = selector_labels(names, component);
     labels.insert(LABEL_MANAGED_BY.to_string(), MANAGER.to_string());
     labels
@@ -239,7 +282,8 @@ fn owner(dc: &DsmCluster) -> Result<OwnerReference> {
         .ok_or(Error::MissingObjectKey("metadata.uid"))
 }
 
-fn meta(
+/// Metadata of an object of the cluster: name, namespace, labels and the ownerReference.
+pub(crate) fn meta(
     dc: &DsmCluster,
     names: &Names,
     name: String,
@@ -405,6 +449,125 @@ fn grpc_probe(port: i32, period: i32, failure_threshold: i32) -> Probe {
     }
 }
 
+/// HTTP probe of `path` on the metrics port, which stays plaintext with TLS on.
+fn http_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String("metrics".to_string()),
+            scheme: Some("HTTP".to_string()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+/// Sets the startup, readiness and liveness probes of a member listening on `port`.
+///
+/// Replaying a long log can take a while: the startup probe allows it, the liveness
+/// probe then restarts a hung (e.g. SIGSTOPped) process so the lease moves on.
+///
+/// Without TLS they are gRPC health checks of the member's port: ready means serving.
+/// With TLS kubelet cannot speak to that port, so they are HTTP on the metrics port:
+/// alive is `/healthz` (the process answers), ready is `/readyz`, which asks more — the
+/// active master serving, a standby caught up with the log, a slave registered with an
+/// active master. That is the readiness rollouts should wait for (the StatefulSet rolls
+/// the next slave once this one has rejoined; a standby is replaced only while the
+/// active master serves). Members never dial each other through a readiness-filtered
+/// address: the headless slave Service and the master and backup Services publish
+/// not-ready pods, or a new master waiting for slaves to register would never see them.
+fn set_probes(container: &mut Container, tls: bool, port: i32) {
+    if tls {
+        container.startup_probe = Some(http_probe("/healthz", 2, 150));
+        container.readiness_probe = Some(http_probe("/readyz", 5, 2));
+        container.liveness_probe = Some(http_probe("/healthz", 10, 3));
+    } else {
+        container.startup_probe = Some(grpc_probe(port, 2, 150));
+        container.readiness_probe = Some(grpc_probe(port, 5, 2));
+        container.liveness_probe = Some(grpc_probe(port, 10, 3));
+    }
+}
+
+/// The Secret holding the member certificate, when TLS is on: the user's
+/// (`spec.tls.secretName`, e.g. cert-manager's) or the one the operator issues.
+pub fn member_tls_secret(dc: &DsmCluster, names: &Names) -> Option<String> {
+    let tls = &dc.spec.tls;
+    tls.enabled
+        .then(|| tls.secret_name.clone().unwrap_or_else(|| names.tls()))
+}
+
+/// A read-only volume of some keys of a Secret, readable by the containers' group only.
+fn secret_volume(name: &str, secret: &str, keys: &[&str]) -> Volume {
+    Volume {
+        name: name.to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_string()),
+            items: Some(
+                keys.iter()
+                    .map(|key| KeyToPath {
+                        key: key.to_string(),
+                        path: key.to_string(),
+                        mode: None,
+                    })
+                    .collect(),
+            ),
+            // fsGroup owns the files: 0440 keeps the keys from every other user.
+            default_mode: Some(0o440),
+            optional: Some(false),
+        }),
+        ..Volume::default()
+    }
+}
+
+fn read_only_mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.to_string(),
+        mount_path: path.to_string(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// What a member needs for TLS and, for master and backup (`tokens`), client tokens: the
+/// Secret volumes, their mounts and the `DSM_*` variables pointing at the files.
+fn member_security(
+    dc: &DsmCluster,
+    names: &Names,
+    tokens: bool,
+) -> (Vec<Volume>, Vec<VolumeMount>, Vec<EnvVar>) {
+    let (mut volumes, mut mounts, mut vars) = (Vec::new(), Vec::new(), Vec::new());
+    if let Some(secret) = member_tls_secret(dc, names) {
+        volumes.push(secret_volume(
+            "tls",
+            &secret,
+            &[certs::TLS_CERT, certs::TLS_KEY, certs::CA_CERT],
+        ));
+        mounts.push(read_only_mount("tls", TLS_DIR));
+        vars.push(env(
+            "DSM_TLS_CERT",
+            format!("{TLS_DIR}/{}", certs::TLS_CERT),
+        ));
+        vars.push(env("DSM_TLS_KEY", format!("{TLS_DIR}/{}", certs::TLS_KEY)));
+        vars.push(env("DSM_TLS_CA", format!("{TLS_DIR}/{}", certs::CA_CERT)));
+        if let Some(mode) = dc.spec.tls.client_auth {
+            vars.push(env("DSM_TLS_CLIENT_AUTH", mode.as_str()));
+        }
+    }
+    if let (true, Some(secret)) = (tokens, &dc.spec.auth.secret_name) {
+        volumes.push(secret_volume("auth", secret, &[TOKENS, READ_ONLY_TOKENS]));
+        mounts.push(read_only_mount("auth", AUTH_DIR));
+        vars.push(env("DSM_TOKEN_FILE", format!("{AUTH_DIR}/{TOKENS}")));
+        vars.push(env(
+            "DSM_READ_ONLY_TOKEN_FILE",
+            format!("{AUTH_DIR}/{READ_ONLY_TOKENS}"),
+        ));
+    }
+    (volumes, mounts, vars)
+}
+
 fn tmp_volume() -> (Volume, VolumeMount) {
     (
         Volume {
@@ -489,30 +652,31 @@ fn master_pod_spec(dc: &DsmCluster, names: &Names, seat: Seat) -> PodSpec {
         Seat::Master => dc.spec.master.resources.clone(),
     };
     let (tmp, tmp_mount) = tmp_volume();
+    let (security_volumes, security_mounts, security_env) = member_security(dc, names, true);
     let mut container = dsm_container(dc, names, vec![seat.component().to_string()]);
-    container.env = Some(vec![
+    let mut vars = vec![
         env("DSM_ID", names.seat(seat)),
         env("DSM_LISTEN", format!("0.0.0.0:{}", seat.port())),
         env("DSM_ADVERTISE", names.seat_address(seat)),
-    ]);
+    ];
+    vars.extend(security_env);
+    container.env = Some(vars);
     container.ports = Some(vec![
         port("grpc", seat.port()),
         port("metrics", METRICS_PORT),
     ]);
     container.resources = resources;
-    container.volume_mounts = Some(vec![
+    let mut mounts = vec![
         VolumeMount {
             name: "log".to_string(),
             mount_path: LOG_DIR.to_string(),
             ..VolumeMount::default()
         },
         tmp_mount,
-    ]);
-    // Replaying a long log can take a while: the startup probe allows it, the liveness
-    // probe then restarts a hung (e.g. SIGSTOPped) process so the lease moves on.
-    container.startup_probe = Some(grpc_probe(seat.port(), 2, 150));
-    container.readiness_probe = Some(grpc_probe(seat.port(), 5, 2));
-    container.liveness_probe = Some(grpc_probe(seat.port(), 10, 3));
+    ];
+    mounts.extend(security_mounts);
+    container.volume_mounts = Some(mounts);
+    set_probes(&mut container, dc.spec.tls.enabled, seat.port());
     let log = Volume {
         name: "log".to_string(),
         persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
@@ -521,7 +685,9 @@ fn master_pod_spec(dc: &DsmCluster, names: &Names, seat: Seat) -> PodSpec {
         }),
         ..Volume::default()
     };
-    let mut spec = hardened_pod_spec(vec![container], vec![log, tmp]);
+    let mut volumes = vec![log, tmp];
+    volumes.extend(security_volumes);
+    let mut spec = hardened_pod_spec(vec![container], volumes);
     spec.affinity = log_volume_affinity(dc, names);
     spec.restart_policy = Some("Always".to_string());
     spec
@@ -567,12 +733,17 @@ fn service_port(name: &str, port: i32) -> ServicePort {
 }
 
 /// The Service of a master-capable pod (stable address in `--advertise` and the ConfigMap).
+///
+/// It publishes the pod even when it is not ready: slaves register through it, and a
+/// master that has just taken over becomes ready (`/readyz`, with TLS) only once enough
+/// slaves have registered with it.
 pub fn seat_service(dc: &DsmCluster, names: &Names, seat: Seat) -> Result<Service> {
     let mut labels = labels(names, seat.component());
     labels.insert(LABEL_SCRAPE.to_string(), "true".to_string());
     Ok(Service {
         metadata: meta(dc, names, names.seat(seat), labels)?,
         spec: Some(ServiceSpec {
+            publish_not_ready_addresses: Some(true),
             selector: Some(selector_labels(names, seat.component())),
             ports: Some(vec![
                 service_port("grpc", seat.port()),
@@ -636,8 +807,9 @@ pub fn slaves_service(dc: &DsmCluster, names: &Names) -> Result<Service> {
 pub fn slave_set(dc: &DsmCluster, names: &Names, replicas: i32) -> Result<StatefulSet> {
     let slaves = &dc.spec.slaves;
     let (tmp, tmp_mount) = tmp_volume();
+    let (security_volumes, security_mounts, security_env) = member_security(dc, names, false);
     let mut container = dsm_container(dc, names, vec!["slave".to_string()]);
-    container.env = Some(vec![
+    let mut vars = vec![
         EnvVar {
             name: "POD_NAME".to_string(),
             value_from: Some(EnvVarSource {
@@ -661,25 +833,29 @@ pub fn slave_set(dc: &DsmCluster, names: &Names, replicas: i32) -> Result<Statef
             ),
         ),
         env("DSM_DATA_DIR", DATA_DIR),
-    ]);
+    ];
+    vars.extend(security_env);
+    container.env = Some(vars);
     container.ports = Some(vec![
         port("grpc", SLAVE_PORT),
         port("metrics", METRICS_PORT),
     ]);
     container.resources = slaves.resources.clone();
-    container.volume_mounts = Some(vec![
+    let mut mounts = vec![
         VolumeMount {
             name: "data".to_string(),
             mount_path: DATA_DIR.to_string(),
             ..VolumeMount::default()
         },
         tmp_mount,
-    ]);
-    container.startup_probe = Some(grpc_probe(SLAVE_PORT, 2, 150));
-    container.readiness_probe = Some(grpc_probe(SLAVE_PORT, 5, 2));
-    container.liveness_probe = Some(grpc_probe(SLAVE_PORT, 10, 3));
+    ];
+    mounts.extend(security_mounts);
+    container.volume_mounts = Some(mounts);
+    set_probes(&mut container, dc.spec.tls.enabled, SLAVE_PORT);
 
-    let mut pod_spec = hardened_pod_spec(vec![container], vec![tmp]);
+    let mut volumes = vec![tmp];
+    volumes.extend(security_volumes);
+    let mut pod_spec = hardened_pod_spec(vec![container], volumes);
     // Spread slaves over nodes when there are enough of them.
     pod_spec.affinity = Some(Affinity {
         pod_anti_affinity: Some(PodAntiAffinity {
@@ -758,14 +934,40 @@ pub fn slave_set(dc: &DsmCluster, names: &Names, replicas: i32) -> Result<Statef
 }
 
 /// The idle client: `kubectl exec -it deploy/<name>-client -- dsm client` opens the REPL
-/// with `DSM_MASTER` and `DSM_BACKUP` already set from the ConfigMap.
+/// with `DSM_MASTER` and `DSM_BACKUP` already set from the ConfigMap, and with TLS the
+/// CA (`DSM_TLS_CA`, the `ca.crt` of the member Secret and nothing else of it) and with
+/// tokens `DSM_TOKEN` (the auth Secret's `client-token`, if it has one). Its pods carry
+/// [`LABEL_CLIENT`], which lets them through the NetworkPolicies.
 pub fn client_deployment(dc: &DsmCluster, names: &Names) -> Result<Deployment> {
     let (tmp, tmp_mount) = tmp_volume();
     let mut container = dsm_container(dc, names, vec!["infinity".to_string()]);
     container.command = Some(vec!["sleep".to_string()]);
     // The REPL keeps its history under $HOME; the root filesystem is read-only.
-    container.env = Some(vec![env("HOME", "/tmp")]);
-    container.volume_mounts = Some(vec![tmp_mount]);
+    let mut vars = vec![env("HOME", "/tmp")];
+    let mut mounts = vec![tmp_mount];
+    let mut volumes = vec![tmp];
+    if let Some(secret) = member_tls_secret(dc, names) {
+        volumes.push(secret_volume("tls-ca", &secret, &[certs::CA_CERT]));
+        mounts.push(read_only_mount("tls-ca", TLS_DIR));
+        vars.push(env("DSM_TLS_CA", format!("{TLS_DIR}/{}", certs::CA_CERT)));
+    }
+    if let Some(secret) = &dc.spec.auth.secret_name {
+        vars.push(EnvVar {
+            name: "DSM_TOKEN".to_string(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.clone(),
+                    key: CLIENT_TOKEN.to_string(),
+                    // Without one the pod still starts; calls are then refused.
+                    optional: Some(true),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
+    }
+    container.env = Some(vars);
+    container.volume_mounts = Some(mounts);
     container.resources = Some(ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_string(), Quantity("10m".to_string())),
@@ -773,9 +975,11 @@ pub fn client_deployment(dc: &DsmCluster, names: &Names) -> Result<Deployment> {
         ])),
         ..ResourceRequirements::default()
     });
-    let mut pod_spec = hardened_pod_spec(vec![container], vec![tmp]);
+    let mut pod_spec = hardened_pod_spec(vec![container], volumes);
     // `sleep` ignores SIGTERM as PID 1: do not wait the default 30 s on every rollout.
     pod_spec.termination_grace_period_seconds = Some(1);
+    let mut client_labels = labels(names, "client");
+    client_labels.insert(LABEL_CLIENT.to_string(), names.cluster.clone());
     Ok(Deployment {
         metadata: meta(dc, names, names.client(), labels(names, "client"))?,
         spec: Some(DeploymentSpec {
@@ -786,7 +990,7 @@ pub fn client_deployment(dc: &DsmCluster, names: &Names) -> Result<Deployment> {
             },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels(names, "client")),
+                    labels: Some(client_labels),
                     annotations: Some(BTreeMap::from([(
                         ANNOTATION_CONFIG_CHECKSUM.to_string(),
                         shared_config_checksum(dc, names)?,
@@ -798,6 +1002,42 @@ pub fn client_deployment(dc: &DsmCluster, names: &Names) -> Result<Deployment> {
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
+    })
+}
+
+fn secret_data(entries: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
+    entries
+        .iter()
+        .map(|(key, pem)| (key.to_string(), ByteString(pem.as_bytes().to_vec())))
+        .collect()
+}
+
+/// The Secret `<name>-tls-ca` holding the cluster CA the operator generated (`ca.crt`,
+/// `ca.key`). Only the operator reads it; no pod mounts it.
+pub fn tls_ca_secret(dc: &DsmCluster, names: &Names, ca: &CaPems) -> Result<Secret> {
+    Ok(Secret {
+        metadata: meta(dc, names, names.tls_ca(), labels(names, "tls"))?,
+        type_: Some("Opaque".to_string()),
+        data: Some(secret_data(&[
+            (certs::CA_CERT, &ca.cert),
+            (certs::CA_KEY, &ca.key),
+        ])),
+        ..Secret::default()
+    })
+}
+
+/// The `kubernetes.io/tls` Secret `<name>-tls` every member mounts (`tls.crt`,
+/// `tls.key`, `ca.crt`: the layout of cert-manager's Secrets too).
+pub fn tls_secret(dc: &DsmCluster, names: &Names, member: &MemberPems) -> Result<Secret> {
+    Ok(Secret {
+        metadata: meta(dc, names, names.tls(), labels(names, "tls"))?,
+        type_: Some("kubernetes.io/tls".to_string()),
+        data: Some(secret_data(&[
+            (certs::TLS_CERT, &member.cert),
+            (certs::TLS_KEY, &member.key),
+            (certs::CA_CERT, &member.ca),
+        ])),
+        ..Secret::default()
     })
 }
 
@@ -869,7 +1109,7 @@ pub fn service_monitor(dc: &DsmCluster, names: &Names) -> Result<DynamicObject> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{DsmClusterSpec, PullPolicy};
+    use crate::crd::{DsmClusterSpec, PullPolicy, TlsClientAuth};
     use crate::fixtures::test_cluster;
 
     fn cluster(spec: DsmClusterSpec) -> (DsmCluster, Names) {
@@ -944,6 +1184,9 @@ mod tests {
     #[test]
     fn every_object_is_owned_by_the_cluster() {
         let (dc, names) = cluster(DsmClusterSpec::default());
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let ca = certs::generate_ca(&names, now).expect("CA");
+        let member = certs::issue_member(&ca, &names, now).expect("member");
         let metas = [
             config_map(&dc, &names).expect("cm").metadata,
             log_pvc(&dc, &names).expect("pvc").metadata,
@@ -959,6 +1202,14 @@ mod tests {
             client_deployment(&dc, &names).expect("client").metadata,
             pod_disruption_budget(&dc, &names).expect("pdb").metadata,
             service_monitor(&dc, &names).expect("sm").metadata,
+            crate::netpol::slaves_policy(&dc, &names)
+                .expect("policy")
+                .metadata,
+            crate::netpol::masters_policy(&dc, &names, None)
+                .expect("policy")
+                .metadata,
+            tls_ca_secret(&dc, &names, &ca).expect("secret").metadata,
+            tls_secret(&dc, &names, &member).expect("secret").metadata,
         ];
         for meta in metas {
             let owners = meta.owner_references.expect("owner references");
@@ -1228,5 +1479,250 @@ mod tests {
         );
         let selected = &sm.data["spec"]["selector"]["matchLabels"];
         assert_eq!(selected[LABEL_INSTANCE], "test");
+    }
+
+    fn secured(
+        secret_name: Option<&str>,
+        client_auth: Option<TlsClientAuth>,
+        auth: bool,
+    ) -> (DsmCluster, Names) {
+        let mut spec = DsmClusterSpec::default();
+        spec.tls.enabled = true;
+        spec.tls.secret_name = secret_name.map(str::to_string);
+        spec.tls.client_auth = client_auth;
+        if auth {
+            spec.auth.secret_name = Some("test-auth".to_string());
+        }
+        cluster(spec)
+    }
+
+    /// The spec of every member pod: master, backup and the slaves' template.
+    fn member_specs(dc: &DsmCluster, names: &Names) -> Vec<(&'static str, PodSpec)> {
+        let pod = |seat| {
+            master_pod(dc, names, seat, Role::Standby)
+                .expect("pod")
+                .spec
+                .expect("spec")
+        };
+        let slave = slave_set(dc, names, 3)
+            .expect("sts")
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("spec");
+        vec![
+            ("master", pod(Seat::Master)),
+            ("backup", pod(Seat::Backup)),
+            ("slave", slave),
+        ]
+    }
+
+    fn volume<'a>(spec: &'a PodSpec, name: &str) -> Option<&'a SecretVolumeSource> {
+        spec.volumes
+            .as_ref()?
+            .iter()
+            .find(|v| v.name == name)?
+            .secret
+            .as_ref()
+    }
+
+    fn volume_keys(source: &SecretVolumeSource) -> Vec<&str> {
+        source
+            .items
+            .iter()
+            .flatten()
+            .map(|i| i.key.as_str())
+            .collect()
+    }
+
+    fn mount<'a>(c: &'a Container, name: &str) -> Option<&'a VolumeMount> {
+        c.volume_mounts.as_ref()?.iter().find(|m| m.name == name)
+    }
+
+    #[test]
+    fn tls_mounts_the_member_secret_on_every_member_and_probes_over_http() {
+        let (dc, names) = secured(None, Some(TlsClientAuth::Required), false);
+        for (who, spec) in member_specs(&dc, &names) {
+            let tls = volume(&spec, "tls").unwrap_or_else(|| panic!("{who}: no tls volume"));
+            assert_eq!(tls.secret_name.as_deref(), Some("test-tls"), "{who}");
+            assert_eq!(volume_keys(tls), ["tls.crt", "tls.key", "ca.crt"], "{who}");
+            assert_eq!(tls.default_mode, Some(0o440), "{who}");
+            let c = &spec.containers[0];
+            let m = mount(c, "tls").unwrap_or_else(|| panic!("{who}: not mounted"));
+            assert_eq!((m.mount_path.as_str(), m.read_only), (TLS_DIR, Some(true)));
+            for (var, value) in [
+                ("DSM_TLS_CERT", "/etc/dsm/tls/tls.crt"),
+                ("DSM_TLS_KEY", "/etc/dsm/tls/tls.key"),
+                ("DSM_TLS_CA", "/etc/dsm/tls/ca.crt"),
+                ("DSM_TLS_CLIENT_AUTH", "required"),
+            ] {
+                assert_eq!(env_value(c, var), Some(value), "{who}: {var}");
+            }
+            // kubelet's gRPC probes cannot speak TLS: HTTP on the metrics port instead.
+            for (probe, path) in [
+                (&c.startup_probe, "/healthz"),
+                (&c.readiness_probe, "/readyz"),
+                (&c.liveness_probe, "/healthz"),
+            ] {
+                let probe = probe.as_ref().expect("probe");
+                assert!(probe.grpc.is_none(), "{who}");
+                let http = probe.http_get.as_ref().expect("httpGet");
+                assert_eq!(http.path.as_deref(), Some(path), "{who}");
+                assert_eq!(http.port, IntOrString::String("metrics".to_string()));
+            }
+            // No tokens configured: nothing of them.
+            assert!(volume(&spec, "auth").is_none(), "{who}");
+            assert_eq!(env_value(c, "DSM_TOKEN_FILE"), None, "{who}");
+        }
+    }
+
+    #[test]
+    fn without_tls_members_keep_grpc_probes_and_mount_no_secret() {
+        let (dc, names) = cluster(DsmClusterSpec::default());
+        for (who, spec) in member_specs(&dc, &names) {
+            assert!(volume(&spec, "tls").is_none(), "{who}");
+            let c = &spec.containers[0];
+            assert_eq!(env_value(c, "DSM_TLS_CA"), None, "{who}");
+            for probe in [&c.startup_probe, &c.readiness_probe, &c.liveness_probe] {
+                assert!(
+                    probe.as_ref().and_then(|p| p.grpc.as_ref()).is_some(),
+                    "{who}"
+                );
+            }
+        }
+        // clientAuth is left to the node's default unless set.
+        let (dc, names) = secured(None, None, false);
+        for (who, spec) in member_specs(&dc, &names) {
+            assert_eq!(
+                env_value(&spec.containers[0], "DSM_TLS_CLIENT_AUTH"),
+                None,
+                "{who}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_secret_of_the_users_own_is_mounted_instead_of_the_generated_one() {
+        let (dc, names) = secured(Some("dsm-cert-manager"), None, false);
+        assert_eq!(
+            member_tls_secret(&dc, &names).as_deref(),
+            Some("dsm-cert-manager")
+        );
+        for (who, spec) in member_specs(&dc, &names) {
+            let tls = volume(&spec, "tls").expect("tls volume");
+            assert_eq!(
+                tls.secret_name.as_deref(),
+                Some("dsm-cert-manager"),
+                "{who}"
+            );
+        }
+    }
+
+    #[test]
+    fn tokens_reach_master_and_backup_but_not_the_slaves() {
+        let (dc, names) = secured(None, None, true);
+        for (who, spec) in member_specs(&dc, &names) {
+            let c = &spec.containers[0];
+            if who == "slave" {
+                assert!(volume(&spec, "auth").is_none());
+                assert_eq!(env_value(c, "DSM_TOKEN_FILE"), None);
+                continue;
+            }
+            let auth = volume(&spec, "auth").expect("auth volume");
+            assert_eq!(auth.secret_name.as_deref(), Some("test-auth"));
+            assert_eq!(volume_keys(auth), ["tokens", "read-only-tokens"]);
+            assert_eq!(
+                mount(c, "auth").map(|m| m.mount_path.as_str()),
+                Some(AUTH_DIR)
+            );
+            assert_eq!(
+                env_value(c, "DSM_TOKEN_FILE"),
+                Some("/etc/dsm/auth/tokens"),
+                "{who}"
+            );
+            assert_eq!(
+                env_value(c, "DSM_READ_ONLY_TOKEN_FILE"),
+                Some("/etc/dsm/auth/read-only-tokens"),
+                "{who}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_client_gets_the_ca_and_its_token_but_never_a_key() {
+        let (dc, names) = secured(None, None, true);
+        let deploy = client_deployment(&dc, &names).expect("client");
+        let template = deploy.spec.expect("spec").template;
+        assert_eq!(
+            template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.labels.as_ref())
+                .and_then(|l| l.get(LABEL_CLIENT))
+                .map(String::as_str),
+            Some("test")
+        );
+        let spec = template.spec.expect("pod spec");
+        let ca = volume(&spec, "tls-ca").expect("CA volume");
+        assert_eq!(ca.secret_name.as_deref(), Some("test-tls"));
+        assert_eq!(volume_keys(ca), ["ca.crt"]);
+        let c = &spec.containers[0];
+        assert_eq!(env_value(c, "DSM_TLS_CA"), Some("/etc/dsm/tls/ca.crt"));
+        for var in ["DSM_TLS_CERT", "DSM_TLS_KEY", "DSM_TOKEN_FILE"] {
+            assert_eq!(env_value(c, var), None, "{var}");
+        }
+        let printed = serde_json::to_string(&spec).expect("json");
+        assert!(!printed.contains("tls.key"), "{printed}");
+        let token = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "DSM_TOKEN")
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("DSM_TOKEN from the auth Secret");
+        assert_eq!(
+            (token.name.as_str(), token.key.as_str(), token.optional),
+            ("test-auth", "client-token", Some(true))
+        );
+    }
+
+    #[test]
+    fn master_and_backup_services_publish_pods_that_are_not_ready() {
+        let (dc, names) = cluster(DsmClusterSpec::default());
+        for seat in [Seat::Master, Seat::Backup] {
+            let svc = seat_service(&dc, &names, seat).expect("svc");
+            assert_eq!(
+                svc.spec.and_then(|s| s.publish_not_ready_addresses),
+                Some(true)
+            );
+        }
+    }
+
+    #[test]
+    fn tls_settings_make_master_pods_outdated() {
+        let (plain, plain_names) = cluster(DsmClusterSpec::default());
+        let (tls, tls_names) = secured(None, None, false);
+        let (auth, auth_names) = secured(None, None, true);
+        let hash = |dc, names| master_pod_hash(dc, names, Seat::Master).expect("hash");
+        assert_ne!(hash(&plain, &plain_names), hash(&tls, &tls_names));
+        assert_ne!(hash(&tls, &tls_names), hash(&auth, &auth_names));
+    }
+
+    #[test]
+    fn the_member_secret_has_the_kubernetes_tls_layout() {
+        let (dc, names) = secured(None, None, false);
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let ca = certs::generate_ca(&names, now).expect("CA");
+        let member = certs::issue_member(&ca, &names, now).expect("member");
+        let secret = tls_secret(&dc, &names, &member).expect("secret");
+        assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+        let keys: Vec<&String> = secret.data.iter().flatten().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
+        let ca_secret = tls_ca_secret(&dc, &names, &ca).expect("secret");
+        assert_eq!(ca_secret.metadata.name.as_deref(), Some("test-tls-ca"));
+        assert_eq!(
+            certs::CaPems::from_secret(&ca_secret, "test-tls-ca").expect("CA"),
+            ca
+        );
     }
 }

@@ -5,7 +5,10 @@
 //! again, which the API server turns into no-ops, and writes no status. The order of a
 //! reconcile:
 //!
-//! 1. apply the ConfigMap, the log PVC, the Services and the PodDisruptionBudget;
+//! 1. apply the ConfigMap, the log PVC, the Services, the PodDisruptionBudget and the
+//!    NetworkPolicies; with TLS, create the CA and issue or renew the member certificate
+//!    (unless the user brings their own Secret); read what dialling the nodes takes (CA,
+//!    token) from the cluster's Secrets;
 //! 2. read the slave StatefulSet and the cluster's pods, and ask both master-capable
 //!    nodes for `Kv.Status`;
 //! 3. [`plan`] the changes; drain a slave through the active master if scaling down;
@@ -19,10 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
@@ -30,10 +34,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
-use crate::crd::{DsmCluster, DsmClusterStatus, GROUP};
+use crate::certs::{self, CaPems, MemberPems};
+use crate::crd::{DsmCluster, DsmClusterStatus, GROUP, TlsClientAuth};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::node::NodeApi;
+use crate::netpol;
+use crate::node::{self, NodeApi, NodeCredentials};
 use crate::objects::{self, MANAGER, Names, Seat};
 use crate::plan::{Observed, Plan, SeatAction, plan};
 use crate::status::{self, condition_status};
@@ -58,7 +64,15 @@ pub struct Context {
     pub nodes: Arc<dyn NodeApi>,
     /// Whether the Prometheus Operator's ServiceMonitor CRD exists (checked at start-up).
     pub service_monitor_crd: bool,
+    /// The operator's own namespace, which the NetworkPolicies let through to the
+    /// masters; `None` (running outside the cluster) lets any namespace's operator pod in.
+    pub operator_namespace: Option<String>,
 }
+
+/// What dialling a cluster's nodes takes, or why it cannot be done yet (a Secret the
+/// user provides is missing or incomplete). Without credentials the node calls are
+/// skipped, as if the nodes were unreachable: an observation, not a reconcile failure.
+type Access = std::result::Result<NodeCredentials, String>;
 
 /// Reconciles one DsmCluster. See the module documentation for the order of steps.
 ///
@@ -110,6 +124,21 @@ pub async fn reconcile(dc: Arc<DsmCluster>, ctx: Arc<Context>) -> Result<Action>
         &objects::pod_disruption_budget(&dc, &names)?,
     )
     .await?;
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    if dc.spec.network_policy.enabled {
+        apply(&policies, &netpol::slaves_policy(&dc, &names)?).await?;
+        let masters = netpol::masters_policy(&dc, &names, ctx.operator_namespace.as_deref())?;
+        apply(&policies, &masters).await?;
+    } else {
+        delete(&policies, &names.slaves_policy()).await?;
+        delete(&policies, &names.masters_policy()).await?;
+    }
+    let mut events = Vec::new();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let access = node_access(&secrets, &dc, &names, &mut events).await?;
+    if let Err(why) = &access {
+        warn!(%why, "cannot dial the nodes yet");
+    }
 
     // 2. Observe.
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
@@ -125,9 +154,9 @@ pub async fn reconcile(dc: Arc<DsmCluster>, ctx: Arc<Context>) -> Result<Action>
     let observed = Observed {
         slave_set,
         pods: pod_list.items,
-        master: node_status(&*ctx.nodes, &names.seat_address(Seat::Master)).await,
+        master: node_status(&*ctx.nodes, &names.seat_address(Seat::Master), &access).await,
         backup: if dc.spec.backup.enabled {
-            node_status(&*ctx.nodes, &names.seat_address(Seat::Backup)).await
+            node_status(&*ctx.nodes, &names.seat_address(Seat::Backup), &access).await
         } else {
             None
         },
@@ -139,9 +168,9 @@ pub async fn reconcile(dc: Arc<DsmCluster>, ctx: Arc<Context>) -> Result<Action>
         objects::master_pod_hash(&dc, &names, Seat::Backup)?,
     ];
     let mut plan = plan(&dc, &names, &observed, [&hashes[0], &hashes[1]]);
-    let mut events = Vec::new();
     if let Some(slave) = plan.drain.clone() {
-        drain(&dc, &names, &observed, &ctx, &slave, &mut plan, &mut events).await;
+        let drained = drain(&dc, &names, &observed, &ctx, &access, &slave, &mut plan).await;
+        events.extend(drained);
     }
 
     // 4. Apply what depends on the observations.
@@ -214,9 +243,15 @@ pub fn error_policy(dc: Arc<DsmCluster>, error: &Error, ctx: Arc<Context>) -> Ac
 }
 
 /// `Kv.Status` of a node, or `None` (logged) when it cannot answer: a node that is down
-/// or still starting is an observation, not a reconcile failure.
-async fn node_status(nodes: &dyn NodeApi, address: &str) -> Option<crate::node::StatusReply> {
-    match nodes.status(address).await {
+/// or still starting, or that cannot be dialled yet for lack of credentials, is an
+/// observation, not a reconcile failure.
+async fn node_status(
+    nodes: &dyn NodeApi,
+    address: &str,
+    access: &Access,
+) -> Option<node::StatusReply> {
+    let credentials = access.as_ref().ok()?;
+    match nodes.status(address, credentials).await {
         Ok(reply) => Some(reply),
         Err(error) => {
             info!(%address, %error, "node status unavailable");
@@ -227,26 +262,34 @@ async fn node_status(nodes: &dyn NodeApi, address: &str) -> Option<crate::node::
 
 /// Drains `slave` through the active master; on failure keeps the StatefulSet's size
 /// (the slave must not go while it holds the only copy of some keys) and says why.
+/// Returns the Event to publish, if any.
 async fn drain(
     dc: &DsmCluster,
     names: &Names,
     observed: &Observed,
     ctx: &Context,
+    access: &Access,
     slave: &str,
     plan: &mut Plan,
-    events: &mut Vec<Event>,
-) {
+) -> Option<Event> {
     let Some((seat, _)) = observed.active_seat() else {
         plan.slave_replicas += 1;
         plan.rollout
             .push(format!("cannot drain {slave}: no active master"));
-        return;
+        return None;
     };
-    let address = names.seat_address(seat);
-    match ctx.nodes.drain(&address, slave).await {
+    let result = match access {
+        Ok(credentials) => ctx
+            .nodes
+            .drain(&names.seat_address(seat), slave, credentials)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(why) => Err(why.clone()),
+    };
+    match result {
         Ok(reply) => {
             info!(%slave, moved_keys = reply.moved_keys, "drained slave");
-            events.push(event(
+            Some(event(
                 EventType::Normal,
                 "DrainedSlave",
                 "ScaleDown",
@@ -254,21 +297,148 @@ async fn drain(
                     "moved {} keys off {slave}; scaling slaves down to {} (target {})",
                     reply.moved_keys, plan.slave_replicas, dc.spec.slaves.replicas
                 ),
-            ));
+            ))
         }
         Err(error) => {
             warn!(%slave, %error, "drain failed; not scaling down");
             plan.slave_replicas += 1;
             plan.rollout
                 .push(format!("draining {slave} failed: {error}"));
-            events.push(event(
+            Some(event(
                 EventType::Warning,
                 "DrainFailed",
                 "ScaleDown",
                 format!("cannot drain {slave}, keeping it: {error}"),
-            ));
+            ))
         }
     }
+}
+
+/// Makes sure the TLS Secrets exist (issuing them when the operator does), and reads
+/// what dialling the nodes takes: the CA, a client certificate when the masters demand
+/// one, a read-write token when they demand tokens.
+///
+/// # Errors
+/// API failures, and a CA Secret of the operator's that is unusable (it is never
+/// replaced: every member trusts it). Problems with Secrets the user provides are not
+/// errors but an `Err` [`Access`] saying what is missing.
+async fn node_access(
+    secrets: &Api<Secret>,
+    dc: &DsmCluster,
+    names: &Names,
+    events: &mut Vec<Event>,
+) -> Result<Access> {
+    let mut credentials = NodeCredentials::default();
+    if let Some(name) = objects::member_tls_secret(dc, names) {
+        let member = if dc.spec.tls.secret_name.is_some() {
+            let Some(secret) = secrets.get_opt(&name).await.map_err(Error::Kube)? else {
+                return Ok(Err(format!(
+                    "the TLS Secret {name} (spec.tls.secretName) does not exist"
+                )));
+            };
+            match MemberPems::from_secret(&secret) {
+                Ok(member) => member,
+                Err(why) => return Ok(Err(format!("the TLS Secret {name}: {why}"))),
+            }
+        } else {
+            ensure_tls_secrets(secrets, dc, names, Timestamp::now(), events).await?
+        };
+        if dc.spec.tls.client_auth == Some(TlsClientAuth::Required) {
+            credentials.identity = Some((member.cert, member.key));
+        }
+        credentials.ca = Some(member.ca);
+    }
+    if let Some(name) = &dc.spec.auth.secret_name {
+        let Some(secret) = secrets.get_opt(name).await.map_err(Error::Kube)? else {
+            return Ok(Err(format!(
+                "the auth Secret {name} (spec.auth.secretName) does not exist"
+            )));
+        };
+        let tokens = certs::secret_text(&secret, objects::TOKENS).unwrap_or_default();
+        let Some(token) = node::first_token(&tokens) else {
+            return Ok(Err(format!(
+                "the auth Secret {name} has no token under `{}`",
+                objects::TOKENS
+            )));
+        };
+        match node::bearer(token) {
+            Ok(value) => credentials.token = Some(value),
+            Err(why) => return Ok(Err(format!("the auth Secret {name}: {why}"))),
+        }
+    }
+    Ok(Ok(credentials))
+}
+
+/// Creates the CA Secret if it does not exist, and issues the member certificate Secret
+/// when it does not exist or must be renewed ([`certs::reissue_reason`]); returns the
+/// member Secret's contents. An existing CA is never replaced, and a valid member
+/// Secret is left exactly as it is.
+async fn ensure_tls_secrets(
+    secrets: &Api<Secret>,
+    dc: &DsmCluster,
+    names: &Names,
+    now: Timestamp,
+    events: &mut Vec<Event>,
+) -> Result<MemberPems> {
+    // `create`, not apply: it fails rather than overwrite a CA that appeared meanwhile.
+    let create = PostParams {
+        field_manager: Some(MANAGER.to_string()),
+        ..PostParams::default()
+    };
+    let ca_name = names.tls_ca();
+    let ca = match secrets.get_opt(&ca_name).await.map_err(Error::Kube)? {
+        Some(secret) => CaPems::from_secret(&secret, &ca_name)?,
+        None => {
+            let ca = certs::generate_ca(names, now)?;
+            secrets
+                .create(&create, &objects::tls_ca_secret(dc, names, &ca)?)
+                .await
+                .map_err(Error::Kube)?;
+            info!(secret = %ca_name, "generated the cluster CA");
+            events.push(event(
+                EventType::Normal,
+                "GeneratedCA",
+                "IssueCertificate",
+                format!("generated the cluster CA in Secret {ca_name}"),
+            ));
+            ca
+        }
+    };
+    let name = names.tls();
+    // Why the existing certificate is replaced; `None` when there is none yet.
+    let renewal = match secrets.get_opt(&name).await.map_err(Error::Kube)? {
+        None => None,
+        Some(secret) => Some(match MemberPems::from_secret(&secret) {
+            Ok(member) => match certs::reissue_reason(&member, &ca, names, now) {
+                None => return Ok(member),
+                Some(why) => why,
+            },
+            Err(why) => why,
+        }),
+    };
+    let member = certs::issue_member(&ca, names, now)?;
+    let secret = objects::tls_secret(dc, names, &member)?;
+    let note = match renewal {
+        None => {
+            secrets
+                .create(&create, &secret)
+                .await
+                .map_err(Error::Kube)?;
+            format!("issued the member certificate in Secret {name}")
+        }
+        Some(why) => {
+            apply(secrets, &secret).await?;
+            format!("renewed the member certificate in Secret {name}: {why}")
+        }
+    };
+    info!(secret = %name, "{note}");
+    events.push(event(
+        EventType::Normal,
+        "IssuedCertificate",
+        "IssueCertificate",
+        note,
+    ));
+    Ok(member)
 }
 
 fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
@@ -389,6 +559,7 @@ mod tests {
         Call, FakeNodes, active_status, ready_slave_set, seat_pod, test_cluster,
     };
     use crate::objects::Role;
+    use k8s_openapi::jiff::SignedDuration;
 
     /// Runs one reconcile against a mocked API server and returns the calls it made.
     async fn reconcile_once(
@@ -397,13 +568,25 @@ mod tests {
         pods: Vec<Pod>,
         nodes: Arc<FakeNodes>,
     ) -> Vec<Call> {
+        let (result, calls) = reconcile_with_secrets(dc, slave_set, pods, nodes, vec![]).await;
+        result.expect("reconcile succeeds");
+        calls
+    }
+
+    /// One reconcile against a mocked API server that also holds `secrets`: its result
+    /// and the calls it made.
+    async fn reconcile_with_secrets(
+        dc: &DsmCluster,
+        slave_set: Option<StatefulSet>,
+        pods: Vec<Pod>,
+        nodes: Arc<FakeNodes>,
+        secrets: Vec<Secret>,
+    ) -> (Result<Action>, Vec<Call>) {
         let (ctx, server) = Context::test(dc, slave_set, pods, nodes);
-        let server = server.run();
-        reconcile(Arc::new(dc.clone()), ctx)
-            .await
-            .expect("reconcile succeeds");
+        let server = server.with_secrets(secrets).run();
+        let result = reconcile(Arc::new(dc.clone()), ctx).await;
         // The context (and with it every client) is gone: the server sees the end.
-        server.await.expect("api server task")
+        (result, server.await.expect("api server task"))
     }
 
     fn lines(calls: &[Call]) -> Vec<String> {
@@ -419,6 +602,8 @@ mod tests {
     }
 
     const SSA: &str = "?&force=true&fieldManager=dsm-operator";
+    const NETPOL: &str = "/apis/networking.k8s.io/v1/namespaces/testns/networkpolicies";
+    const SECRETS: &str = "/api/v1/namespaces/testns/secrets";
 
     /// Every apply a reconcile of a default cluster makes, in order, around its reads.
     fn default_calls() -> Vec<String> {
@@ -434,6 +619,8 @@ mod tests {
             format!(
                 "PATCH /apis/policy/v1/namespaces/testns/poddisruptionbudgets/test-slaves{SSA}"
             ),
+            format!("PATCH {NETPOL}/test-slaves{SSA}"),
+            format!("PATCH {NETPOL}/test-masters{SSA}"),
             format!("GET {apps}/statefulsets/test-slave"),
             format!(
                 "GET {core}/pods?&labelSelector=app.kubernetes.io%2Fname%3Ddsm%2Capp.kubernetes.io%2Finstance%3Dtest"
@@ -670,5 +857,264 @@ mod tests {
             .map(|e| e.reason)
             .collect();
         assert_eq!(recovered, ["Recovered", "Failover"]);
+    }
+
+    /// A TLS cluster with tokens from the Secret `test-auth`.
+    fn secured() -> DsmCluster {
+        let mut spec = DsmClusterSpec::default();
+        spec.tls.enabled = true;
+        spec.auth.secret_name = Some("test-auth".to_string());
+        test_cluster(spec)
+    }
+
+    fn auth_secret() -> Secret {
+        Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some("test-auth".to_string()),
+                namespace: Some("testns".to_string()),
+                ..kube::api::ObjectMeta::default()
+            },
+            data: Some(
+                [
+                    (
+                        "tokens".to_string(),
+                        k8s_openapi::ByteString(b"# admins\nrw-1\nrw-2\n".to_vec()),
+                    ),
+                    (
+                        "read-only-tokens".to_string(),
+                        k8s_openapi::ByteString(Vec::new()),
+                    ),
+                ]
+                .into(),
+            ),
+            ..Secret::default()
+        }
+    }
+
+    /// The Secret a call created or applied, as the API server would store it.
+    fn secret_body(calls: &[Call], line: &str) -> Secret {
+        serde_json::from_value(body(calls, line).clone()).expect("a Secret")
+    }
+
+    /// The calls a first reconcile of [`secured`] makes around the default ones: the CA
+    /// and member Secrets are created, the auth Secret read.
+    fn secured_first_calls() -> Vec<String> {
+        let mut expected = default_calls();
+        let at = expected
+            .iter()
+            .position(|l| l.starts_with("GET /apis/apps/v1"))
+            .expect("observe step");
+        let create = format!("POST {SECRETS}?&fieldManager=dsm-operator");
+        expected.splice(
+            at..at,
+            [
+                format!("GET {SECRETS}/test-tls-ca"),
+                create.clone(),
+                format!("GET {SECRETS}/test-tls"),
+                create,
+                format!("GET {SECRETS}/test-auth"),
+            ],
+        );
+        expected
+    }
+
+    #[tokio::test]
+    async fn tls_creates_the_ca_and_member_secrets_and_dials_with_them() {
+        let dc = secured();
+        let names = Names::of(&dc).expect("names");
+        let nodes = Arc::new(FakeNodes::default());
+        let (result, calls) =
+            reconcile_with_secrets(&dc, None, vec![], nodes.clone(), vec![auth_secret()]).await;
+        result.expect("reconcile succeeds");
+        let mut expected = secured_first_calls();
+        expected.extend([STATUS.to_string(), EVENT.to_string(), EVENT.to_string()]);
+        assert_eq!(lines(&calls), expected);
+
+        let posts: Vec<Secret> = calls
+            .iter()
+            .filter(|c| c.method == "POST" && c.uri.contains("/secrets"))
+            .map(|c| serde_json::from_value(c.body.clone().expect("body")).expect("Secret"))
+            .collect();
+        let [ca_secret, member_secret] = posts.as_slice() else {
+            panic!("expected two Secrets created, got {}", posts.len());
+        };
+        assert_eq!(ca_secret.metadata.name.as_deref(), Some("test-tls-ca"));
+        assert_eq!(member_secret.metadata.name.as_deref(), Some("test-tls"));
+        assert_eq!(member_secret.type_.as_deref(), Some("kubernetes.io/tls"));
+        for secret in [ca_secret, member_secret] {
+            let owners = secret.metadata.owner_references.as_ref().expect("owners");
+            assert_eq!(owners[0].kind, "DsmCluster");
+        }
+        let ca = CaPems::from_secret(ca_secret, "test-tls-ca").expect("a usable CA");
+        let member = MemberPems::from_secret(member_secret).expect("a full member Secret");
+        assert_eq!(
+            certs::reissue_reason(&member, &ca, &names, Timestamp::now()),
+            None
+        );
+
+        // The operator dialled the masters with the CA and the first read-write token,
+        // and without a client certificate (clientAuth is not `required`).
+        let seen = nodes.credentials.lock().expect("credentials").clone();
+        assert_eq!(seen.len(), 2, "master and backup");
+        for credentials in seen {
+            assert_eq!(credentials.ca.as_deref(), Some(member.ca.as_str()));
+            assert!(credentials.identity.is_none());
+            let token = credentials.token.expect("a token");
+            assert_eq!(token.to_str().ok(), Some("Bearer rw-1"));
+        }
+        let reasons: Vec<&serde_json::Value> = calls
+            .iter()
+            .filter(|c| c.line() == EVENT)
+            .filter_map(|c| c.body.as_ref().map(|b| &b["reason"]))
+            .collect();
+        assert_eq!(reasons, ["GeneratedCA", "IssuedCertificate"]);
+        // Nothing of a key reaches an Event.
+        for call in calls.iter().filter(|c| c.line() == EVENT) {
+            let text = call
+                .body
+                .as_ref()
+                .map(|b| b.to_string())
+                .unwrap_or_default();
+            assert!(!text.contains("PRIVATE KEY"), "{text}");
+        }
+
+        // The master pod mounts the member Secret and the tokens and probes over HTTP.
+        let pod = body(
+            &calls,
+            &format!("PATCH /api/v1/namespaces/testns/pods/test-master{SSA}"),
+        );
+        let volumes = pod["spec"]["volumes"].to_string();
+        assert!(volumes.contains("\"secretName\":\"test-tls\""), "{volumes}");
+        assert!(
+            volumes.contains("\"secretName\":\"test-auth\""),
+            "{volumes}"
+        );
+        let probe = &pod["spec"]["containers"][0]["readinessProbe"];
+        assert_eq!(probe["httpGet"]["path"], "/readyz");
+    }
+
+    #[tokio::test]
+    async fn a_valid_member_secret_is_neither_patched_nor_reissued() {
+        let dc = secured();
+        let names = Names::of(&dc).expect("names");
+        let ca = certs::generate_ca(&names, Timestamp::now()).expect("CA");
+        let member = certs::issue_member(&ca, &names, Timestamp::now()).expect("member");
+        let secrets = vec![
+            objects::tls_ca_secret(&dc, &names, &ca).expect("CA Secret"),
+            objects::tls_secret(&dc, &names, &member).expect("member Secret"),
+            auth_secret(),
+        ];
+        let nodes = Arc::new(FakeNodes::default());
+        let (result, calls) = reconcile_with_secrets(&dc, None, vec![], nodes, secrets).await;
+        result.expect("reconcile succeeds");
+        let mut expected: Vec<String> = secured_first_calls()
+            .into_iter()
+            .filter(|l| !l.starts_with("POST"))
+            .collect();
+        expected.push(STATUS.to_string());
+        assert_eq!(lines(&calls), expected, "no Secret written, no Event");
+    }
+
+    #[tokio::test]
+    async fn a_member_certificate_near_expiry_is_renewed_under_the_same_ca() {
+        let dc = secured();
+        let names = Names::of(&dc).expect("names");
+        let now = Timestamp::now();
+        let ca = certs::generate_ca(&names, now).expect("CA");
+        // Issued 340 days ago: it expires in 25 days, within the 30-day window.
+        let old = certs::issue_member(&ca, &names, now - SignedDuration::from_hours(24 * 340))
+            .expect("member");
+        let secrets = vec![
+            objects::tls_ca_secret(&dc, &names, &ca).expect("CA Secret"),
+            objects::tls_secret(&dc, &names, &old).expect("member Secret"),
+            auth_secret(),
+        ];
+        let (result, calls) =
+            reconcile_with_secrets(&dc, None, vec![], Arc::default(), secrets).await;
+        result.expect("reconcile succeeds");
+        let patch = format!("PATCH {SECRETS}/test-tls{SSA}");
+        assert!(lines(&calls).contains(&patch), "{:#?}", lines(&calls));
+        assert!(
+            !lines(&calls)
+                .iter()
+                .any(|l| l.starts_with(&format!("POST {SECRETS}"))),
+            "the CA is kept"
+        );
+        let renewed = MemberPems::from_secret(&secret_body(&calls, &patch)).expect("member");
+        assert_ne!(renewed.cert, old.cert);
+        assert_eq!(renewed.ca, ca.cert);
+        assert_eq!(certs::reissue_reason(&renewed, &ca, &names, now), None);
+        let event = body(&calls, EVENT);
+        assert_eq!(event["reason"], "IssuedCertificate");
+        let note = event["note"].as_str().unwrap_or_default();
+        assert!(note.starts_with("renewed the member certificate"), "{note}");
+    }
+
+    #[tokio::test]
+    async fn an_unusable_ca_secret_fails_the_reconcile_and_is_never_replaced() {
+        let dc = secured();
+        let names = Names::of(&dc).expect("names");
+        let ca = certs::generate_ca(&names, Timestamp::now()).expect("CA");
+        let mut broken = objects::tls_ca_secret(&dc, &names, &ca).expect("CA Secret");
+        if let Some(data) = broken.data.as_mut() {
+            data.remove(certs::CA_KEY);
+        }
+        let (result, calls) =
+            reconcile_with_secrets(&dc, None, vec![], Arc::default(), vec![broken]).await;
+        let error = result.expect_err("an unusable CA is an error");
+        assert_eq!(error.metric_label(), "invalid_secret");
+        assert!(error.to_string().contains("test-tls-ca"), "{error}");
+        assert!(
+            !lines(&calls)
+                .iter()
+                .any(|l| l.contains("/secrets") && !l.starts_with("GET")),
+            "{:#?}",
+            lines(&calls)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_user_secret_skips_the_node_calls_but_not_the_reconcile() {
+        let mut spec = DsmClusterSpec::default();
+        spec.tls.enabled = true;
+        spec.tls.secret_name = Some("from-cert-manager".to_string());
+        let dc = test_cluster(spec);
+        let nodes = Arc::new(FakeNodes::default());
+        let (result, calls) =
+            reconcile_with_secrets(&dc, None, vec![], nodes.clone(), vec![]).await;
+        result.expect("reconcile succeeds");
+        assert!(lines(&calls).contains(&format!("GET {SECRETS}/from-cert-manager")));
+        // Nothing issued: the user's Secret is the user's.
+        assert!(!lines(&calls).iter().any(|l| l.contains("test-tls")));
+        assert!(nodes.credentials.lock().expect("credentials").is_empty());
+        assert_eq!(body(&calls, STATUS)["status"]["phase"], "Creating");
+        let pod = body(
+            &calls,
+            &format!("PATCH /api/v1/namespaces/testns/pods/test-master{SSA}"),
+        );
+        assert!(
+            pod["spec"]["volumes"]
+                .to_string()
+                .contains("\"secretName\":\"from-cert-manager\"")
+        );
+    }
+
+    #[tokio::test]
+    async fn network_policies_are_removed_when_disabled() {
+        let mut spec = DsmClusterSpec::default();
+        spec.network_policy.enabled = false;
+        let dc = test_cluster(spec);
+        let calls = reconcile_once(&dc, None, vec![], Arc::default()).await;
+        let deletes: Vec<String> = lines(&calls)
+            .into_iter()
+            .filter(|l| l.contains("networkpolicies"))
+            .collect();
+        assert_eq!(
+            deletes,
+            [
+                format!("DELETE {NETPOL}/test-slaves?"),
+                format!("DELETE {NETPOL}/test-masters?")
+            ]
+        );
     }
 }

@@ -9,8 +9,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use dsm_operator::crd::{AccessMode, DsmCluster, DsmClusterSpec};
+use dsm_operator::certs;
+use dsm_operator::crd::{AccessMode, DsmCluster, DsmClusterSpec, TlsClientAuth};
+use dsm_operator::netpol;
 use dsm_operator::objects::{self, Names, Role, Seat};
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::ObjectMeta;
 
 fn repo() -> PathBuf {
@@ -57,7 +62,22 @@ fn objects_yaml(dc: &DsmCluster) -> String {
         serde_yaml::to_string(&objects::client_deployment(dc, &names).expect("client")),
         serde_yaml::to_string(&objects::pod_disruption_budget(dc, &names).expect("pdb")),
         serde_yaml::to_string(&objects::service_monitor(dc, &names).expect("sm")),
+        serde_yaml::to_string(&netpol::slaves_policy(dc, &names).expect("policy")),
+        serde_yaml::to_string(
+            &netpol::masters_policy(dc, &names, Some("dsm-system")).expect("policy"),
+        ),
     ];
+    let mut docs: Vec<_> = docs.into_iter().collect();
+    if dc.spec.tls.enabled && dc.spec.tls.secret_name.is_none() {
+        let ca = certs::generate_ca(&names, Timestamp::now()).expect("CA");
+        let member = certs::issue_member(&ca, &names, Timestamp::now()).expect("member");
+        docs.push(serde_yaml::to_string(
+            &objects::tls_ca_secret(dc, &names, &ca).expect("secret"),
+        ));
+        docs.push(serde_yaml::to_string(
+            &objects::tls_secret(dc, &names, &member).expect("secret"),
+        ));
+    }
     docs.into_iter()
         .map(|d| d.expect("yaml"))
         .collect::<Vec<_>>()
@@ -91,10 +111,28 @@ fn manifests_chart_and_operator_objects_validate_against_kubernetes_schemas() {
     let mut no_backup = DsmClusterSpec::default();
     no_backup.backup.enabled = false;
     no_backup.replication.factor = Some(1);
+    no_backup.network_policy.enabled = false;
+    let mut secured = DsmClusterSpec::default();
+    secured.tls.enabled = true;
+    secured.tls.client_auth = Some(TlsClientAuth::Required);
+    secured.client.enabled = false;
+    secured.auth.secret_name = Some("secured-auth".to_string());
+    secured.network_policy.allowed_clients = vec![NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some([("team".to_string(), "apps".to_string())].into()),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    }];
+    let mut cert_manager = DsmClusterSpec::default();
+    cert_manager.tls.enabled = true;
+    cert_manager.tls.secret_name = Some("dsm-cert-manager".to_string());
     for (name, spec) in [
         ("default", DsmClusterSpec::default()),
         ("rwx", rwx),
         ("no-backup", no_backup),
+        ("secured", secured),
+        ("cert-manager", cert_manager),
     ] {
         std::fs::write(
             dir.join(format!("{name}.yaml")),

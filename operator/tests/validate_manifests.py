@@ -42,6 +42,14 @@ VALUE_SETS = {
                 "backup": {"enabled": False},
                 "logVolume": {"accessMode": "ReadWriteMany", "storageClassName": "nfs"},
                 "metrics": {"serviceMonitor": True},
+                "tls": {"enabled": True, "clientAuth": "optional"},
+                "auth": {"secretName": "dsm-auth"},
+                "networkPolicy": {
+                    "enabled": True,
+                    "allowedClients": [
+                        {"namespaceSelector": {"matchLabels": {"team": "apps"}}},
+                    ],
+                },
             },
         },
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
