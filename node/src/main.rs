@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use dsm::bench::BenchArgs;
 use dsm::chaos::ChaosArgs;
 use dsm::client::ClientArgs;
+use dsm::commit_window::DEFAULT_COMMIT_WINDOW;
 use dsm::limits::{DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES, HARD_MAX_VALUE_BYTES, Limits};
 use dsm::local::{LocalArgs, shutdown_signal};
 use dsm::master::{Master, MasterConfig, placement};
@@ -128,8 +129,8 @@ struct MasterArgs {
     /// Under load, how long a WRITE waits for others to share its log fsync.
     /// Longer: fewer fsyncs, more latency; 0: sync at once. A lone writer
     /// never waits.
-    #[arg(long, env = "DSM_COMMIT_WINDOW", default_value = "500us", value_parser = humantime::parse_duration)]
-    commit_window: Duration,
+    #[arg(long, env = "DSM_COMMIT_WINDOW", default_value_t = DEFAULT_COMMIT_WINDOW.into())]
+    commit_window: humantime::Duration,
     /// Where to serve /metrics, /healthz and /readyz over HTTP, or `none`
     /// [default: 0.0.0.0:9100 for master, 0.0.0.0:9101 for backup].
     #[arg(long, env = "DSM_METRICS_LISTEN")]
@@ -177,8 +178,8 @@ struct SlaveArgs {
     /// Under load, how long a WRITE waits for others to share its commit
     /// (one fsync). Longer: fewer fsyncs, more latency; 0: commit at once.
     /// A lone writer never waits.
-    #[arg(long, env = "DSM_COMMIT_WINDOW", default_value = "500us", value_parser = humantime::parse_duration)]
-    commit_window: Duration,
+    #[arg(long, env = "DSM_COMMIT_WINDOW", default_value_t = DEFAULT_COMMIT_WINDOW.into())]
+    commit_window: humantime::Duration,
     #[command(flatten)]
     tls: MemberTlsArgs,
 }
@@ -243,7 +244,7 @@ async fn run_master(args: MasterArgs, prefer_active: bool) -> anyhow::Result<()>
         },
         segment_bytes: args.segment_bytes,
         compact_segments: args.compact_segments.max(1),
-        commit_window: args.commit_window,
+        commit_window: args.commit_window.into(),
         security: Security::for_member(&args.tls, Some(&args.tokens))?,
     };
     #[cfg(feature = "chaos-broken-ack")]
@@ -272,7 +273,7 @@ async fn run_slave(args: SlaveArgs) -> anyhow::Result<()> {
         heartbeat_interval: args.heartbeat,
         security: Security::for_member(&args.tls, None)?,
         store: StoreOptions {
-            commit_window: args.commit_window,
+            commit_window: args.commit_window.into(),
         },
     };
     let cancel = cancel_on_signal();

@@ -120,12 +120,7 @@ async fn crash_at(point: &str, expected: Crashed) {
     check(&cluster, &acknowledged, &value, expected, "after failover").await;
 
     cluster.master.env.clear();
-    cluster.backup.kill9();
-    for slave in &mut cluster.slaves {
-        slave.kill9();
-    }
-    cluster.start_all();
-    cluster.wait_ready().await;
+    cluster.power_cut_and_restart().await;
     check(
         &cluster,
         &acknowledged,
@@ -249,13 +244,7 @@ async fn failed_fsync_is_not_acknowledged_and_writes_resume() {
         );
 
         cluster.master.env.clear();
-        cluster.master.kill9();
-        cluster.backup.kill9();
-        for slave in &mut cluster.slaves {
-            slave.kill9();
-        }
-        cluster.start_all();
-        cluster.wait_ready().await;
+        cluster.power_cut_and_restart().await;
         check(
             &cluster,
             &acknowledged,

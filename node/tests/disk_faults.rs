@@ -181,13 +181,7 @@ async fn idle_master_does_not_outlive_an_unfinished_takeover() {
         tmpfs.free();
 
         let after = client.write(b"after", b"2").await.expect("WRITE after");
-        cluster.master.kill9();
-        cluster.backup.kill9();
-        for slave in &mut cluster.slaves {
-            slave.kill9();
-        }
-        cluster.start_all();
-        cluster.wait_ready().await;
+        cluster.power_cut_and_restart().await;
         for (key, value) in [(&b"before"[..], &b"1"[..]), (b"after", b"2")] {
             let got = client.read(key).await.expect("READ");
             assert_eq!(
@@ -316,13 +310,7 @@ async fn full_volume_scenario(
         "recovered by a new term: epoch {epoch_before} -> {epoch_after}"
     );
 
-    cluster.master.kill9();
-    cluster.backup.kill9();
-    for slave in &mut cluster.slaves {
-        slave.kill9();
-    }
-    cluster.start_all();
-    cluster.wait_ready().await;
+    cluster.power_cut_and_restart().await;
     for (key, value) in &acknowledged {
         let got = client.read(key.as_bytes()).await.expect("READ");
         assert_eq!(

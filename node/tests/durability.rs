@@ -147,14 +147,7 @@ async fn restart_whole_cluster_keeps_acknowledged_writes() {
                 .await
                 .expect("write");
         }
-        // Power cut: everything dies at once.
-        cluster.master.kill9();
-        cluster.backup.kill9();
-        for s in &mut cluster.slaves {
-            s.kill9();
-        }
-        cluster.start_all();
-        cluster.wait_ready().await;
+        cluster.power_cut_and_restart().await;
         for i in 0..100 {
             let got = client.read(format!("k{i}").as_bytes()).await.expect("read");
             assert_eq!(

@@ -239,6 +239,16 @@ impl Cluster {
         }
     }
 
+    /// A power cut: every member killed with SIGKILL at once, then all
+    /// started again; returns once the cluster serves.
+    pub async fn power_cut_and_restart(&mut self) {
+        for m in self.members_mut() {
+            m.kill9();
+        }
+        self.start_all();
+        self.wait_ready().await;
+    }
+
     fn members_mut(&mut self) -> impl Iterator<Item = &mut Member> {
         [&mut self.master, &mut self.backup]
             .into_iter()
