@@ -45,5 +45,23 @@ install_prometheus() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
 }
 
+# --- faketime (issue 9) ----------------------------------------------------------
+# The nemesis (node/tests/nemesis.rs, dsm chaos) shifts a member's wall clock forward
+# and backward with libfaketime preloaded into it (LD_PRELOAD), from Debian's
+# `faketime` package: safety must not depend on clocks, and the broken takeover build
+# must be caught by a skewed clock.
+install_faketime() {
+    if [ -n "$(find /usr/lib -name 'libfaketime.so.1' -print -quit 2>/dev/null)" ]; then
+        return 0
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "install-test-deps: installing faketime needs root (apt-get)" >&2
+        return 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends faketime
+}
+
 install_operator_test_deps
 install_prometheus
+install_faketime

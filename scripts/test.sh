@@ -5,8 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
 cargo test --workspace "$@"
-# The nemesis must catch a deliberately broken master (issue 5): the
-# test-only `chaos-broken-ack` feature rebuilds only the dsm crate.
-cargo test -p dsm --features chaos-broken-ack --test nemesis broken_ack_is_caught
+# The nemesis must catch each deliberately broken master: acknowledging before
+# the quorum, the wall-clock takeover that records its cut before fencing, and
+# NOT_FOUND without confirming the term. The test-only features rebuild only
+# the dsm crate.
+cargo test -p dsm --features chaos-broken-ack,chaos-broken-takeover,chaos-broken-read \
+    --test nemesis broken_
 # The crash points of the WRITE path exist only in a build with this feature.
 cargo test -p dsm --features failpoints --test crash_points "$@"

@@ -28,7 +28,13 @@ pub fn log_frames(data: &[u8]) {
                 assert!(len <= rest.len(), "frame of {len} bytes past the end");
                 assert!(len >= HEADER_LEN + MIN_PAYLOAD as usize);
                 let mut again = Vec::new();
-                frame::encode(record.version, &record.key, &record.value, &mut again);
+                frame::encode(
+                    record.version,
+                    &record.key,
+                    &record.value,
+                    record.origin,
+                    &mut again,
+                );
                 assert_eq!(again, &rest[..len], "decoded record re-encodes differently");
                 pos += len;
             }
@@ -166,7 +172,7 @@ mod tests {
             .prop_map(|(records, flips, cut)| {
                 let mut bytes = Vec::new();
                 for (i, (k, v)) in records.iter().enumerate() {
-                    frame::encode(Version::new(1, i as u64), k, v, &mut bytes);
+                    frame::encode(Version::new(1, i as u64), k, v, None, &mut bytes);
                 }
                 if !bytes.is_empty() {
                     for (at, x) in flips {

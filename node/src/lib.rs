@@ -3,12 +3,12 @@
 //! A tour, in the order a request travels:
 //! - [`client`]: the failover client library, the `dsm client` command and
 //!   its REPL; [`text`] is how keys and values are shown to people.
-//! - [`master`]: the master-capable role (`dsm master`, `dsm backup`): lease,
-//!   epochs and fencing, the key index, the READ/WRITE paths,
-//!   re-replication.
+//! - [`master`]: the master-capable role (`dsm master`, `dsm backup`): the
+//!   failover state machine, terms and fencing, the lease, the key index, the
+//!   READ/WRITE paths, exactly-once sessions, re-replication, compaction.
 //! - [`wal`]: the write-ahead log (`kv_store` segments, group commit,
-//!   replay, compaction); [`lease`]: the leadership lease beside it;
-//!   [`commit_window`]: how the log and the slaves' stores batch fsyncs.
+//!   replay, compaction); [`commit_window`]: how the log and the slaves'
+//!   stores batch fsyncs.
 //! - [`slave`]: the storage role: versioned values in an embedded database.
 //! - [`local`]: `dsm local`, a whole cluster as child processes.
 //! - [`bench`]: `dsm bench`, load generation, results and plots.
@@ -28,7 +28,6 @@ pub mod commit_window;
 pub mod faults;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
-pub mod lease;
 pub mod limits;
 pub mod local;
 pub mod log_dump;

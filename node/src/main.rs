@@ -145,6 +145,17 @@ struct MasterArgs {
     #[cfg(feature = "chaos-broken-ack")]
     #[arg(long, hide = true)]
     chaos_broken_ack: bool,
+    /// TEST-ONLY, deliberately unsafe: the takeover of older versions
+    /// (wall-clock lease expiry, the cut before any slave is fenced). Exists
+    /// only in builds with the `chaos-broken-takeover` feature.
+    #[cfg(feature = "chaos-broken-takeover")]
+    #[arg(long, hide = true)]
+    chaos_broken_takeover: bool,
+    /// TEST-ONLY, deliberately unsafe: NOT_FOUND answered without confirming
+    /// the term. Exists only in builds with the `chaos-broken-read` feature.
+    #[cfg(feature = "chaos-broken-read")]
+    #[arg(long, hide = true)]
+    chaos_broken_read: bool,
 }
 
 /// Flags of `dsm slave`.
@@ -250,7 +261,19 @@ async fn run_master(args: MasterArgs, prefer_active: bool) -> anyhow::Result<()>
     #[cfg(feature = "chaos-broken-ack")]
     if args.chaos_broken_ack {
         tracing::warn!("--chaos-broken-ack: WRITEs are acknowledged before the quorum (test-only)");
-        dsm::master::data::BROKEN_ACK.store(true, std::sync::atomic::Ordering::SeqCst);
+        dsm::master::write::BROKEN_ACK.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    #[cfg(feature = "chaos-broken-takeover")]
+    if args.chaos_broken_takeover {
+        tracing::warn!(
+            "--chaos-broken-takeover: wall-clock lease expiry, cut before fencing (test-only)"
+        );
+        dsm::master::failover::BROKEN_TAKEOVER.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    #[cfg(feature = "chaos-broken-read")]
+    if args.chaos_broken_read {
+        tracing::warn!("--chaos-broken-read: NOT_FOUND without confirming the term (test-only)");
+        dsm::master::read::BROKEN_READ.store(true, std::sync::atomic::Ordering::SeqCst);
     }
     let master = Master::new(config)?;
     let listener = tokio::net::TcpListener::bind(listen)

@@ -204,6 +204,31 @@ pub static RE_REPLICATIONS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Retried WRITEs answered from the client session table instead of being
+/// applied again.
+pub static DEDUPLICATED_WRITES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "dsm_deduplicated_writes_total",
+        "WRITE retries recognised and answered with the original outcome, not applied again.",
+    )
+});
+
+/// Client sessions forgotten because the table was full.
+pub static SESSIONS_EVICTED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "dsm_client_sessions_evicted_total",
+        "Client sessions forgotten early because the session table was full.",
+    )
+});
+
+/// Clients whose WRITEs the active master can deduplicate.
+pub static CLIENT_SESSIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "dsm_client_sessions",
+        "Clients whose WRITE retries this master can still recognise.",
+    )
+});
+
 /// Requests the master sent to each slave: the load distribution.
 pub static SLAVE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -382,6 +407,11 @@ pub fn register_all() {
     }
     let _ = BACKUP_LAG.get();
     let _ = (FAILOVERS.get(), RE_REPLICATIONS.get(), LOG_RECORDS.get());
+    let _ = (
+        DEDUPLICATED_WRITES.get(),
+        SESSIONS_EVICTED.get(),
+        CLIENT_SESSIONS.get(),
+    );
     let _ = LOG_FSYNC_DURATION.get_sample_count();
     for reason in ["unauthenticated", "permission_denied"] {
         let _ = AUTH_REJECTED.with_label_values(&[reason]).get();

@@ -13,8 +13,10 @@
 //! opens a new stream on the next op. Each service describes its messages
 //! through [`Protocol`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+
+use bytes::Bytes;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -209,8 +211,7 @@ where
     Run: Fn(Op) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Done> + Send + 'static,
 {
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    let (out_tx, out_rx) = mpsc::channel(16);
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
     tokio::spawn(async move {
         while let Ok(Some(batch)) = batches.message().await {
             for op in ops(batch) {
@@ -222,6 +223,20 @@ where
             }
         }
     });
+    pack_results(done_rx, pack)
+}
+
+/// Streams results back as they complete, batched; ends once every sender of
+/// `done_rx` is gone.
+fn pack_results<Done, Results>(
+    mut done_rx: mpsc::UnboundedReceiver<Done>,
+    pack: fn(Vec<Done>) -> Results,
+) -> ReceiverStream<Result<Results, Status>>
+where
+    Done: Send + 'static,
+    Results: Send + 'static,
+{
+    let (out_tx, out_rx) = mpsc::channel(16);
     tokio::spawn(async move {
         while let Some(first) = done_rx.recv().await {
             let mut results = vec![first];
@@ -237,4 +252,84 @@ where
         }
     });
     ReceiverStream::new(out_rx)
+}
+
+/// Ops one [`serve_ordered`] stream may have running or queued at once; past
+/// it the stream is not read until some finish (backpressure: one client
+/// cannot flood the master).
+pub const MAX_PENDING_PER_STREAM: usize = 4096;
+
+/// Like [`serve`], but ops on the same key (`key_of`) run one after the other
+/// in the order they were sent, so that a stream's WRITE and a later READ of
+/// the same key behave as if sent one by one. Ops on different keys, and ops
+/// without a key, run concurrently. At most [`MAX_PENDING_PER_STREAM`] ops are
+/// taken off the stream at a time.
+pub fn serve_ordered<Batch, Op, Done, Results, Run, Fut>(
+    mut batches: tonic::Streaming<Batch>,
+    ops: fn(Batch) -> Vec<Op>,
+    key_of: fn(&Op) -> Option<Bytes>,
+    run: Run,
+    pack: fn(Vec<Done>) -> Results,
+) -> ReceiverStream<Result<Results, Status>>
+where
+    Batch: Send + 'static,
+    Op: Send + 'static,
+    Done: Send + 'static,
+    Results: Send + 'static,
+    Run: Fn(Op) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Done> + Send + 'static,
+{
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
+    let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<Option<Bytes>>();
+    tokio::spawn(async move {
+        // Ops waiting behind a running op of the same key, by key.
+        let mut queues: HashMap<Bytes, VecDeque<Op>> = HashMap::new();
+        let mut pending = 0usize;
+        let mut input_open = true;
+        let launch = |op: Op, key: Option<Bytes>| {
+            let done = done_tx.clone();
+            let finished = finished_tx.clone();
+            let work = run(op);
+            tokio::spawn(async move {
+                let _ = done.send(work.await);
+                let _ = finished.send(key);
+            });
+        };
+        while input_open || pending > 0 {
+            tokio::select! {
+                batch = batches.message(), if input_open && pending < MAX_PENDING_PER_STREAM => {
+                    let Ok(Some(batch)) = batch else {
+                        input_open = false;
+                        continue;
+                    };
+                    for op in ops(batch) {
+                        pending += 1;
+                        match key_of(&op) {
+                            Some(key) => match queues.get_mut(&key) {
+                                Some(queue) => queue.push_back(op),
+                                None => {
+                                    queues.insert(key.clone(), VecDeque::new());
+                                    launch(op, Some(key));
+                                }
+                            },
+                            None => launch(op, None),
+                        }
+                    }
+                }
+                finished = finished_rx.recv() => {
+                    let Some(key) = finished else { break };
+                    pending -= 1;
+                    let Some(key) = key else { continue };
+                    let next = queues.get_mut(&key).and_then(VecDeque::pop_front);
+                    match next {
+                        Some(op) => launch(op, Some(key)),
+                        None => {
+                            queues.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
+    });
+    pack_results(done_rx, pack)
 }

@@ -132,12 +132,11 @@ async fn full_log_volume_by_file_size_limit() {
 }
 
 /// A full volume while no WRITE comes: the master cannot renew its lease,
-/// and the backup's takeover gets as far as appending its epoch to the
-/// epoch history (the file has room in its last page) before writing the
-/// lease fails. When space returns, the old master must not renew and go
-/// on acknowledging in its old epoch: replay ignores those records (they
-/// are past the new epoch's start), so they would be lost. It steps down
-/// instead (`Master::renew_locked`).
+/// so the backup starts a takeover: it claims the next epoch (an empty file
+/// still fits) and fences the slaves, but cannot save its membership. The
+/// old master must not go on acknowledging in its old epoch once a newer
+/// epoch is claimed: it steps down, and when space returns one of the two
+/// takes over and nothing acknowledged is lost, even across a power cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_master_does_not_outlive_an_unfinished_takeover() {
     bounded(async {
@@ -159,15 +158,9 @@ async fn idle_master_does_not_outlive_an_unfinished_takeover() {
         let epoch = client.status().await.expect("status").epoch;
 
         tmpfs.fill();
-        let epochs = cluster.log_dir().join(dsm::wal::EPOCHS_FILE);
         let started = Instant::now();
         loop {
-            let history = std::fs::read_to_string(&epochs).unwrap_or_default();
-            let latest = history
-                .lines()
-                .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
-                .max()
-                .unwrap_or(0);
+            let latest = dsm::master::term::newest_claim(&cluster.log_dir()).unwrap_or(0);
             if latest > epoch {
                 break;
             }

@@ -177,8 +177,9 @@ async fn write_fixed_records(cluster: &mut Cluster, n: usize) {
 }
 
 /// Frame size of the records `write_fixed_records` writes: length and CRC
-/// (8), kind (1), epoch and seq (16), key length (4), key (6), value (100).
-const FRAME: u64 = 8 + 1 + 16 + 4 + 6 + 100;
+/// (8), kind (1), epoch and seq (16), the client's id and WRITE number (16),
+/// key length (4), key (6), value (100).
+const FRAME: u64 = 8 + 1 + 16 + 16 + 4 + 6 + 100;
 /// Segment files start with an 8-byte magic.
 const MAGIC: u64 = 8;
 

@@ -1,13 +1,18 @@
 //! The nemesis suite in CI: a short seeded run of `dsm::chaos::nemesis`
 //! against the `dsm` binary under test (master, backup, 5 slaves, every link
-//! through a fault-injecting proxy), whose history must be linearizable; and,
-//! in builds with the test-only `chaos-broken-ack` feature, a run against a
-//! master that acknowledges before the quorum, which must be caught:
+//! through a fault-injecting proxy, every wall clock shifted at will), whose
+//! history must be linearizable; and, in builds with the test-only
+//! `chaos-broken-*` features, runs against deliberately broken masters, each
+//! of which must be caught:
 //!
 //! ```text
-//! cargo test -p dsm --test nemesis                                   # the real system
-//! cargo test -p dsm --features chaos-broken-ack --test nemesis broken  # the checker catches a bug
+//! cargo test -p dsm --test nemesis                      # the real system
+//! cargo test -p dsm --features chaos-broken-ack,chaos-broken-takeover,chaos-broken-read \
+//!     --test nemesis broken                             # the checker catches each bug
 //! ```
+//!
+//! Clock faults need libfaketime (Debian's `faketime`, installed by
+//! `scripts/install-test-deps.sh`).
 //!
 //! `DSM_CHAOS_SEED` and `DSM_CHAOS_DURATION` (e.g. `2m`) override the seed and
 //! the fault phase; the seed is printed either way, and a failing run leaves
@@ -21,6 +26,12 @@ use std::time::Duration;
 use common::{Cluster, Options, bounded};
 use dsm::chaos::nemesis::{self, NemesisConfig, Summary};
 use dsm::chaos::proxy::Mode;
+#[cfg(any(
+    feature = "chaos-broken-ack",
+    feature = "chaos-broken-takeover",
+    feature = "chaos-broken-read"
+))]
+use dsm::chaos::{faults::Focus, nemesis::Broken};
 
 /// Seed of the CI run (any fixed value: CI must be reproducible).
 const CI_SEED: u64 = 20_240_601;
@@ -62,12 +73,19 @@ async fn run(config: NemesisConfig) -> Summary {
     summary
 }
 
-/// DESIGN §4's claim under kill -9, SIGSTOP (shorter and longer than the
-/// lease) and link faults: every key's history is linearizable, no
-/// acknowledged WRITE is lost, a WRITE succeeds soon after healing.
+/// The claim (single-key linearizability, no acknowledged WRITE lost) under
+/// kill -9 (during compactions too), SIGSTOPs shorter than the lease and of
+/// 6-10 s with READs and WRITEs sent to the paused master, link faults, wall
+/// clocks shifted forward and backward by more than the lease, fresh keys
+/// (NOT_FOUND read) and concurrent compactions: every key's history is
+/// linearizable and a WRITE succeeds soon after healing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_seeded_run_is_linearizable() {
-    let (config, dir) = config("good", Duration::from_secs(45));
+    assert!(
+        dsm::chaos::cluster::libfaketime().is_some(),
+        "clock faults need libfaketime: run scripts/install-test-deps.sh (Debian's faketime)"
+    );
+    let (config, dir) = config("good", Duration::from_secs(60));
     let summary = run(config).await;
     if !summary.passed() {
         let kept = dir.keep();
@@ -78,9 +96,17 @@ async fn short_seeded_run_is_linearizable() {
             summary.failures.join("\n")
         );
     }
+    let drawn = |kind: &str| summary.faults.get(kind).copied().unwrap_or(0);
     assert!(
-        summary.faults.values().sum::<usize>() >= 3,
-        "too few faults"
+        drawn("clock forward") + drawn("clock backward") > 0,
+        "no clock fault"
+    );
+    assert!(drawn("SIGSTOP active master 6-10 s") > 0, "no long pause");
+    assert!(summary.pinned_ops > 0, "nothing sent to a paused master");
+    assert!(summary.compactions > 0, "no concurrent compaction");
+    assert!(
+        summary.analysis.counts.read_not_found > 0,
+        "fresh keys never read as NOT_FOUND"
     );
 }
 
@@ -130,19 +156,72 @@ async fn blackholed_slave_link_is_routed_around_and_heals() {
     .await
 }
 
+/// Runs the nemesis against masters with the bug `broken`, drawing `focus`
+/// faults for `duration`, and requires the history to show it.
+#[cfg(any(
+    feature = "chaos-broken-ack",
+    feature = "chaos-broken-takeover",
+    feature = "chaos-broken-read"
+))]
+async fn assert_caught(name: &str, broken: Broken, focus: Focus, duration: Duration) {
+    let (mut config, _dir) = config(name, duration);
+    config.broken = broken;
+    config.focus = focus;
+    let summary = run(config).await;
+    assert!(
+        !summary.analysis.violations.is_empty(),
+        "the checker missed {broken:?} (seed {})",
+        summary.seed
+    );
+    assert!(!summary.passed());
+}
+
 /// The checker is shown to work on a real bug: masters started with
 /// `--chaos-broken-ack` acknowledge a WRITE before any slave stored it, so a
 /// READ right after the acknowledgement can return the previous value.
 #[cfg(feature = "chaos-broken-ack")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_ack_is_caught() {
-    let (mut config, _dir) = config("broken", Duration::from_secs(15));
-    config.broken_ack = true;
-    let summary = run(config).await;
+    assert_caught(
+        "broken-ack",
+        Broken::Ack,
+        Focus::Mixed,
+        Duration::from_secs(15),
+    )
+    .await;
+}
+
+/// Finding 1's bug: a standby that judges the lease by comparing wall
+/// clocks takes over while the master still serves, and records its cut
+/// before fencing any slave, so the old master's acknowledged WRITEs after
+/// the cut are lost. Clocks shifted by more than the lease must expose it.
+#[cfg(feature = "chaos-broken-takeover")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_takeover_is_caught() {
     assert!(
-        !summary.analysis.violations.is_empty(),
-        "the checker missed the broken acknowledgement (seed {})",
-        summary.seed
+        dsm::chaos::cluster::libfaketime().is_some(),
+        "clock faults need libfaketime: run scripts/install-test-deps.sh (Debian's faketime)"
     );
-    assert!(!summary.passed());
+    assert_caught(
+        "broken-takeover",
+        Broken::Takeover,
+        Focus::ClockSkew,
+        Duration::from_secs(25),
+    )
+    .await;
+}
+
+/// Finding 2's bug: NOT_FOUND answered without confirming the term, so a
+/// master paused past a takeover answers, when it wakes, that a key its
+/// successor created does not exist.
+#[cfg(feature = "chaos-broken-read")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_read_is_caught() {
+    assert_caught(
+        "broken-read",
+        Broken::Read,
+        Focus::LongPause,
+        Duration::from_secs(25),
+    )
+    .await;
 }

@@ -5,16 +5,21 @@
 //! and no acknowledged WRITE is lost while at most `replicas - quorum` slaves
 //! and one of master/backup fail. The modules:
 //! - [`proxy`]: a fault-injecting TCP proxy put on every network link;
+//! - [`cluster`]: the processes and proxies of the cluster under test, and
+//!   their wall clocks (libfaketime);
+//! - [`faults`]: the fault model, pure and seeded;
 //! - [`history`]: the operation history (invoke / ok / fail / unknown, with
 //!   monotonic timestamps) and its analysis, key by key;
 //! - [`checker`]: the linearizability checker for one register
 //!   (Wing–Gong–Lowe, as in Porcupine), with a search budget;
-//! - [`nemesis`]: the cluster, the clients and the seeded fault schedule.
+//! - [`nemesis`]: the workload, the pinned clients and the driver.
 //!
 //! docs/RELIABILITY.md describes the guarantees, the fault matrix and the
 //! measured results.
 
 pub mod checker;
+pub mod cluster;
+pub mod faults;
 pub mod history;
 pub mod nemesis;
 pub mod proxy;
@@ -51,6 +56,13 @@ pub struct ChaosArgs {
     /// Lease TTL of the masters (also their slave timeout).
     #[arg(long, default_value = "1500ms", value_parser = humantime::parse_duration)]
     pub lease_ttl: Duration,
+    /// Which faults to draw: every kind, or only clock shifts of the
+    /// masters, or only long pauses of the active master.
+    #[arg(long, value_enum, default_value_t = faults::Focus::Mixed)]
+    pub focus: faults::Focus,
+    /// Do not shift wall clocks (they need Debian's faketime package).
+    #[arg(long)]
+    pub no_clock_faults: bool,
     /// Directory for the run: each run gets a fresh `seed-<seed>-<time>`
     /// subdirectory with the member logs, `history.txt` and `faults.txt`.
     #[arg(long, default_value = "dsm-chaos")]
@@ -61,6 +73,16 @@ pub struct ChaosArgs {
     #[cfg(feature = "chaos-broken-ack")]
     #[arg(long, hide = true)]
     pub broken_ack: bool,
+    /// Start the masters with the takeover of older versions (test-only
+    /// builds with the `chaos-broken-takeover` feature).
+    #[cfg(feature = "chaos-broken-takeover")]
+    #[arg(long, hide = true)]
+    pub broken_takeover: bool,
+    /// Start the masters answering NOT_FOUND without confirming their term
+    /// (test-only builds with the `chaos-broken-read` feature).
+    #[cfg(feature = "chaos-broken-read")]
+    #[arg(long, hide = true)]
+    pub broken_read: bool,
 }
 
 /// Runs `dsm chaos`: exit code 0 when the run passed, 1 when it found a
@@ -88,9 +110,19 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or(args.slaves / 2 + 1)
         .clamp(1, config.slaves);
     config.lease_ttl = args.lease_ttl;
+    config.focus = args.focus;
+    config.clock_faults = !args.no_clock_faults;
     #[cfg(feature = "chaos-broken-ack")]
-    {
-        config.broken_ack = args.broken_ack;
+    if args.broken_ack {
+        config.broken = nemesis::Broken::Ack;
+    }
+    #[cfg(feature = "chaos-broken-takeover")]
+    if args.broken_takeover {
+        config.broken = nemesis::Broken::Takeover;
+    }
+    #[cfg(feature = "chaos-broken-read")]
+    if args.broken_read {
+        config.broken = nemesis::Broken::Read;
     }
     let summary = tokio::select! {
         s = nemesis::run(config) => s?,

@@ -1,58 +1,91 @@
-//! The nemesis: a real cluster (master, backup, slaves: `dsm` processes on
-//! loopback, every network link through a [`Proxy`]), concurrent clients on
-//! a few keys writing unique values, and random faults drawn from a seeded
-//! RNG. The history is checked afterwards (see [`super::history`]).
+//! The nemesis: a real [`Cluster`] under concurrent clients and random
+//! faults drawn from a seeded RNG ([`super::faults`]); the history the clients
+//! observed is checked afterwards ([`super::history`]).
+//!
+//! The workload: concurrent clients on a few *hot* keys (so that operations on
+//! a key overlap) and on *fresh* keys all through the run (each written once,
+//! read by others, often before it exists: NOT_FOUND is read and checked), a
+//! client retrying on its own (its retries are not separate operations:
+//! WRITEs are exactly-once), compactions asked of both masters all the time
+//! beside the masters' own, and, during every long pause of the active master,
+//! READs and WRITEs sent to the paused master on connections it had open
+//! (*pinned* clients that never fail over), for keys its successor wrote.
 //!
 //! A run:
-//! 1. start the proxies and the processes; wait until the master serves with
-//!    every slave live;
-//! 2. start the clients; after a warm-up (so that enough operations complete
-//!    before the first fault for the run to mean something), run *episodes*
-//!    until the duration is spent: draw one or two faults that fit the fault
-//!    model, inject them, heal each after its own hold time, pause;
+//! 1. start the cluster; wait until the master serves with every slave live;
+//! 2. start the clients; after a warm-up run *episodes* until the duration is
+//!    spent: draw one or two faults, inject them, heal each after its own hold
+//!    time, pause;
 //! 3. stop the clients, heal everything, and require a WRITE to succeed
-//!    within [`HEAL_BOUND`]; wait for the cluster to settle; READ every key
-//!    (these final reads check that no acknowledged WRITE was lost);
+//!    within [`HEAL_BOUND`]; wait for the cluster to settle; READ every hot
+//!    key and the fresh keys (a lost acknowledged WRITE shows up here);
 //! 4. check the history.
-//!
-//! The fault model is DESIGN §4's claim: at most `slaves - r` slaves and one
-//! of master/backup fail at a time. A slave counts as down when it is killed,
-//! when one of its links is faulty, or when the active master does not list
-//! it live (restarted, not yet registered); master/backup faults (kill -9,
-//! SIGSTOP shorter or longer than the lease, client→master link faults) hit
-//! one of the two at a time.
 //!
 //! The seed fixes the fault schedule (kinds, targets, hold times) and the
 //! clients' choices, not the thread interleavings: a replay reproduces the
 //! same faults, usually the same failure.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::process::Child;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::Cluster;
+use super::faults::{self, Budget, Fault, Focus, Targets};
 use super::history::{self, Analysis, Call, Completion, Recorder};
-use super::proxy::{Mode, Proxy};
 use crate::client::{Client, ClientConfig, ClientError};
-use crate::proto::StatusReply;
+use crate::proto::kv_client::KvClient;
+use crate::proto::{ReadRequest, StatusRequest, WriteRequest};
+use crate::version::Version;
+use tonic::Code;
+use tonic::transport::Channel;
 
 /// Longest wait for a WRITE to succeed once every fault is healed.
 pub const HEAL_BOUND: Duration = Duration::from_secs(60);
 /// Longest wait for the cluster to start or settle.
-const READY_BOUND: Duration = Duration::from_secs(60);
+pub const READY_BOUND: Duration = Duration::from_secs(60);
 /// Longest wait, between episodes, for slaves to rejoin.
 const SETTLE_BOUND: Duration = Duration::from_secs(5);
-/// Slave heartbeat interval.
-const HEARTBEAT: Duration = Duration::from_millis(250);
+/// Timeout of the pinned clients: longer than any pause, so that what a
+/// paused master answers when it wakes is what they see.
+const PINNED_TIMEOUT: Duration = Duration::from_secs(15);
+/// Fresh keys remembered for reads by other clients.
+const RECENT_FRESH: usize = 256;
+/// Fresh keys read back at the end, at most (the most recent ones).
+const FINAL_FRESH_READS: usize = 3000;
+
+/// A deliberately broken master the nemesis must catch (test-only builds).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Broken {
+    /// The real thing.
+    #[default]
+    Nothing,
+    /// `--chaos-broken-ack`: acknowledges before the quorum stored a WRITE.
+    Ack,
+    /// `--chaos-broken-takeover`: wall-clock lease expiry, cut before fencing.
+    Takeover,
+    /// `--chaos-broken-read`: NOT_FOUND without confirming the term.
+    Read,
+}
+
+impl Broken {
+    /// The hidden flag the masters are started with.
+    pub fn master_flag(self) -> Option<&'static str> {
+        match self {
+            Broken::Nothing => None,
+            Broken::Ack => Some("--chaos-broken-ack"),
+            Broken::Takeover => Some("--chaos-broken-takeover"),
+            Broken::Read => Some("--chaos-broken-read"),
+        }
+    }
+}
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -69,7 +102,7 @@ pub struct NemesisConfig {
     pub warmup: Duration,
     /// Concurrent clients.
     pub clients: usize,
-    /// Keys, `k0`…: few, so that operations on a key overlap.
+    /// Hot keys, `k0`…: few, so that operations on a key overlap.
     pub keys: usize,
     /// Slaves.
     pub slaves: usize,
@@ -77,14 +110,19 @@ pub struct NemesisConfig {
     pub replication_factor: usize,
     /// Master lease TTL (and the slave timeout).
     pub lease_ttl: Duration,
+    /// Log segment size of the masters: small, so that rolls and compactions
+    /// happen all the time.
+    pub segment_bytes: u64,
+    /// Which faults to draw.
+    pub focus: Focus,
+    /// Shift members' wall clocks (needs libfaketime; skipped without it).
+    pub clock_faults: bool,
     /// Operations that must complete before the first fault.
     pub min_ops_before_faults: usize,
     /// Linearizability search budget per key (steps).
     pub checker_budget: u64,
-    /// Start the masters with the deliberately broken acknowledgement
-    /// (`--chaos-broken-ack`; only in builds with the `chaos-broken-ack`
-    /// feature).
-    pub broken_ack: bool,
+    /// Start the masters with a deliberate bug (test-only builds).
+    pub broken: Broken,
     /// Print progress (faults as they happen) to stderr.
     pub verbose: bool,
 }
@@ -103,9 +141,12 @@ impl NemesisConfig {
             slaves: 5,
             replication_factor: 3,
             lease_ttl: Duration::from_millis(1500),
+            segment_bytes: 8192,
+            focus: Focus::Mixed,
+            clock_faults: true,
             min_ops_before_faults: 20,
             checker_budget: super::checker::DEFAULT_BUDGET,
-            broken_ack: false,
+            broken: Broken::Nothing,
             verbose: true,
         }
     }
@@ -122,6 +163,12 @@ pub struct Summary {
     pub ok_before_first_fault: usize,
     /// Faults injected, by kind.
     pub faults: BTreeMap<String, usize>,
+    /// Whether wall clocks could be shifted (libfaketime found).
+    pub clocks: bool,
+    /// READs and WRITEs sent to a paused master on its open connections.
+    pub pinned_ops: usize,
+    /// Compactions asked of the masters by the nemesis.
+    pub compactions: usize,
     /// Time from healing the last fault to the first acknowledged WRITE.
     pub heal_to_write: Option<Duration>,
     /// Everything that makes the run fail (violations included), in words.
@@ -147,14 +194,20 @@ impl Summary {
         let _ = writeln!(s, "operations: {} in total", c.total());
         let _ = writeln!(
             s,
-            "  read:  {} ok, {} failed, {} unknown",
-            c.read_ok, c.read_fail, c.read_unknown
+            "  read:  {} ok ({} not found), {} failed, {} unknown",
+            c.read_ok, c.read_not_found, c.read_fail, c.read_unknown
         );
         let _ = writeln!(
             s,
             "  write: {} ok, {} failed, {} unknown",
             c.write_ok, c.write_fail, c.write_unknown
         );
+        let _ = writeln!(
+            s,
+            "  sent to a paused master on open connections: {}",
+            self.pinned_ops
+        );
+        let _ = writeln!(s, "  compactions asked: {}", self.compactions);
         let _ = writeln!(
             s,
             "  ok before the first fault: {}",
@@ -164,6 +217,12 @@ impl Summary {
         let _ = writeln!(s, "faults injected: {total}");
         for (kind, n) in &self.faults {
             let _ = writeln!(s, "  {kind:<34} {n}");
+        }
+        if !self.clocks {
+            let _ = writeln!(
+                s,
+                "  (no clock faults: libfaketime not found; install Debian's faketime)"
+            );
         }
         match self.heal_to_write {
             Some(d) => {
@@ -180,11 +239,10 @@ impl Summary {
         let a = &self.analysis;
         let _ = writeln!(
             s,
-            "checker: {} keys in {:.2}s, {} inconclusive, {} WRITE(s) applied twice by client retries",
+            "checker: {} keys in {:.2}s, {} inconclusive",
             a.keys,
             a.check_time.as_secs_f64(),
             a.inconclusive.len(),
-            a.duplicate_writes
         );
         let _ = writeln!(s, "violations: {}", a.violations.len());
         for v in a.violations.iter().take(5) {
@@ -199,486 +257,39 @@ impl Summary {
     }
 }
 
-/// One `dsm` process of the cluster.
-struct Process {
-    name: String,
-    binary: PathBuf,
-    args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
-    paused: bool,
+/// The keys clients share.
+struct Workload {
+    hot: Vec<String>,
+    /// Fresh keys recently written (or being written), for others to read.
+    recent: Mutex<VecDeque<String>>,
+    /// Fresh keys whose WRITE was acknowledged, for the final reads.
+    acked: Mutex<Vec<String>>,
 }
 
-impl Process {
-    fn start(&mut self) -> anyhow::Result<()> {
-        let child = crate::local::spawn_logged(
-            &self.binary,
-            &self.name,
-            &self.args,
-            &self.log,
-            &[("RUST_LOG", "info")],
-        )?;
-        self.child = Some(child);
-        self.paused = false;
-        Ok(())
+impl Workload {
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        if let Some(pid) = self.child.as_ref().and_then(Child::id) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+    fn remember(&self, key: &str) {
+        let mut recent = Self::lock(&self.recent);
+        if recent.len() == RECENT_FRESH {
+            recent.pop_front();
         }
+        recent.push_back(key.to_string());
     }
 
-    async fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.start_kill();
-            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-        }
-        self.paused = false;
-    }
-
-    fn pause(&mut self) {
-        self.signal(nix::sys::signal::Signal::SIGSTOP);
-        self.paused = true;
-    }
-
-    fn resume(&mut self) {
-        self.signal(nix::sys::signal::Signal::SIGCONT);
-        self.paused = false;
-    }
-
-    fn running(&self) -> bool {
-        self.child.is_some()
+    fn recent_key(&self, rng: &mut StdRng) -> Option<String> {
+        let recent = Self::lock(&self.recent);
+        (!recent.is_empty()).then(|| recent[rng.random_range(0..recent.len())].clone())
     }
 }
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        // A stopped process dies of SIGKILL too, but continue it so that
-        // nothing is left frozen if the kill is missed.
-        self.signal(nix::sys::signal::Signal::SIGCONT);
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
-    }
-}
-
-/// A network link of the cluster, each with its own proxy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Link {
-    /// Clients (and redirected slaves) to master-capable process `m`.
-    ClientToMaster(usize),
-    /// The active master to slave `s`.
-    MasterToSlave(usize),
-    /// Slave `s` to master-capable process `m`.
-    SlaveToMaster(usize, usize),
-}
-
-impl Link {
-    fn kind(self) -> &'static str {
-        match self {
-            Link::ClientToMaster(_) => "client->master",
-            Link::MasterToSlave(_) => "master->slave",
-            Link::SlaveToMaster(..) => "slave->master",
-        }
-    }
-
-    /// The slave this link isolates, if any.
-    fn slave(self) -> Option<usize> {
-        match self {
-            Link::ClientToMaster(_) => None,
-            Link::MasterToSlave(s) | Link::SlaveToMaster(s, _) => Some(s),
-        }
-    }
-}
-
-/// One injected fault, and how to heal it.
-#[derive(Clone, Debug)]
-enum Fault {
-    /// kill -9 of master-capable process `m` (active or standby), restart.
-    KillMaster { m: usize, active: bool },
-    /// kill -9 of a slave, restart.
-    KillSlave(usize),
-    /// SIGSTOP of the active master, SIGCONT.
-    Pause { m: usize, long: bool },
-    /// A proxy mode on one link, back to pass.
-    Link(Link, Mode),
-}
-
-impl Fault {
-    fn kind(&self) -> String {
-        match self {
-            Fault::KillMaster { active: true, .. } => "kill -9 active master".into(),
-            Fault::KillMaster { active: false, .. } => "kill -9 standby master".into(),
-            Fault::KillSlave(_) => "kill -9 slave".into(),
-            Fault::Pause { long: false, .. } => "SIGSTOP active master < lease".into(),
-            Fault::Pause { long: true, .. } => "SIGSTOP active master > lease".into(),
-            Fault::Link(link, mode) => {
-                let mode = match mode {
-                    Mode::Delay(_) => "delay",
-                    Mode::Blackhole => "blackhole",
-                    Mode::Drop => "drop",
-                    Mode::Reset => "reset",
-                    Mode::Pass => "pass",
-                };
-                format!("{mode} {}", link.kind())
-            }
-        }
-    }
-}
-
-/// The cluster under test.
-struct Cluster {
-    /// Master (0) and backup (1).
-    masters: [Process; 2],
-    /// Their real addresses, for the observer.
-    master_addrs: [SocketAddr; 2],
-    slaves: Vec<Process>,
-    slave_ids: Vec<String>,
-    /// Client→master proxies; the masters advertise these.
-    client_links: [Proxy; 2],
-    /// Master→slave proxies; slaves advertise these.
-    to_slave: Vec<Proxy>,
-    /// Slave→master proxies: `[slave][master]`.
-    from_slave: Vec<[Proxy; 2]>,
-}
-
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a free port")?;
-    Ok(listener.local_addr()?)
-}
-
-impl Cluster {
-    async fn start(config: &NemesisConfig) -> anyhow::Result<Cluster> {
-        let dir = &config.dir;
-        let log_dir = dir.join("log");
-        let logs = dir.join("logs");
-        std::fs::create_dir_all(&logs)
-            .with_context(|| format!("cannot create {}", logs.display()))?;
-        let master_addrs = [free_addr()?, free_addr()?];
-        let client_links = [
-            Proxy::start("client->master", master_addrs[0]).await?,
-            Proxy::start("client->backup", master_addrs[1]).await?,
-        ];
-        let ttl = humantime::format_duration(config.lease_ttl).to_string();
-        let mut masters = Vec::new();
-        for (i, role) in ["master", "backup"].into_iter().enumerate() {
-            let mut args = vec![
-                role.to_string(),
-                format!("--id={role}"),
-                format!("--listen={}", master_addrs[i]),
-                format!("--advertise={}", client_links[i].address()),
-                format!("--log-dir={}", log_dir.display()),
-                format!("--slaves={}", config.slaves),
-                format!("--replication-factor={}", config.replication_factor),
-                format!("--lease-ttl={ttl}"),
-                format!("--slave-timeout={ttl}"),
-                "--metrics-listen=none".to_string(),
-            ];
-            if config.broken_ack {
-                args.push("--chaos-broken-ack".to_string());
-            }
-            masters.push(Process {
-                name: role.to_string(),
-                binary: config.binary.clone(),
-                args,
-                log: logs.join(format!("{role}.log")),
-                child: None,
-                paused: false,
-            });
-        }
-        let mut slaves = Vec::new();
-        let mut slave_ids = Vec::new();
-        let mut to_slave = Vec::new();
-        let mut from_slave = Vec::new();
-        for s in 0..config.slaves {
-            let id = format!("slave-{s}");
-            let listen = free_addr()?;
-            let inbound = Proxy::start(&format!("master->{id}"), listen).await?;
-            let outbound = [
-                Proxy::start(&format!("{id}->master"), master_addrs[0]).await?,
-                Proxy::start(&format!("{id}->backup"), master_addrs[1]).await?,
-            ];
-            slaves.push(Process {
-                name: id.clone(),
-                binary: config.binary.clone(),
-                args: vec![
-                    "slave".to_string(),
-                    format!("--id={id}"),
-                    format!("--listen={listen}"),
-                    format!("--advertise={}", inbound.address()),
-                    format!("--data-dir={}", dir.join(&id).display()),
-                    format!("--master={}", outbound[0].address()),
-                    format!("--backup={}", outbound[1].address()),
-                    format!("--heartbeat={}", humantime::format_duration(HEARTBEAT)),
-                    "--metrics-listen=none".to_string(),
-                ],
-                log: logs.join(format!("{id}.log")),
-                child: None,
-                paused: false,
-            });
-            slave_ids.push(id);
-            to_slave.push(inbound);
-            from_slave.push(outbound);
-        }
-        let [master, backup] = <[Process; 2]>::try_from(masters)
-            .map_err(|_| anyhow::anyhow!("expected two master-capable processes"))?;
-        let mut cluster = Cluster {
-            masters: [master, backup],
-            master_addrs,
-            slaves,
-            slave_ids,
-            client_links,
-            to_slave,
-            from_slave,
-        };
-        cluster.masters[0].start()?;
-        cluster.masters[1].start()?;
-        for s in cluster.slaves.iter_mut() {
-            s.start()?;
-        }
-        if !cluster.wait_settled(READY_BOUND).await {
-            anyhow::bail!(
-                "the cluster did not start within {READY_BOUND:?}; see the logs in {}",
-                logs.display()
-            );
-        }
-        Ok(cluster)
-    }
-
-    /// The active master's status (asked directly, bypassing proxies), and
-    /// which of the two it is.
-    async fn active(&self) -> Option<(usize, StatusReply)> {
-        for (i, addr) in self.master_addrs.iter().enumerate() {
-            if self.masters[i].paused || !self.masters[i].running() {
-                continue;
-            }
-            let client = Client::new(ClientConfig {
-                endpoints: vec![addr.to_string()],
-                timeout: Duration::from_millis(500),
-                retry_for: Duration::ZERO,
-            });
-            if let Ok(status) = client.endpoint_status().await
-                && status.role == "active"
-            {
-                return Some((i, status));
-            }
-        }
-        None
-    }
-
-    /// Slaves the active master does not list as live.
-    async fn slaves_not_live(&self) -> HashSet<usize> {
-        let Some((_, status)) = self.active().await else {
-            return (0..self.slaves.len()).collect();
-        };
-        let live: HashSet<&str> = status
-            .slaves
-            .iter()
-            .filter(|s| s.live)
-            .map(|s| s.id.as_str())
-            .collect();
-        (0..self.slaves.len())
-            .filter(|&i| !live.contains(self.slave_ids[i].as_str()))
-            .collect()
-    }
-
-    /// Waits until a master is active with every slave live; false after
-    /// `bound`.
-    async fn wait_settled(&self, bound: Duration) -> bool {
-        let deadline = Instant::now() + bound;
-        while Instant::now() < deadline {
-            if let Some((_, status)) = self.active().await
-                && status.slaves.iter().filter(|s| s.live).count() >= self.slaves.len()
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
-    }
-
-    fn proxy(&self, link: Link) -> &Proxy {
-        match link {
-            Link::ClientToMaster(m) => &self.client_links[m],
-            Link::MasterToSlave(s) => &self.to_slave[s],
-            Link::SlaveToMaster(s, m) => &self.from_slave[s][m],
-        }
-    }
-
-    fn proxies(&self) -> impl Iterator<Item = &Proxy> {
-        self.client_links
-            .iter()
-            .chain(self.to_slave.iter())
-            .chain(self.from_slave.iter().flatten())
-    }
-
-    async fn inject(&mut self, fault: &Fault) {
-        match fault {
-            Fault::KillMaster { m, .. } => self.masters[*m].kill9().await,
-            Fault::KillSlave(s) => self.slaves[*s].kill9().await,
-            Fault::Pause { m, .. } => self.masters[*m].pause(),
-            Fault::Link(link, mode) => self.proxy(*link).set(*mode),
-        }
-    }
-
-    fn heal(&mut self, fault: &Fault) -> anyhow::Result<()> {
-        match fault {
-            Fault::KillMaster { m, .. } => self.masters[*m].start(),
-            Fault::KillSlave(s) => self.slaves[*s].start(),
-            Fault::Pause { m, .. } => {
-                self.masters[*m].resume();
-                Ok(())
-            }
-            Fault::Link(link, _) => {
-                self.proxy(*link).set(Mode::Pass);
-                Ok(())
-            }
-        }
-    }
-
-    /// Undoes every fault: continue, restart, pass.
-    fn heal_all(&mut self) -> anyhow::Result<()> {
-        for p in self.masters.iter_mut().chain(self.slaves.iter_mut()) {
-            if p.paused {
-                p.resume();
-            }
-            if !p.running() {
-                p.start()?;
-            }
-        }
-        for proxy in self.proxies() {
-            proxy.set(Mode::Pass);
-        }
-        Ok(())
-    }
-
-    /// Stops every process and proxy.
-    async fn stop(&mut self) {
-        for p in self.masters.iter_mut().chain(self.slaves.iter_mut()) {
-            if p.paused {
-                p.resume();
-            }
-            p.kill9().await;
-        }
-        for proxy in self.proxies() {
-            proxy.stop();
-        }
-    }
-
-    /// Client endpoints: through the client→master proxies.
-    fn endpoints(&self) -> Vec<String> {
-        self.client_links
-            .iter()
-            .map(|p| p.address().to_string())
-            .collect()
-    }
-}
-
-/// Faults available to an episode given what is already down.
-struct Budget {
-    /// One master/backup fault at a time.
-    master_side_free: bool,
-    /// Slaves down or faulty.
-    slaves_down: HashSet<usize>,
-    /// At most this many slaves down (`slaves - r`).
-    max_slaves_down: usize,
-}
-
-fn pick_fault(
-    rng: &mut StdRng,
-    budget: &mut Budget,
-    active: Option<usize>,
-    slaves: usize,
-) -> Option<Fault> {
-    // Weights: slave kills and link faults are the most common.
-    for _ in 0..8 {
-        let roll = rng.random_range(0..100);
-        let fault = match roll {
-            0..=14 => Fault::KillSlave(rng.random_range(0..slaves)),
-            15..=24 => match active {
-                Some(m) => Fault::KillMaster { m, active: true },
-                None => continue,
-            },
-            25..=31 => match active {
-                Some(m) => Fault::KillMaster {
-                    m: 1 - m,
-                    active: false,
-                },
-                None => continue,
-            },
-            32..=41 => match active {
-                Some(m) => Fault::Pause { m, long: false },
-                None => continue,
-            },
-            42..=53 => match active {
-                Some(m) => Fault::Pause { m, long: true },
-                None => continue,
-            },
-            _ => {
-                let link = match rng.random_range(0..3) {
-                    0 => Link::ClientToMaster(rng.random_range(0..2)),
-                    1 => Link::MasterToSlave(rng.random_range(0..slaves)),
-                    _ => Link::SlaveToMaster(rng.random_range(0..slaves), rng.random_range(0..2)),
-                };
-                let mode = match rng.random_range(0..4) {
-                    0 => Mode::Blackhole,
-                    1 => Mode::Delay(Duration::from_millis(rng.random_range(20..=600))),
-                    2 => Mode::Drop,
-                    _ => Mode::Reset,
-                };
-                Fault::Link(link, mode)
-            }
-        };
-        let slave = match &fault {
-            Fault::KillSlave(s) => Some(*s),
-            Fault::Link(link, _) => link.slave(),
-            _ => None,
-        };
-        let master_side = matches!(
-            fault,
-            Fault::KillMaster { .. }
-                | Fault::Pause { .. }
-                | Fault::Link(Link::ClientToMaster(_), _)
-        );
-        if master_side && !budget.master_side_free {
-            continue;
-        }
-        if let Some(s) = slave {
-            // Never a second fault on a slave already down (killed, faulty
-            // link, not yet rejoined), and never more than the quorum allows.
-            if budget.slaves_down.contains(&s) || budget.slaves_down.len() >= budget.max_slaves_down
-            {
-                continue;
-            }
-            budget.slaves_down.insert(s);
-        }
-        if master_side {
-            budget.master_side_free = false;
-        }
-        return Some(fault);
-    }
-    None
-}
-
-/// How long a fault lasts.
-fn hold_time(rng: &mut StdRng, fault: &Fault, ttl: Duration) -> Duration {
-    let ttl_ms = ttl.as_millis() as u64;
-    let mut ms = |lo: u64, hi: u64| Duration::from_millis(rng.random_range(lo..=hi));
-    match fault {
-        // Well under the lease: the master must simply carry on.
-        Fault::Pause { long: false, .. } => ms(ttl_ms / 8, ttl_ms * 3 / 5),
-        Fault::Pause { long: true, .. } => ttl + ms(500, 2500),
-        Fault::KillMaster { .. } | Fault::KillSlave(_) => ms(200, 3000),
-        Fault::Link(..) => ms(500, 4000),
-    }
-}
-
-/// One client: random READs and WRITEs of unique values on random keys.
+/// One client: READs and WRITEs of unique values on hot and fresh keys.
 async fn client_loop(
     process: usize,
     endpoints: Vec<String>,
-    keys: Vec<String>,
+    workload: Arc<Workload>,
     recorder: Arc<Recorder>,
     stop: CancellationToken,
     seed: u64,
@@ -692,13 +303,33 @@ async fn client_loop(
         StdRng::seed_from_u64(seed ^ (process as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut n = 0u64;
     while !stop.is_cancelled() {
-        let key = &keys[rng.random_range(0..keys.len())];
-        if rng.random_bool(0.5) {
-            read(&client, process, key, &recorder).await;
-        } else {
-            n += 1;
-            let value = format!("c{process}.{n}");
-            write(&client, process, key, &value, &recorder).await;
+        n += 1;
+        let value = format!("c{process}.{n}");
+        match rng.random_range(0..100) {
+            0..=34 => {
+                let key = &workload.hot[rng.random_range(0..workload.hot.len())];
+                read(&client, process, key, &recorder).await;
+            }
+            35..=59 => {
+                let key = &workload.hot[rng.random_range(0..workload.hot.len())];
+                write(&client, process, key, &value, &recorder).await;
+            }
+            60..=79 => {
+                let key = format!("f{process}.{n}");
+                workload.remember(&key);
+                if write(&client, process, &key, &value, &recorder).await {
+                    Workload::lock(&workload.acked).push(key);
+                }
+            }
+            _ => {
+                // A recent fresh key (maybe still being written), or one
+                // nobody ever writes.
+                let key = match workload.recent_key(&mut rng) {
+                    Some(key) if rng.random_bool(0.9) => key,
+                    _ => format!("never{process}.{n}"),
+                };
+                read(&client, process, &key, &recorder).await;
+            }
         }
     }
 }
@@ -757,6 +388,207 @@ fn short(e: &ClientError) -> String {
     }
 }
 
+/// A raw `Kv` client of one master: one attempt per call, no failover, no
+/// leader hint followed, so its answers are that master's own.
+#[derive(Clone)]
+struct PinnedClient {
+    kv: KvClient<Channel>,
+}
+
+impl PinnedClient {
+    fn new(address: &str) -> anyhow::Result<PinnedClient> {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .context("pinned client address")?
+            .connect_timeout(Duration::from_secs(2));
+        Ok(PinnedClient {
+            kv: KvClient::new(endpoint.connect_lazy()),
+        })
+    }
+
+    async fn read(&self, key: &str) -> Completion {
+        let mut request = tonic::Request::new(ReadRequest {
+            key: key.as_bytes().to_vec(),
+        });
+        request.set_timeout(PINNED_TIMEOUT);
+        match self.kv.clone().read(request).await {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                Completion::Read {
+                    found: Some((
+                        String::from_utf8_lossy(&reply.value).into_owned(),
+                        reply.version.map(Version::from).unwrap_or_default(),
+                    )),
+                }
+            }
+            Err(status) => pinned_outcome(status, true),
+        }
+    }
+
+    async fn write(&self, key: &str, value: &str) -> Completion {
+        let mut request = tonic::Request::new(WriteRequest {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            ..WriteRequest::default()
+        });
+        request.set_timeout(PINNED_TIMEOUT);
+        match self.kv.clone().write(request).await {
+            Ok(reply) => Completion::Written {
+                version: reply
+                    .into_inner()
+                    .version
+                    .map(Version::from)
+                    .unwrap_or_default(),
+            },
+            Err(status) => pinned_outcome(status, false),
+        }
+    }
+
+    async fn status(&self) {
+        let mut request = tonic::Request::new(StatusRequest {});
+        request.set_timeout(PINNED_TIMEOUT);
+        let _ = self.kv.clone().status(request).await;
+    }
+}
+
+/// What a pinned call's error means for the history: NOT_FOUND is an answer,
+/// a standby's refusal or bad input is a definite failure, the rest unknown.
+fn pinned_outcome(status: tonic::Status, read: bool) -> Completion {
+    match status.code() {
+        Code::NotFound if read => Completion::Read { found: None },
+        Code::FailedPrecondition | Code::InvalidArgument => Completion::Fail {
+            error: status.message().to_string(),
+        },
+        _ => Completion::Unknown {
+            error: format!("{:?}: {}", status.code(), status.message()),
+        },
+    }
+}
+
+/// Clients that talk to one master only and never fail over, with
+/// connections kept open all through the run.
+struct Pinned {
+    clients: [PinnedClient; 2],
+    /// Watches who is active, bypassing the proxies.
+    observers: [Client; 2],
+    /// Process ids of their operations in the history.
+    process: usize,
+}
+
+impl Pinned {
+    /// Keeps each pinned client's connection open (a status call every half
+    /// second; one stuck on a paused master just waits).
+    fn keep_open(&self, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        self.clients
+            .iter()
+            .map(|client| {
+                let (client, stop) = (client.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.is_cancelled() {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = client.status() => {}
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// During a long pause of master `m`, until `until`: once the other one
+    /// serves, WRITE fresh keys through it, then send the paused master READs
+    /// of those keys (and of hot keys) and WRITEs, on its open connection.
+    /// Returns how many operations were sent to the paused master.
+    async fn probe(
+        &self,
+        m: usize,
+        until: Instant,
+        workload: &Workload,
+        recorder: &Arc<Recorder>,
+        failover: &Client,
+        n: u64,
+    ) -> usize {
+        let other = &self.observers[1 - m];
+        loop {
+            if Instant::now() + Duration::from_millis(1500) > until {
+                return 0;
+            }
+            if other
+                .endpoint_status()
+                .await
+                .is_ok_and(|s| s.role == "active")
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut fresh = Vec::new();
+        for i in 0..5 {
+            let key = format!("p{n}.{i}");
+            if write(failover, self.process, &key, &format!("p{n}.{i}"), recorder).await {
+                Workload::lock(&workload.acked).push(key.clone());
+                fresh.push(key);
+            }
+        }
+        if Instant::now() + Duration::from_millis(500) > until {
+            return 0;
+        }
+        let paused = &self.clients[m];
+        let mut sent = Vec::new();
+        for key in fresh.iter().chain(workload.hot.iter()) {
+            let (client, key, recorder) = (paused.clone(), key.clone(), recorder.clone());
+            let process = self.process;
+            sent.push(tokio::spawn(async move {
+                let index = recorder.invoke(process, &key, Call::Read);
+                recorder.complete(index, client.read(&key).await);
+            }));
+        }
+        for i in 0..2 {
+            let (client, recorder) = (paused.clone(), recorder.clone());
+            let (key, process) = (format!("pw{n}.{i}"), self.process);
+            sent.push(tokio::spawn(async move {
+                let value = key.clone();
+                let call = Call::Write {
+                    value: value.clone(),
+                };
+                let index = recorder.invoke(process, &key, call);
+                recorder.complete(index, client.write(&key, &value).await);
+            }));
+        }
+        let ops = sent.len();
+        for task in sent {
+            let _ = task.await;
+        }
+        ops
+    }
+}
+
+/// Asks both masters to compact, again and again, beside their own
+/// automatic compactions; a paused master gets its requests when it wakes.
+fn compaction_storm(
+    cluster: &Cluster,
+    stop: &CancellationToken,
+    seed: u64,
+) -> tokio::task::JoinHandle<usize> {
+    let clients = [cluster.direct_client(0), cluster.direct_client(1)];
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xc0_ffee);
+        let mut asked = 0;
+        while !stop.is_cancelled() {
+            let both = clients.iter().map(|c| c.compact());
+            let _ = futures::future::join_all(both).await;
+            asked += 2;
+            let pause = Duration::from_millis(rng.random_range(200..=600));
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+        asked
+    })
+}
+
 /// Runs the nemesis (see the module documentation) and checks the history.
 ///
 /// # Errors
@@ -781,7 +613,11 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
         }
     };
     let recorder = Arc::new(Recorder::new());
-    let keys: Vec<String> = (0..config.keys.max(1)).map(|k| format!("k{k}")).collect();
+    let workload = Arc::new(Workload {
+        hot: (0..config.keys.max(1)).map(|k| format!("k{k}")).collect(),
+        recent: Mutex::new(VecDeque::new()),
+        acked: Mutex::new(Vec::new()),
+    });
     let stop = CancellationToken::new();
     // Clients stop however this function ends (error, interruption).
     let _stop_clients = stop.clone().drop_guard();
@@ -790,25 +626,47 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
         clients.push(tokio::spawn(client_loop(
             process,
             cluster.endpoints(),
-            keys.clone(),
+            workload.clone(),
             recorder.clone(),
             stop.clone(),
             config.seed,
         )));
     }
+    let final_process = config.clients.max(1);
+    let links = cluster.endpoints();
+    let pinned = Pinned {
+        clients: [PinnedClient::new(&links[0])?, PinnedClient::new(&links[1])?],
+        observers: [cluster.direct_client(0), cluster.direct_client(1)],
+        process: final_process + 1,
+    };
+    let keep_open = pinned.keep_open(&stop);
+    let probe_client = Client::new(ClientConfig {
+        endpoints: cluster.endpoints(),
+        timeout: Duration::from_secs(2),
+        retry_for: Duration::from_secs(5),
+    });
+    let compactions = compaction_storm(cluster, &stop, config.seed);
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut faults: BTreeMap<String, usize> = BTreeMap::new();
     let mut timeline = String::new();
     let stamp = |r: &Recorder| format!("{:>9.3}s", r.now() as f64 / 1e9);
+    let mut pinned_ops = 0;
 
     tokio::time::sleep(config.warmup).await;
     let first_fault = recorder.now();
     let end = Instant::now() + config.duration;
     let max_slaves_down = config.slaves.saturating_sub(config.replication_factor);
+    let mut episode_no = 0u64;
     while Instant::now() < end {
+        episode_no += 1;
         // Slaves still rejoining after the last episode count as down.
         let _ = cluster.wait_settled(SETTLE_BOUND).await;
-        let active = cluster.active().await.map(|(i, _)| i);
+        let targets = Targets {
+            active: cluster.active().await.map(|(i, _)| i),
+            slaves: config.slaves,
+            clocks: cluster.has_clocks(),
+            lease_ttl: config.lease_ttl,
+        };
         let mut budget = Budget {
             master_side_free: true,
             slaves_down: cluster.slaves_not_live().await,
@@ -817,17 +675,18 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
         let count = if rng.random_bool(0.3) { 2 } else { 1 };
         let mut episode: Vec<(Instant, Fault)> = Vec::new();
         for _ in 0..count {
-            let Some(fault) = pick_fault(&mut rng, &mut budget, active, config.slaves) else {
+            let Some(fault) = faults::pick_fault(&mut rng, &mut budget, targets, config.focus)
+            else {
                 continue;
             };
-            let hold = hold_time(&mut rng, &fault, config.lease_ttl);
+            let hold = faults::hold_time(&mut rng, &fault, config.lease_ttl);
             cluster.inject(&fault).await;
             *faults.entry(fault.kind()).or_default() += 1;
             let line = format!(
                 "{} inject {} on {} for {}ms",
                 stamp(&recorder),
                 fault.kind(),
-                target_name(cluster, &fault),
+                cluster.target_name(&fault),
                 hold.as_millis()
             );
             say(&line);
@@ -836,6 +695,35 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
             episode.push((Instant::now() + hold, fault));
         }
         episode.sort_by_key(|(at, _)| *at);
+        // A long pause: probe the paused master while it sleeps.
+        if let Some((until, Fault::Pause { m, long: true })) = episode
+            .iter()
+            .find(|(_, f)| matches!(f, Fault::Pause { long: true, .. }))
+        {
+            let probing = pinned.probe(*m, *until, &workload, &recorder, &probe_client, episode_no);
+            let heal_at = *until;
+            tokio::pin!(probing);
+            // The probe's operations complete only once the master is healed.
+            let mut probed = None;
+            tokio::select! {
+                sent = &mut probing => probed = Some(sent),
+                _ = tokio::time::sleep_until(heal_at) => {}
+            }
+            for (at, fault) in std::mem::take(&mut episode) {
+                tokio::time::sleep_until(at).await;
+                cluster.heal(&fault)?;
+                let line = format!("{} heal   {}", stamp(&recorder), fault.kind());
+                say(&line);
+                timeline += &line;
+                timeline.push('\n');
+            }
+            pinned_ops += match probed {
+                Some(sent) => sent,
+                None => tokio::time::timeout(PINNED_TIMEOUT, &mut probing)
+                    .await
+                    .unwrap_or(0),
+            };
+        }
         for (at, fault) in episode {
             tokio::time::sleep_until(at).await;
             cluster.heal(&fault)?;
@@ -849,9 +737,10 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
     }
 
     stop.cancel();
-    for c in clients {
+    for c in clients.into_iter().chain(keep_open) {
         let _ = c.await;
     }
+    let compactions = compactions.await.unwrap_or(0);
     cluster.heal_all()?;
     let healed = Instant::now();
     say(&format!("{} healed everything", stamp(&recorder)));
@@ -863,8 +752,7 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
         timeout: Duration::from_secs(2),
         retry_for: HEAL_BOUND,
     });
-    let process = config.clients.max(1);
-    let heal_to_write = if write(&final_client, process, "final", "final", &recorder).await {
+    let heal_to_write = if write(&final_client, final_process, "final", "final", &recorder).await {
         Some(healed.elapsed())
     } else {
         failures.push(format!(
@@ -877,9 +765,24 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
             "the cluster did not get every slave live within {READY_BOUND:?} of healing"
         ));
     }
-    // Final reads: an acknowledged WRITE lost shows up here as a stale value.
-    for key in &keys {
-        if !read(&final_client, process, key, &recorder).await {
+    // Final reads: an acknowledged WRITE lost shows up here as a stale value
+    // or as NOT_FOUND.
+    let fresh: Vec<String> = {
+        let acked = Workload::lock(&workload.acked);
+        acked
+            .iter()
+            .rev()
+            .take(FINAL_FRESH_READS)
+            .cloned()
+            .collect()
+    };
+    say(&format!(
+        "reading back {} hot and {} fresh keys...",
+        workload.hot.len(),
+        fresh.len()
+    ));
+    for key in workload.hot.iter().chain(fresh.iter()) {
+        if !read(&final_client, final_process, key, &recorder).await {
             failures.push(format!("the final READ of {key} failed after healing"));
         }
     }
@@ -926,6 +829,9 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
         analysis,
         ok_before_first_fault,
         faults,
+        clocks: cluster.has_clocks(),
+        pinned_ops,
+        compactions,
         heal_to_write,
         failures,
         dir: config.dir.clone(),
@@ -933,93 +839,9 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
     })
 }
 
-fn target_name(cluster: &Cluster, fault: &Fault) -> String {
-    match fault {
-        Fault::KillMaster { m, .. } | Fault::Pause { m, .. } => cluster.masters[*m].name.clone(),
-        Fault::KillSlave(s) => cluster.slaves[*s].name.clone(),
-        Fault::Link(link, mode) => format!("{} ({mode})", cluster.proxy(*link).name()),
-    }
-}
-
 /// Writes the history and the fault timeline next to the member logs.
 fn write_report(dir: &Path, ops: &[history::Op], timeline: &str) {
     let all: Vec<&history::Op> = ops.iter().collect();
     let _ = std::fs::write(dir.join("history.txt"), history::excerpt(&all));
     let _ = std::fs::write(dir.join("faults.txt"), timeline);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fault_picks_respect_the_fault_model() {
-        let mut rng = StdRng::seed_from_u64(7);
-        for _ in 0..2000 {
-            let mut budget = Budget {
-                master_side_free: true,
-                slaves_down: HashSet::new(),
-                max_slaves_down: 2,
-            };
-            let mut picked = Vec::new();
-            for _ in 0..4 {
-                if let Some(f) = pick_fault(&mut rng, &mut budget, Some(0), 5) {
-                    picked.push(f);
-                }
-            }
-            let master_side = picked
-                .iter()
-                .filter(|f| {
-                    matches!(
-                        f,
-                        Fault::KillMaster { .. }
-                            | Fault::Pause { .. }
-                            | Fault::Link(Link::ClientToMaster(_), _)
-                    )
-                })
-                .count();
-            assert!(master_side <= 1, "{picked:?}");
-            let slaves: HashSet<usize> = picked
-                .iter()
-                .filter_map(|f| match f {
-                    Fault::KillSlave(s) => Some(*s),
-                    Fault::Link(l, _) => l.slave(),
-                    _ => None,
-                })
-                .collect();
-            assert!(slaves.len() <= 2, "{picked:?}");
-        }
-    }
-
-    #[test]
-    fn no_master_side_fault_without_a_known_active_master() {
-        let mut rng = StdRng::seed_from_u64(1);
-        for _ in 0..500 {
-            let mut budget = Budget {
-                master_side_free: true,
-                slaves_down: [0, 1].into_iter().collect(),
-                max_slaves_down: 2,
-            };
-            if let Some(f) = pick_fault(&mut rng, &mut budget, None, 5) {
-                assert!(!matches!(f, Fault::KillMaster { .. } | Fault::Pause { .. }));
-                if let Some(s) = match &f {
-                    Fault::KillSlave(s) => Some(*s),
-                    Fault::Link(l, _) => l.slave(),
-                    _ => None,
-                } {
-                    assert!(s <= 1, "slave {s} would be a third one down");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn pauses_are_shorter_and_longer_than_the_lease() {
-        let mut rng = StdRng::seed_from_u64(3);
-        let ttl = Duration::from_millis(1500);
-        for _ in 0..200 {
-            assert!(hold_time(&mut rng, &Fault::Pause { m: 0, long: false }, ttl) < ttl);
-            assert!(hold_time(&mut rng, &Fault::Pause { m: 0, long: true }, ttl) > ttl);
-        }
-    }
 }

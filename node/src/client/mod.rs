@@ -13,6 +13,7 @@
 //! at once: retrying them elsewhere cannot help.
 
 pub mod cli;
+pub mod numbering;
 pub mod pipelined;
 pub mod repl;
 
@@ -201,6 +202,8 @@ pub struct Client {
     retry_for: Duration,
     /// TLS and token for every endpoint, learned ones included.
     security: ClientSecurity,
+    /// Numbers WRITEs, so that retries are applied at most once.
+    numbering: numbering::Numbering,
     state: Mutex<State>,
 }
 
@@ -246,6 +249,7 @@ impl Client {
             timeout: config.timeout,
             retry_for: config.retry_for,
             security,
+            numbering: numbering::Numbering::default(),
             state: Mutex::new(State { peers, active: 0 }),
         }
     }
@@ -331,24 +335,27 @@ impl Client {
 
     /// Writes `value` under `key` and returns the version the master gave it.
     ///
-    /// At-least-once: when an attempt times out, the master is lost
-    /// mid-call, or it answers UNAVAILABLE (no write quorum: the write is in
-    /// the log and is applied once slaves return), the outcome of that
-    /// attempt is unknown and the write is sent again, possibly to the new
-    /// master. It may therefore be applied twice
-    /// (same key, same value, two versions); a concurrent writer's value for
-    /// the same key may be overwritten by the retry. Likewise an `Err` does
-    /// not prove that nothing was written.
+    /// Exactly once: when an attempt times out, the master is lost mid-call,
+    /// or it answers UNAVAILABLE (no write quorum: the write is in the log and
+    /// is applied once slaves return), the outcome of that attempt is unknown
+    /// and the write is sent again, possibly to the new master, under the same
+    /// number; a master that already applied it answers with the original
+    /// version instead of applying it again. An `Err` still does not prove
+    /// that nothing was written: the last attempt's outcome may be unknown.
     ///
     /// # Errors
     /// See [`ClientError`].
     pub async fn write(&self, key: &[u8], value: &[u8]) -> Result<Version, ClientError> {
+        let number = self.numbering.next();
         let reply = self
             .call(|mut kv, timeout| {
                 let request = with_timeout(
                     proto::WriteRequest {
                         key: key.to_vec(),
                         value: value.to_vec(),
+                        client_id: number.client,
+                        client_seq: number.seq,
+                        client_answered_below: number.answered_below(),
                     },
                     timeout,
                 );
@@ -811,6 +818,7 @@ mod tests {
             self.maybe_hang().await;
             self.answer(|epoch| proto::WriteReply {
                 version: Some(proto::Version { epoch, seq: 1 }),
+                deduplicated: false,
             })
         }
 

@@ -71,6 +71,8 @@ pub struct PipelinedClient {
     address: String,
     timeout: Duration,
     pipe: Pipe<KvPipeline>,
+    /// Numbers WRITEs like [`super::Client`] does.
+    numbering: super::numbering::Numbering,
 }
 
 impl PipelinedClient {
@@ -113,6 +115,7 @@ impl PipelinedClient {
             address: address.to_owned(),
             timeout,
             pipe: Pipe::new(KvPipeline(client)),
+            numbering: super::numbering::Numbering::default(),
         })
     }
 
@@ -152,9 +155,13 @@ impl PipelinedClient {
     /// # Errors
     /// See [`ClientError`].
     pub async fn write(&self, key: &[u8], value: &[u8]) -> Result<Version, ClientError> {
+        let number = self.numbering.next();
         let op = Op::Write(WriteRequest {
             key: key.to_vec(),
             value: value.to_vec(),
+            client_id: number.client,
+            client_seq: number.seq,
+            client_answered_below: number.answered_below(),
         });
         match self.call(op).await? {
             Outcome::Write(reply) => Ok(reply.version.map(Version::from).unwrap_or_default()),

@@ -1,117 +1,134 @@
 //! The `Control` gRPC service: slaves register with the active master and
 //! heartbeat it; plus the task that expires slaves that stopped.
 //!
-//! Registration is also fencing: the master raises the slave's epoch before
-//! anything else, so from then on the slave rejects the deposed master.
+//! Admission, in the order that keeps the membership a successor reads
+//! complete (see [`super::term`]): the slave is added to the term's saved
+//! membership, the log directory is checked for a newer claim (a successor
+//! that claimed before the save may not have seen it: then the slave is
+//! refused and this term ends), the slave is fenced with this term's epoch,
+//! and only once its inventory is read does it become live and placeable.
 
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use super::index::SlaveIdx;
-use super::{Master, Term, lock, placement};
+use super::slave_link::SlaveLink;
+use super::{Master, Term, lock, term};
 use crate::proto::control_server::Control;
-use crate::proto::replica_client::ReplicaClient;
-use crate::proto::{FenceRequest, InventoryRequest, Ping, Pong, RegisterReply, RegisterRequest};
-use crate::security;
+use crate::proto::{Ping, Pong, RegisterReply, RegisterRequest};
 use crate::version::Version;
 
 impl Master {
-    /// Fences a slave and records its registration; its inventory is read
-    /// in the background ([`Master::join`]) so that the slave gets its answer
-    /// at once. Returns the registration's session number.
-    async fn register_slave(&self, id: &str, address: &str) -> Result<u64, Status> {
-        let term = self.active_term()?;
+    /// Admits a slave (module doc) and records its registration; its
+    /// inventory is read in the background
+    /// ([`Master::activate_after_inventory`]) so that the slave gets its answer
+    /// at once. A slave already live at the same address in this term (the
+    /// takeover made it live) only gets a new heartbeat session.
+    pub(super) async fn register_slave(&self, id: &str, address: &str) -> Result<u64, Status> {
+        let term = self.serving_term()?;
         if id.is_empty() || id.len() > 253 {
             return Err(Status::invalid_argument(
                 "slave id must be 1 to 253 characters",
             ));
         }
-        let endpoint = security::endpoint(address, self.config.security.client.as_ref())
-            .map_err(|e| {
-                Status::invalid_argument(format!("slave address {address:?} is not usable: {e}"))
-            })?
-            .connect_timeout(self.config.slave_timeout)
-            .tcp_nodelay(true);
-        let max_message = self.config.limits.max_message_bytes();
-        let mut client = ReplicaClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(max_message)
-            .max_encoding_message_size(max_message);
-        let timeout = self.config.slave_timeout;
-        let fenced =
-            tokio::time::timeout(timeout, client.fence(FenceRequest { epoch: term.epoch }))
-                .await
-                .map_err(|_| {
-                    Status::unavailable(format!(
-                        "slave {id} at {address} did not answer Fence in {timeout:?}"
-                    ))
-                })??
-                .into_inner();
-        if fenced.epoch > term.epoch {
-            term.depose(&format!("slave {id} already knows epoch {}", fenced.epoch));
-            return Err(Status::failed_precondition("this master was deposed"));
+        if let Some(session) = lock(&self.slaves).current_session(id, address) {
+            return Ok(session);
         }
-        let fence_quorum =
-            placement::fence_quorum(self.config.slaves, self.config.replication_factor) as usize;
-        let fenced_count = {
-            let mut fenced = lock(&term.fenced);
-            fenced.insert(id.to_string());
-            fenced.len()
-        };
-        if fenced_count >= fence_quorum && !term.serving.swap(true, Ordering::SeqCst) {
-            info!(
-                epoch = term.epoch,
-                fenced = fenced_count,
-                "serving: enough slaves fenced"
-            );
+        let link = self.connector.connect(address)?;
+        // A slave being drained stays out of the membership: it must not be
+        // counted when a successor fences.
+        if !lock(&self.slaves).is_draining(id) {
+            self.admit(&term, id, address).await?;
+        }
+        let timeout = self.config.slave_timeout;
+        let fenced = tokio::time::timeout(timeout, link.fence(term.epoch))
+            .await
+            .map_err(|_| {
+                Status::unavailable(format!(
+                    "slave {id} at {address} did not answer Fence in {timeout:?}"
+                ))
+            })??;
+        if fenced > term.epoch {
+            term.depose(&format!("slave {id} already knows epoch {fenced}"));
+            return Err(Status::failed_precondition("this master was deposed"));
         }
         let (idx, session) = {
             let mut slaves = lock(&self.slaves);
             let idx = slaves.idx_for(id);
             slaves.mark_dead(idx);
-            (idx, slaves.register(idx, id, address, client.clone()))
+            (idx, slaves.register(idx, id, address, link.clone()))
         };
         if let Some(master) = self.me.upgrade() {
-            tokio::spawn(master.join(term, idx, session, client));
+            tokio::spawn(master.activate_after_inventory(term, idx, session, link));
         }
         Ok(session)
     }
 
-    /// Reads a registered slave's inventory, notes which latest versions it
-    /// holds, overwrites values no valid log record backs, and makes it live.
-    async fn join(
+    /// Adds `id` at `address` to the term's saved membership (unless it is
+    /// there already), then makes sure no successor has claimed an epoch.
+    async fn admit(&self, term: &Term, id: &str, address: &str) -> Result<(), Status> {
+        let mut membership = term.membership.lock().await;
+        if membership.slaves.get(id).map(String::as_str) == Some(address) {
+            return Ok(());
+        }
+        let mut updated = membership.clone();
+        updated.slaves.insert(id.to_string(), address.to_string());
+        let dir = self.config.log_dir.clone();
+        let epoch = term.epoch;
+        let saved = updated.clone();
+        let newest = tokio::task::spawn_blocking(move || -> Result<u64, term::TermError> {
+            term::save_members(&dir, epoch, &saved)?;
+            term::newest_claim(&dir)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("membership task failed: {e}")))?
+        .map_err(|e| Status::unavailable(format!("cannot record the slave's membership: {e}")))?;
+        *membership = updated;
+        if newest > epoch {
+            term.depose(&format!("another process claimed epoch {newest}"));
+            return Err(Status::failed_precondition(
+                "this master was deposed while admitting the slave; register with the active master",
+            ));
+        }
+        info!(
+            slave = id,
+            address, epoch, "slave added to the term's membership"
+        );
+        Ok(())
+    }
+
+    /// Reads a slave's inventory, notes which latest versions it holds,
+    /// overwrites values no valid log record backs, and makes it live.
+    pub(super) async fn activate_after_inventory(
         self: Arc<Self>,
         term: Arc<Term>,
         idx: SlaveIdx,
         session: u64,
-        mut client: ReplicaClient<Channel>,
+        link: Arc<dyn SlaveLink>,
     ) {
         let timeout = self.config.slave_timeout;
         lock(&self.index).forget_slave(idx);
         let mut strays = Vec::new();
         let mut held = 0u64;
         let read = async {
-            let mut inventory = client
-                .inventory(InventoryRequest { epoch: term.epoch })
-                .await?
-                .into_inner();
+            let mut inventory = tokio::time::timeout(timeout, link.inventory(term.epoch))
+                .await
+                .map_err(|_| Status::unavailable("the slave did not start its inventory"))??;
             while let Some(chunk) = tokio::time::timeout(timeout * 4, inventory.next())
                 .await
                 .map_err(|_| Status::unavailable("the slave stalled while sending its inventory"))?
             {
                 let chunk = chunk?;
                 let mut index = lock(&self.index);
-                for entry in chunk.entries {
+                for entry in chunk {
                     let Some(version) = entry.version.map(Version::from) else {
                         continue;
                     };
@@ -134,7 +151,7 @@ impl Master {
         if let Err(status) = read.await {
             warn!(
                 slave = idx,
-                "could not read the inventory of a registering slave: {}",
+                "could not read the inventory of a joining slave: {}",
                 status.message()
             );
             lock(&self.slaves).fail_join(idx, session);
@@ -163,7 +180,7 @@ impl Master {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(period) => {}
             }
-            if self.active_term().is_err() {
+            if self.serving_term().is_err() {
                 continue;
             }
             let expired = lock(&self.slaves).expire(self.config.slave_timeout);
@@ -182,15 +199,10 @@ impl Control for Master {
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterReply>, Status> {
         let request = request.into_inner();
-        let epoch = self.active_term()?.epoch;
-        let session = self
-            .register_slave(&request.slave_id, &request.address)
+        let epoch = self.serving_term()?.epoch;
+        self.register_slave(&request.slave_id, &request.address)
             .await?;
-        let mut response = Response::new(RegisterReply { epoch });
-        if let Ok(value) = session.to_string().parse() {
-            response.metadata_mut().insert("dsm-session", value);
-        }
-        Ok(response)
+        Ok(Response::new(RegisterReply { epoch }))
     }
 
     type HeartbeatStream = ReceiverStream<Result<Pong, Status>>;
@@ -199,7 +211,7 @@ impl Control for Master {
         &self,
         request: Request<Streaming<Ping>>,
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
-        let term = self.active_term()?;
+        let term = self.serving_term()?;
         let mut pings = request.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let slaves = self.registry_handle();

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::write::{ClientWrite, Written};
 use super::{Master, Role, lock};
 use crate::metrics;
 use crate::pipeline;
@@ -34,7 +35,40 @@ async fn measured<T>(
     result
 }
 
+/// The reply to a WRITE.
+fn reply(written: Written) -> WriteReply {
+    WriteReply {
+        version: Some(written.version.into()),
+        deduplicated: written.deduplicated,
+    }
+}
+
+/// The key a pipelined op is about: ops on one key run in the order sent.
+fn op_key(op: &KvOp) -> Option<Bytes> {
+    match &op.op {
+        Some(Op::Read(read)) => Some(Bytes::copy_from_slice(&read.key)),
+        Some(Op::Write(write)) => Some(Bytes::copy_from_slice(&write.key)),
+        None => None,
+    }
+}
+
 impl Master {
+    /// A WRITE request, unary or pipelined.
+    async fn write_request(&self, request: WriteRequest) -> Result<Written, Status> {
+        let client = ClientWrite::from_request(
+            request.client_id,
+            request.client_seq,
+            request.client_answered_below,
+        );
+        Master::write(
+            self,
+            Bytes::from(request.key),
+            Bytes::from(request.value),
+            client,
+        )
+        .await
+    }
+
     /// Runs one pipelined READ or WRITE exactly like the unary call.
     async fn run_kv_op(&self, op: KvOp) -> KvResult {
         let outcome = match op.op {
@@ -46,14 +80,9 @@ impl Master {
                         version: Some(version.into()),
                     })
                 }),
-            Some(Op::Write(write)) => {
-                let write = Master::write(self, Bytes::from(write.key), Bytes::from(write.value));
-                measured("write", write).await.map(|version| {
-                    Outcome::Write(WriteReply {
-                        version: Some(version.into()),
-                    })
-                })
-            }
+            Some(Op::Write(write)) => measured("write", self.write_request(write))
+                .await
+                .map(|written| Outcome::Write(reply(written))),
             None => Err(Status::invalid_argument("pipelined op without a request")),
         };
         KvResult {
@@ -77,9 +106,10 @@ impl Kv for Master {
             .me
             .upgrade()
             .ok_or_else(|| Status::unavailable("shutting down"))?;
-        Ok(Response::new(pipeline::serve(
+        Ok(Response::new(pipeline::serve_ordered(
             request.into_inner(),
             |batch| batch.ops,
+            op_key,
             move |op| {
                 let master = master.clone();
                 async move { master.run_kv_op(op).await }
@@ -98,12 +128,8 @@ impl Kv for Master {
     }
 
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteReply>, Status> {
-        let request = request.into_inner();
-        let write = Master::write(self, Bytes::from(request.key), Bytes::from(request.value));
-        let version = measured("write", write).await?;
-        Ok(Response::new(WriteReply {
-            version: Some(version.into()),
-        }))
+        let written = measured("write", self.write_request(request.into_inner())).await?;
+        Ok(Response::new(reply(written)))
     }
 
     async fn status(
@@ -123,6 +149,11 @@ impl Kv for Master {
             Role::Standby { leader } => {
                 reply.role = "standby".into();
                 reply.leader = leader;
+                reply.keys = lock(&self.index).len() as u64;
+            }
+            Role::TakingOver { epoch, .. } => {
+                reply.role = "standby".into();
+                reply.epoch = epoch;
                 reply.keys = lock(&self.index).len() as u64;
             }
             Role::Active(term) => {

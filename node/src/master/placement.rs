@@ -1,11 +1,13 @@
 //! Quorum arithmetic and replica placement: pure functions, no sockets.
 //!
-//! Invariant (quorum intersection): the write quorum is derived from the
-//! *configured* slave count `n`, never from how many slaves look alive, so any
-//! two write quorums of size `r` with `2r > n` intersect, and fencing
-//! `n - r + 1` slaves leaves no quorum of the deposed master without a fenced
-//! member. Checked by `tests::fencing_covers_every_quorum` and by the
-//! integration test `sigstop_master_is_fenced`.
+//! Invariant (fencing covers every quorum): a term's write quorums have `r`
+//! members of its membership `M`; a successor that fences all but `r - 1` of
+//! `M` ([`Membership::fences_missing`](super::term::Membership::fences_missing))
+//! leaves no quorum of that term without a fenced member, whatever `n` either
+//! of them was configured with. Checked by `tests::fencing_covers_every_quorum`
+//! and by the integration test `sigstop_master_is_fenced`. The majority rule
+//! (`2r > n`) keeps a takeover possible whenever WRITEs are: with `n` members,
+//! it needs `n - r + 1 <= r` live ones.
 
 use rand::seq::SliceRandom;
 
@@ -32,12 +34,6 @@ pub fn validate(n: u32, r: u32) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// How many slaves a new master must fence before serving so that every
-/// possible write quorum of an older master contains a fenced slave.
-pub fn fence_quorum(n: u32, r: u32) -> u32 {
-    n - r + 1
 }
 
 /// Picks the slaves for one WRITE: all of `candidates` in random order; the
@@ -68,16 +64,21 @@ mod tests {
         assert!(validate(0, 1).is_err());
     }
 
-    /// Every r-subset of n slaves meets every set of `fence_quorum(n, r)`
-    /// slaves: checked exhaustively for small clusters.
+    /// Every r-subset of n members meets every set of fenced members that
+    /// [`Membership::fences_missing`] is satisfied with: checked exhaustively
+    /// for small clusters, majorities or not.
     #[test]
     fn fencing_covers_every_quorum() {
+        use super::super::term::Membership;
         for n in 1..=9u32 {
             for r in 1..=n {
-                if validate(n, r).is_err() {
-                    continue;
-                }
-                let f = fence_quorum(n, r);
+                let members = Membership {
+                    replication_factor: r,
+                    slaves: (0..n).map(|i| (format!("s{i}"), String::new())).collect(),
+                };
+                let f = (0..=n)
+                    .find(|f| members.fences_missing(*f as usize) == 0)
+                    .unwrap_or(n);
                 for quorum in 0u32..(1 << n) {
                     if quorum.count_ones() != r {
                         continue;

@@ -9,15 +9,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use prometheus::IntCounter;
-use tonic::transport::Channel;
 
 use super::index::SlaveIdx;
-use super::pipe::SlavePipe;
+use super::slave_link::SlaveLink;
 use crate::metrics::SLAVE_REQUESTS;
-use crate::proto::replica_client::ReplicaClient;
 
 /// How the master reaches one slave. Cheap to clone (an `Arc`).
 #[derive(Debug)]
@@ -28,10 +28,8 @@ pub struct SlaveHandle {
     pub id: String,
     /// Address the slave advertised.
     pub address: String,
-    /// gRPC client on a long-lived channel (connections are reused).
-    pub client: ReplicaClient<Channel>,
-    /// The Put/Get pipeline on that channel (the hot path).
-    pub pipe: SlavePipe,
+    /// The connection to it (reused for every call).
+    pub link: Arc<dyn SlaveLink>,
     /// READs served, for the load-distribution view
     /// (`dsm_slave_requests_total{op="read"}`).
     pub reads: IntCounter,
@@ -92,7 +90,7 @@ impl Registry {
         idx: SlaveIdx,
         id: &str,
         address: &str,
-        client: ReplicaClient<Channel>,
+        link: Arc<dyn SlaveLink>,
     ) -> u64 {
         self.next_session += 1;
         let session = self.next_session;
@@ -101,8 +99,7 @@ impl Registry {
             idx,
             id: id.to_string(),
             address: address.to_string(),
-            pipe: SlavePipe::new(client.clone()),
-            client,
+            link,
             reads: SLAVE_REQUESTS.with_label_values(&[id, "read"]),
             writes: SLAVE_REQUESTS.with_label_values(&[id, "write"]),
         });
@@ -148,6 +145,23 @@ impl Registry {
             e.joining = false;
             e.live = false;
         }
+    }
+
+    /// The session of `id` if it is live (or joining) at `address` in this
+    /// term: a registration of such a slave needs no new join.
+    pub fn current_session(&self, id: &str, address: &str) -> Option<u64> {
+        let idx = self.by_id.get(id)?;
+        self.entry(*idx)
+            .filter(|e| (e.live || e.joining) && e.handle.address == address)
+            .map(|e| e.session)
+    }
+
+    /// Whether `id` is being drained.
+    pub fn is_draining(&self, id: &str) -> bool {
+        self.by_id
+            .get(id)
+            .and_then(|idx| self.entry(*idx))
+            .is_some_and(|e| e.draining)
     }
 
     /// The current session of `id`, if it is joining or live.

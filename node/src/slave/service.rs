@@ -8,8 +8,9 @@
 //! can neither write nor read once the new master has fenced this slave. A
 //! higher epoch is legitimate (a newer master) and raises the fenced epoch
 //! before the request is served. For Put the check happens inside the store's
-//! write transaction ([`Store::put_fenced`]), so it is ordered with Fence.
-//! Checked by `tests::stale_put_is_rejected_and_value_unchanged` and
+//! write transaction ([`Store::put_fenced`]), for Get inside the read
+//! transaction that reads the value ([`Store::get_fenced`]), so both are ordered
+//! with Fence. Checked by `tests::stale_put_is_rejected_and_value_unchanged` and
 //! `tests::fence_rejects_older_put_and_get`.
 //!
 //! Requests are validated defensively (the master enforces the user-facing
@@ -158,11 +159,15 @@ impl ReplicaService {
     /// Reads one value (the body of Get, unary or pipelined).
     async fn get_one(&self, req: proto::GetRequest) -> Result<proto::GetReply, Status> {
         check_key(&req.key)?;
-        self.check_epoch(req.epoch).await?;
         // Inline, not on the blocking pool: a point read of redb's cached
         // pages takes microseconds, far less than the thread hand-off
         // (the profile showed context switches dominating).
-        let found = self.store.get(&req.key).map_err(store_status)?;
+        let found = self
+            .store
+            .get_fenced(req.epoch, &req.key)
+            .await
+            .map_err(store_status)?
+            .map_err(|fenced| stale_epoch(req.epoch, fenced))?;
         Ok(match found {
             Some((value, version)) => proto::GetReply {
                 found: true,
@@ -177,6 +182,22 @@ impl ReplicaService {
         })
     }
 
+    /// Raises the fenced epoch (the body of Fence, unary or pipelined); the
+    /// reply carries the epoch after the call, higher than asked when the
+    /// caller has been deposed.
+    async fn fence_one(&self, req: proto::FenceRequest) -> Result<proto::FenceReply, Status> {
+        let before = self.store.epoch();
+        let epoch = self
+            .store
+            .raise_epoch(req.epoch)
+            .await
+            .map_err(store_status)?;
+        if epoch > before {
+            tracing::info!(requested = req.epoch, epoch, "fenced");
+        }
+        Ok(proto::FenceReply { epoch })
+    }
+
     /// Runs one pipelined op and turns its outcome into a result message.
     async fn run_op(&self, op: proto::ReplicaOp) -> proto::ReplicaResult {
         use proto::replica_op::Op;
@@ -184,6 +205,9 @@ impl ReplicaService {
         let outcome = match op.op {
             Some(Op::Put(put)) => count("put", self.put_one(put).await).map(Outcome::Put),
             Some(Op::Get(get)) => count("get", self.get_one(get).await).map(Outcome::Get),
+            Some(Op::Fence(fence)) => {
+                count("fence", self.fence_one(fence).await).map(Outcome::Fence)
+            }
             None => Err(Status::invalid_argument("pipelined op without a request")),
         };
         proto::ReplicaResult {
@@ -233,14 +257,7 @@ impl Replica for ReplicaService {
         &self,
         request: Request<proto::FenceRequest>,
     ) -> Result<Response<proto::FenceReply>, Status> {
-        let result = async move {
-            let wanted = request.into_inner().epoch;
-            let epoch = self.store.raise_epoch(wanted).await.map_err(store_status)?;
-            tracing::info!(requested = wanted, epoch, "fenced");
-            Ok(Response::new(proto::FenceReply { epoch }))
-        }
-        .await;
-        count("fence", result)
+        count("fence", self.fence_one(request.into_inner()).await).map(Response::new)
     }
 
     type InventoryStream = ReceiverStream<Result<proto::InventoryChunk, Status>>;

@@ -27,8 +27,11 @@
 //! - **Fencing**: the epoch only grows, and [`Store::put_fenced`] compares the
 //!   request's epoch with the fenced epoch inside the same transaction that
 //!   applies the put, so no put from an older master is applied once a fence
-//!   has been acknowledged. Checked by `tests::raise_epoch_persists` and
-//!   `tests::fenced_put_rejects_older_epoch`.
+//!   has been acknowledged; [`Store::get_fenced`] reads the fenced epoch and the
+//!   value in one read transaction, so no read is served to an older master
+//!   from a state that already holds a newer fence. Checked by
+//!   `tests::raise_epoch_persists`, `tests::fenced_put_rejects_older_epoch` and
+//!   `tests::fenced_get_sees_the_fence_of_its_own_snapshot`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -317,6 +320,45 @@ impl Store {
                 Ok(Some((Bytes::copy_from_slice(value), version)))
             }
             None => Ok(None),
+        }
+    }
+
+    /// Like [`get`](Store::get), checked against the fencing token `epoch` of
+    /// the master asking, in the read transaction that reads the value: an
+    /// `epoch` below the fenced epoch of that snapshot is refused
+    /// (`Err(fenced)`); a higher one is first made the fenced epoch (durably),
+    /// since a newer master is legitimate.
+    pub async fn get_fenced(
+        &self,
+        epoch: u64,
+        key: &[u8],
+    ) -> Result<Result<Option<(Bytes, Version)>, u64>, StoreError> {
+        loop {
+            let txn = self.inner.db.begin_read().map_err(db_err)?;
+            let fenced = {
+                let meta = txn.open_table(META).map_err(db_err)?;
+                match meta.get(META_EPOCH).map_err(db_err)? {
+                    Some(v) => decode_u64(v.value())?,
+                    None => 0,
+                }
+            };
+            if epoch < fenced {
+                return Ok(Err(fenced));
+            }
+            if epoch > fenced {
+                drop(txn);
+                self.raise_epoch(epoch).await?;
+                // Read again from a snapshot that holds the raised epoch.
+                continue;
+            }
+            let table = txn.open_table(VALUES).map_err(db_err)?;
+            return match table.get(key).map_err(db_err)? {
+                Some(v) => {
+                    let (version, value) = decode_record(key, v.value())?;
+                    Ok(Ok(Some((Bytes::copy_from_slice(value), version))))
+                }
+                None => Ok(Ok(None)),
+            };
         }
     }
 
@@ -913,6 +955,31 @@ mod tests {
             }
         );
         assert_eq!(store.get(b"k").unwrap(), Some((b("a"), Version::new(2, 1))));
+    }
+
+    /// A READ of a deposed master is refused once a fence is committed, and a
+    /// newer master's READ raises the fence before it is served.
+    #[tokio::test]
+    async fn fenced_get_sees_the_fence_of_its_own_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        assert!(
+            store
+                .put(b("k"), b("v"), Version::new(1, 1), false)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store.get_fenced(1, b"k").await.unwrap(),
+            Ok(Some((b("v"), Version::new(1, 1))))
+        );
+        assert_eq!(store.get_fenced(3, b"nope").await.unwrap(), Ok(None));
+        assert_eq!(store.epoch(), 3, "a newer master's read fences older ones");
+        assert_eq!(store.get_fenced(2, b"k").await.unwrap(), Err(3));
+        store.close().await.unwrap();
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.get_fenced(2, b"k").await.unwrap(), Err(3));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

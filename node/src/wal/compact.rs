@@ -1,17 +1,25 @@
-//! Compaction: rewrites the sealed segments into one, keeping the latest valid
-//! record per key, while the writer keeps appending to the newest segment and
-//! readers keep following.
+//! Compaction: rewrites the segments below the live one into one, keeping what
+//! the caller's rule keeps, while the writer keeps appending to the live segment
+//! and readers keep following.
 //!
-//! Crash safety: the new file is written as `kv_store.{first:08}.log.tmp`, synced,
-//! renamed over the first sealed segment, and the directory synced *before* the
-//! other sealed segments are deleted. A crash in between leaves the compacted file
-//! followed by some original segments; their records are either seen (seq not
-//! above what the compacted file delivered, so readers skip them) or still current,
-//! so a replay yields the same latest version per key.
+//! One compaction at a time per log directory, across processes: the whole run
+//! holds an exclusive `flock` on `compact.lock` (a second one is refused with
+//! [`WalError::CompactionRunning`], never waits), and the temporary file is
+//! created with `create_new`, so two runs can never write into one file.
+//!
+//! Crash safety: the new file is written as `kv_store.{first}.log.tmp`, synced,
+//! renamed over the first of the segments it replaces, and the directory synced
+//! *before* the other ones are deleted. A crash in between leaves the compacted
+//! file followed by some original segments; their records are either seen (seq
+//! not above what the compacted file delivered, so readers skip them) or still
+//! current, so a replay yields the same latest version per key. The caller's
+//! term is checked again right before the rename and before the deletes, so a
+//! master that was deposed during the rewrite changes nothing (and what its rule
+//! could still have got wrong is bounded by the rule's contract, below).
 //!
 //! Readers do not lose their place: see the `reader` module doc.
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -20,84 +28,148 @@ use bytes::Bytes;
 use super::epochs::Fence;
 use super::frame::{self, MAGIC};
 use super::segment::{Next, Segment};
-use super::{LogPos, Result, WalError, list_segments, sync_dir};
+use super::{LogPos, Origin, Record, Result, SegmentNo, WalError, list_segments, sync_dir};
 use crate::version::Version;
+
+/// File locked for the whole of a compaction.
+pub const COMPACT_LOCK_FILE: &str = "compact.lock";
 
 /// What a compaction did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompactStats {
-    /// Segments in the log when compaction started (the sealed ones and the newest).
+    /// Segments in the log when compaction started.
     pub segments_before: usize,
-    /// Segments once it finished: the compacted one and the newest (unchanged
-    /// when there was nothing to compact).
+    /// Segments once it finished (unchanged when there was nothing to compact).
     pub segments_after: usize,
-    /// Bytes of the sealed segments before.
+    /// Bytes of the segments it rewrote, before.
     pub bytes_before: u64,
     /// Bytes of the segment that replaced them.
     pub bytes_after: u64,
-    /// Valid records read from the sealed segments (late writes of deposed
+    /// Valid records read from the rewritten segments (late writes of deposed
     /// masters excluded).
     pub records_read: u64,
     /// Records written to the compacted segment.
     pub records_kept: u64,
-    /// Every kept record's key, version and new position, in log order, so the
-    /// caller can update its index (only where the index still holds that version).
-    pub moved: Vec<(Bytes, Version, LogPos)>,
+    /// Every kept record and its new position, in log order, so the caller
+    /// can update its index (only where the index still holds that version).
+    pub moved: Vec<Moved>,
 }
 
-/// Number of sealed segments (all but the newest): what [`compact`] would
-/// rewrite. For deciding when to compact.
-pub fn sealed_segments(dir: &Path) -> Result<usize> {
-    Ok(list_segments(dir)?.len().saturating_sub(1))
+/// A record compaction kept, and where it is now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Moved {
+    /// The record's key.
+    pub key: Bytes,
+    /// Its version.
+    pub version: Version,
+    /// The client WRITE it is, if numbered.
+    pub origin: Option<Origin>,
+    /// Its new position.
+    pub pos: LogPos,
 }
 
-/// Rewrites all sealed segments (every segment but the newest) of `dir` into one.
+/// Number of segments numbered below `live`: what [`compact`] would rewrite.
+/// For deciding when to compact.
+pub fn sealed_segments(dir: &Path, live: SegmentNo) -> Result<usize> {
+    Ok(list_segments(dir)?
+        .iter()
+        .filter(|(no, _)| *no < live)
+        .count())
+}
+
+/// Rewrites every segment of `dir` numbered below `live` (the segment the
+/// caller's writer appends to) into one.
 ///
-/// A record is kept iff it is valid per the epoch history and `keep(key, version)`
-/// returns true. `keep` must return false only when a newer version of the key is
-/// known to be in the log (e.g. `index.get(key).is_none_or(|latest| version >= latest)`):
-/// a record written and synced but not yet in the caller's index must be kept.
+/// A record is kept iff it is valid per the epoch history and `keep(record)`
+/// returns true. `keep` may return false only when a newer version of the key is
+/// in the log *for good*: written by a master that reached its write quorum (or
+/// read by a later master's takeover). A newer version that merely exists in the
+/// log might still be invalidated by a takeover that did not see it; dropping
+/// the older record for it could lose the latest acknowledged value.
 ///
-/// Runs beside a live [`LogWriter`](super::LogWriter) (which only appends to the
-/// newest segment) and live [`LogReader`](super::LogReader)s. Only one compaction
-/// may run at a time per directory. A torn tail in a sealed segment is dropped with
-/// a warning; corruption fails with [`WalError::Corrupt`] and changes nothing.
-pub fn compact(dir: &Path, keep: impl Fn(&[u8], Version) -> bool) -> Result<CompactStats> {
-    let segments = list_segments(dir)?;
-    let sealed = match segments.split_last() {
-        Some((_newest, sealed)) if !sealed.is_empty() => sealed,
-        _ => {
-            return Ok(CompactStats {
-                segments_before: segments.len(),
-                segments_after: segments.len(),
-                ..CompactStats::default()
-            });
+/// `still_current` is called right before the rename and before the deletes;
+/// an error from it (the caller's term is over) stops the compaction there.
+///
+/// Runs beside a live [`LogWriter`](super::LogWriter) and live
+/// [`LogReader`](super::LogReader)s. A compaction already running on the
+/// directory (in any process) makes this fail at once with
+/// [`WalError::CompactionRunning`]. A torn tail in a rewritten segment is dropped
+/// with a warning; corruption fails with [`WalError::Corrupt`] and changes nothing.
+pub fn compact(
+    dir: &Path,
+    live: SegmentNo,
+    keep: impl Fn(&Record) -> bool,
+    still_current: impl Fn() -> Result<()>,
+) -> Result<CompactStats> {
+    let lock_path = dir.join(COMPACT_LOCK_FILE);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| WalError::io(&lock_path, e))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(WalError::CompactionRunning { path: lock_path });
         }
+        Err(std::fs::TryLockError::Error(e)) => return Err(WalError::io(&lock_path, e)),
+    }
+    // The lock is released when `lock` is dropped, at the end of this call.
+    let segments = list_segments(dir)?;
+    let sealed: Vec<(SegmentNo, PathBuf)> = segments
+        .iter()
+        .filter(|(no, _)| *no < live)
+        .cloned()
+        .collect();
+    if sealed.is_empty() {
+        return Ok(CompactStats {
+            segments_before: segments.len(),
+            segments_after: segments.len(),
+            ..CompactStats::default()
+        });
+    }
+    let tmp = {
+        let mut name = sealed[0].1.clone().into_os_string();
+        name.push(".tmp");
+        PathBuf::from(name)
     };
-    let first_no = sealed[0].0;
-    let tmp = dir.join(format!("kv_store.{first_no:08}.log.tmp"));
-    let result = rewrite(dir, sealed, &tmp, keep);
+    // Only a crashed compaction leaves one, and no other can be running.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(WalError::io(&tmp, e)),
+    }
+    let result = rewrite(dir, segments.len(), &sealed, &tmp, keep, still_current);
     if result.is_err() {
-        // Best effort: a stale .tmp is ignored by readers and overwritten next time.
+        // Best effort: a stale .tmp is ignored by readers and removed next time.
         let _ = std::fs::remove_file(&tmp);
     }
+    drop(lock);
     result
 }
 
 fn rewrite(
     dir: &Path,
-    sealed: &[(u32, PathBuf)],
+    segments_before: usize,
+    sealed: &[(SegmentNo, PathBuf)],
     tmp: &Path,
-    keep: impl Fn(&[u8], Version) -> bool,
+    keep: impl Fn(&Record) -> bool,
+    still_current: impl Fn() -> Result<()>,
 ) -> Result<CompactStats> {
     let (first_no, first_path) = &sealed[0];
     let tmp_err = |e| WalError::io(tmp, e);
-    let mut out = BufWriter::new(File::create(tmp).map_err(tmp_err)?);
+    let created = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(tmp_err)?;
+    let mut out = BufWriter::new(created);
     out.write_all(MAGIC).map_err(tmp_err)?;
     let mut fence = Fence::load(dir)?;
     let mut stats = CompactStats {
-        segments_before: sealed.len() + 1,
-        segments_after: 2,
+        segments_before,
+        segments_after: segments_before - sealed.len() + 1,
         ..CompactStats::default()
     };
     // Where kept records were, in case nothing needs rewriting.
@@ -125,21 +197,28 @@ fn rewrite(
                     }
                     last_seq = Some(record.version.seq);
                     stats.records_read += 1;
-                    if !keep(&record.key, record.version) {
+                    if !keep(&record) {
                         changed = true;
                         continue;
                     }
                     buf.clear();
-                    frame::encode(record.version, &record.key, &record.value, &mut buf);
-                    out.write_all(&buf).map_err(tmp_err)?;
-                    stats.moved.push((
-                        record.key,
+                    frame::encode(
                         record.version,
-                        LogPos {
+                        &record.key,
+                        &record.value,
+                        record.origin,
+                        &mut buf,
+                    );
+                    out.write_all(&buf).map_err(tmp_err)?;
+                    stats.moved.push(Moved {
+                        key: record.key,
+                        version: record.version,
+                        origin: record.origin,
+                        pos: LogPos {
                             file_no: *first_no,
                             offset,
                         },
-                    ));
+                    });
                     old_positions.push(pos);
                     offset += buf.len() as u64;
                 }
@@ -170,7 +249,7 @@ fn rewrite(
         drop(file);
         std::fs::remove_file(tmp).map_err(tmp_err)?;
         for (entry, pos) in stats.moved.iter_mut().zip(old_positions) {
-            entry.2 = pos;
+            entry.pos = pos;
         }
         stats.bytes_after = stats.bytes_before;
         stats.segments_after = stats.segments_before;
@@ -180,10 +259,12 @@ fn rewrite(
     file.sync_all().map_err(tmp_err)?;
     drop(file);
     stats.bytes_after = offset;
+    still_current()?;
     std::fs::rename(tmp, first_path).map_err(tmp_err)?;
     // The rename must be durable before the originals go, or a crash could
     // lose both.
     sync_dir(dir)?;
+    still_current()?;
     for (_, path) in &sealed[1..] {
         match std::fs::remove_file(path) {
             Ok(()) => {}

@@ -108,21 +108,22 @@ pub enum WalError {
         /// Why the bytes there are not a record start.
         reason: String,
     },
-    /// The epochs file has a line that is not `EPOCH START_SEQ` or breaks the order.
+    /// A cut file or a line of the legacy epochs file is malformed or conflicts
+    /// with another.
     #[error(
         "bad epoch history {} line {line}: {reason}; fix or restore the file",
         path.display()
     )]
     BadEpochs {
-        /// The epochs file.
+        /// The file.
         path: PathBuf,
         /// 1-based line number.
         line: usize,
         /// What is wrong.
         reason: String,
     },
-    /// [`super::EpochHistory::append`] was given an epoch that does not move
-    /// history forward.
+    /// [`super::EpochHistory::record_cut`] was given an epoch that does not move
+    /// history forward (a newer master has taken over meanwhile).
     #[error(
         "epoch {epoch} (start seq {start_seq}) does not follow the latest epoch {latest} \
          (start seq {latest_start}) in the history"
@@ -184,6 +185,19 @@ pub enum WalError {
     /// The writer thread is gone (the writer was closed).
     #[error("write-ahead log writer is closed")]
     Closed,
+    /// Another compaction of the same log directory is running (in this or
+    /// another process).
+    #[error(
+        "another compaction of this log is running (it holds {}); try again once it is done",
+        path.display()
+    )]
+    CompactionRunning {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// The caller's term ended while it worked (a newer master took over).
+    #[error("stopped: {0}")]
+    Deposed(String),
 }
 
 impl WalError {

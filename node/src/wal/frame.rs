@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! frame   = u32 payload_len | u32 crc32c(payload) | payload        (little-endian)
-//! payload = u8 kind (1 = Write) | u64 epoch | u64 seq | u32 key_len | key | value
+//! payload = u8 kind | u64 epoch | u64 seq | [origin] | u32 key_len | key | value
+//! kind    = 1: a WRITE without an origin
+//!           2: a WRITE with its origin = u64 client id | u64 client seq
 //! ```
 //!
 //! The value is "the rest of the payload", so it needs no length of its own and
@@ -11,8 +13,8 @@
 
 use bytes::Bytes;
 
-use super::Record;
 use super::error::FrameError;
+use super::{Origin, Record};
 use crate::version::Version;
 
 /// Every segment starts with these 8 bytes.
@@ -31,25 +33,43 @@ pub(crate) const HEADER_LEN: usize = 8;
 pub(crate) const MIN_PAYLOAD: u32 = 1 + 8 + 8 + 4;
 
 const KIND_WRITE: u8 = 1;
+const KIND_WRITE_WITH_ORIGIN: u8 = 2;
+/// Bytes an origin adds to a payload.
+const ORIGIN_LEN: u64 = 16;
 
 /// Payload size of a Write record (compare with [`MAX_RECORD_BYTES`] before encoding).
-pub(crate) fn payload_len(key: &[u8], value: &[u8]) -> u64 {
-    u64::from(MIN_PAYLOAD) + key.len() as u64 + value.len() as u64
+pub(crate) fn payload_len(key: &[u8], value: &[u8], origin: Option<Origin>) -> u64 {
+    let origin = if origin.is_some() { ORIGIN_LEN } else { 0 };
+    u64::from(MIN_PAYLOAD) + origin + key.len() as u64 + value.len() as u64
 }
 
 /// Appends the frame of a Write record to `out`.
 ///
-/// The caller has checked `payload_len(key, value) <= MAX_RECORD_BYTES`, which
-/// also bounds the key length to a u32.
-pub(crate) fn encode(version: Version, key: &[u8], value: &[u8], out: &mut Vec<u8>) {
-    let len = payload_len(key, value);
+/// The caller has checked `payload_len(key, value, origin) <= MAX_RECORD_BYTES`,
+/// which also bounds the key length to a u32.
+pub(crate) fn encode(
+    version: Version,
+    key: &[u8],
+    value: &[u8],
+    origin: Option<Origin>,
+    out: &mut Vec<u8>,
+) {
+    let len = payload_len(key, value, origin);
     debug_assert!(len <= u64::from(MAX_RECORD_BYTES));
     let start = out.len();
     out.extend_from_slice(&(len as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]); // CRC, filled in below
-    out.push(KIND_WRITE);
+    out.push(if origin.is_some() {
+        KIND_WRITE_WITH_ORIGIN
+    } else {
+        KIND_WRITE
+    });
     out.extend_from_slice(&version.epoch.to_le_bytes());
     out.extend_from_slice(&version.seq.to_le_bytes());
+    if let Some(origin) = origin {
+        out.extend_from_slice(&origin.client.to_le_bytes());
+        out.extend_from_slice(&origin.seq.to_le_bytes());
+    }
     out.extend_from_slice(&(key.len() as u32).to_le_bytes());
     out.extend_from_slice(key);
     out.extend_from_slice(value);
@@ -125,11 +145,21 @@ fn decode_payload(p: &[u8]) -> Result<Record, FrameError> {
         max: MAX_RECORD_BYTES,
     };
     let (&kind, rest) = p.split_first().ok_or_else(too_short)?;
-    if kind != KIND_WRITE {
+    if kind != KIND_WRITE && kind != KIND_WRITE_WITH_ORIGIN {
         return Err(FrameError::UnknownKind(kind));
     }
     let (epoch, rest) = take_u64(rest).ok_or_else(too_short)?;
-    let (seq, rest) = take_u64(rest).ok_or_else(too_short)?;
+    let (seq, mut rest) = take_u64(rest).ok_or_else(too_short)?;
+    let mut origin = None;
+    if kind == KIND_WRITE_WITH_ORIGIN {
+        let (client, after) = take_u64(rest).ok_or_else(too_short)?;
+        let (client_seq, after) = take_u64(after).ok_or_else(too_short)?;
+        origin = Some(Origin {
+            client,
+            seq: client_seq,
+        });
+        rest = after;
+    }
     let (key_len, rest) = rest
         .split_first_chunk::<4>()
         .map(|(b, r)| (u32::from_le_bytes(*b), r))
@@ -145,6 +175,7 @@ fn decode_payload(p: &[u8]) -> Result<Record, FrameError> {
         version: Version::new(epoch, seq),
         key: Bytes::copy_from_slice(key),
         value: Bytes::copy_from_slice(value),
+        origin,
     })
 }
 
@@ -159,8 +190,35 @@ mod tests {
 
     fn frame(epoch: u64, seq: u64, key: &[u8], value: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        encode(Version::new(epoch, seq), key, value, &mut out);
+        encode(Version::new(epoch, seq), key, value, None, &mut out);
         out
+    }
+
+    #[test]
+    fn the_origin_of_a_write_round_trips() {
+        let origin = Origin {
+            client: u64::MAX - 3,
+            seq: 42,
+        };
+        let mut bytes = Vec::new();
+        encode(
+            Version::new(2, 9),
+            b"key",
+            b"value",
+            Some(origin),
+            &mut bytes,
+        );
+        match parse(&bytes) {
+            Parsed::Record(r, len) => {
+                assert_eq!(len, bytes.len());
+                assert_eq!(r.origin, Some(origin));
+                assert_eq!((&r.key[..], &r.value[..]), (&b"key"[..], &b"value"[..]));
+            }
+            other => panic!("{other:?}"),
+        }
+        for cut in 0..bytes.len() {
+            assert!(matches!(parse(&bytes[..cut]), Parsed::Incomplete { .. }));
+        }
     }
 
     #[test]

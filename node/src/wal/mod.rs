@@ -2,18 +2,23 @@
 //!
 //! The log lives in one directory, shared by the master and the backup master:
 //!
-//! - segments `kv_store.{file_no:08}.log`, read in file-number order, each opening
-//!   with the magic [`MAGIC`] and holding length-prefixed, CRC-checked records
-//!   (see [`frame`] for the byte layout);
-//! - `epochs`, the epoch history: one `EPOCH START_SEQ` line per master term
-//!   ([`EpochHistory`]).
+//! - segments `kv_store.{epoch:08}.{n:08}.log`: the `n`-th segment created by the
+//!   master of `epoch` (logs of older versions named `kv_store.{n:08}.log` read as
+//!   epoch 0). Each opens with the magic [`MAGIC`] and holds length-prefixed,
+//!   CRC-checked records (see [`frame`] for the byte layout). Segments are read in
+//!   [`SegmentNo`] order, epoch first, so a segment a deposed master creates late
+//!   always sorts *before* its successor's segments;
+//! - `terms/`, the epoch history: one `{epoch}.cut` file per master term that
+//!   took over, holding the first seq that term writes ([`EpochHistory`]), beside
+//!   the master's own per-term files (claims and membership, `crate::master::term`).
 //!
 //! Who does what:
 //! - the active master appends through one [`LogWriter`] (group commit: one
 //!   `fdatasync` covers every append waiting at that moment);
 //! - startup, the standby and `dsm log dump` read through a [`LogReader`], which
 //!   remembers its place and follows new appends;
-//! - [`compact`] rewrites the sealed segments beside a live writer and readers;
+//! - [`compact`] rewrites the segments below the live one beside a live writer and
+//!   readers, one compaction at a time per directory;
 //! - [`read_at`] fetches one record by the [`LogPos`] an index remembered.
 //!
 //! # Invariants enforced here
@@ -24,10 +29,14 @@
 //!   pages, so retrying could acknowledge lost data). Tested by
 //!   `writer::tests::group_commit_one_fsync_covers_waiting_appends` and
 //!   `writer::tests::failed_writer_stops_acknowledging`.
-//! - **Epoch fencing** (DESIGN §4 "log records from an old epoch beyond the recorded
-//!   end are ignored on replay"): a record `(e, s)` is valid iff `s < start_seq(e')`
-//!   for every epoch `e' > e` in the history. Tested by
+//! - **Epoch fencing**: a record `(e, s)` is valid iff `s < start_seq(e')` for every
+//!   epoch `e' > e` in the history, so a deposed master's records written after its
+//!   successor read the log are ignored on replay. Tested by
 //!   `tests::stale_epoch_records_are_ignored_on_replay`.
+//! - **A live segment is never taken for a sealed one.** A master numbers its
+//!   segments under its own epoch, so whatever a deposed master creates sorts below
+//!   the live segment of any newer master. Tested by
+//!   `tests::a_deposed_writers_roll_sorts_below_the_new_live_segment`.
 //! - **Torn tail vs corruption**: a bad frame with no valid frame after it in its
 //!   file is a torn tail (truncated by [`LogWriter::open`] with a warning); a bad frame
 //!   followed by a valid one is corruption ([`WalError::Corrupt`], startup refuses).
@@ -59,8 +68,8 @@ use bytes::Bytes;
 
 use crate::version::Version;
 
-pub use compact::{CompactStats, compact, sealed_segments};
-pub use epochs::{EPOCHS_FILE, EpochHistory};
+pub use compact::{COMPACT_LOCK_FILE, CompactStats, Moved, compact, sealed_segments};
+pub use epochs::{EpochHistory, LEGACY_EPOCHS_FILE, TERMS_DIR};
 pub use error::{FrameError, Result, WalError};
 pub use frame::{MAGIC, MAX_RECORD_BYTES};
 pub use reader::{LogReader, read_at};
@@ -75,6 +84,42 @@ pub struct Record {
     pub key: Bytes,
     /// The value: arbitrary bytes, possibly empty.
     pub value: Bytes,
+    /// Which client WRITE this is, when the client numbered it: what lets any
+    /// later master recognise a retry of it.
+    pub origin: Option<Origin>,
+}
+
+/// A client WRITE's identity: the client's id and the WRITE's number among
+/// that client's WRITEs (both nonzero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// The client's random id.
+    pub client: u64,
+    /// The WRITE's number.
+    pub seq: u64,
+}
+
+/// A segment's place in the log: the epoch of the master that created it in the
+/// high 32 bits, its number within that epoch in the low 32, so that numbers
+/// sort in log order.
+pub type SegmentNo = u64;
+
+/// The number of the `n`-th segment of `epoch`; `None` past the epochs a segment
+/// name can hold (2^32 - 1 takeovers).
+pub fn segment_no(epoch: u64, n: u32) -> Option<SegmentNo> {
+    u32::try_from(epoch)
+        .ok()
+        .map(|e| (u64::from(e) << 32) | u64::from(n))
+}
+
+/// The epoch that created segment `no`.
+pub fn segment_epoch(no: SegmentNo) -> u64 {
+    no >> 32
+}
+
+/// Renders a segment number the way its file is named (`epoch.n`).
+pub fn segment_label(no: SegmentNo) -> String {
+    format!("{}.{}", no >> 32, no & u64::from(u32::MAX))
 }
 
 /// Where a record starts: segment number and byte offset of its frame.
@@ -83,40 +128,53 @@ pub struct Record {
 /// reads by position must check the key and version it gets back ([`read_at`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LogPos {
-    /// Number of the segment file `kv_store.{file_no:08}.log`.
-    pub file_no: u32,
+    /// Number of the segment file (see [`SegmentNo`]).
+    pub file_no: SegmentNo,
     /// Byte offset of the record's frame in that file.
     pub offset: u64,
 }
 
 impl std::fmt::Display for LogPos {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.file_no, self.offset)
+        write!(f, "{}:{}", segment_label(self.file_no), self.offset)
     }
 }
 
 const SEGMENT_PREFIX: &str = "kv_store.";
 const SEGMENT_SUFFIX: &str = ".log";
 
-/// The path of segment `file_no` in `dir`.
-pub fn segment_path(dir: &Path, file_no: u32) -> PathBuf {
-    dir.join(format!("{SEGMENT_PREFIX}{file_no:08}{SEGMENT_SUFFIX}"))
+/// The path of segment `no` in `dir`.
+pub fn segment_path(dir: &Path, no: SegmentNo) -> PathBuf {
+    let (epoch, n) = (no >> 32, no & u64::from(u32::MAX));
+    if epoch == 0 {
+        // Logs written before segments carried their epoch.
+        dir.join(format!("{SEGMENT_PREFIX}{n:08}{SEGMENT_SUFFIX}"))
+    } else {
+        dir.join(format!("{SEGMENT_PREFIX}{epoch:08}.{n:08}{SEGMENT_SUFFIX}"))
+    }
 }
 
-/// Parses a segment file name; anything else in the directory (the epochs file,
-/// a compaction's `.tmp`, an operator's notes) is not part of the log.
-fn parse_segment_name(name: &str) -> Option<u32> {
-    let digits = name
+/// Parses a segment file name; anything else in the directory (the terms, a
+/// compaction's temporary file, an operator's notes) is not part of the log.
+fn parse_segment_name(name: &str) -> Option<SegmentNo> {
+    let middle = name
         .strip_prefix(SEGMENT_PREFIX)?
         .strip_suffix(SEGMENT_SUFFIX)?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+    let number = |digits: &str| -> Option<u32> {
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    };
+    match middle.split_once('.') {
+        None => segment_no(0, number(middle)?),
+        Some((epoch, n)) => segment_no(u64::from(number(epoch)?), number(n)?),
     }
-    digits.parse().ok()
 }
 
-/// Lists the segments of `dir` in log order (ascending file number).
-pub fn list_segments(dir: &Path) -> Result<Vec<(u32, PathBuf)>> {
+/// Lists the segments of `dir` in log order (ascending [`SegmentNo`]), from a
+/// fresh directory listing.
+pub fn list_segments(dir: &Path) -> Result<Vec<(SegmentNo, PathBuf)>> {
     let entries = std::fs::read_dir(dir).map_err(|e| WalError::io(dir, e))?;
     let mut segments = Vec::new();
     for entry in entries {

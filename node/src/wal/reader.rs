@@ -16,7 +16,8 @@ use super::epochs::Fence;
 use super::frame::{self, HEADER_LEN, MAGIC, MAX_RECORD_BYTES, MIN_PAYLOAD, Parsed};
 use super::segment::{Next, Segment};
 use super::{
-    EpochHistory, LogPos, Record, Result, WalError, list_segments, read_full_at, segment_path,
+    EpochHistory, LogPos, Record, Result, SegmentNo, WalError, list_segments, read_full_at,
+    segment_path,
 };
 use crate::version::Version;
 
@@ -30,7 +31,7 @@ pub struct LogReader {
     cur: Option<Segment>,
     /// After compaction took `cur` away: resume at the largest segment number
     /// `<=` this one, which holds what compaction kept of it.
-    rewind_to: Option<u32>,
+    rewind_to: Option<SegmentNo>,
     /// Highest version delivered so far; records at or below its seq were seen.
     last: Option<Version>,
     /// A delivered record was later invalidated by a newer epoch (see
@@ -153,6 +154,25 @@ impl LogReader {
                 Err(e) => return Err(WalError::io(&next_path, e)),
             }
         }
+    }
+
+    /// Drops every open file handle and cached listing, so that the next
+    /// [`poll`](Self::poll) reads through freshly opened files: on a shared
+    /// volume with close-to-open consistency (NFS, the usual ReadWriteMany
+    /// volume) another client's appends are only guaranteed visible after an
+    /// open. A takeover calls this before reading the log to its end. The place
+    /// is kept.
+    pub fn reopen(&mut self) -> Result<()> {
+        if let Some(seg) = self.cur.take() {
+            match seg.reopen()? {
+                Some(fresh) => self.cur = Some(fresh),
+                // Compaction replaced it: resume where its records went.
+                None => self.rewind_to = Some(seg.file_no),
+            }
+        }
+        self.fence = Fence::load(&self.dir)?;
+        check_delivered(&self.fence, &self.last, &mut self.invalidated);
+        Ok(())
     }
 
     /// Highest seq delivered so far (0 before any).

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use super::error::FrameError;
 use super::frame::{self, HEADER_LEN, MAGIC, MAX_RECORD_BYTES, MIN_PAYLOAD, Parsed};
-use super::{LogPos, Record, Result, WalError, file_id, read_full_at};
+use super::{LogPos, Record, Result, SegmentNo, WalError, file_id, read_full_at};
 
 /// Read-ahead size: large enough that replay costs few syscalls, small enough
 /// that a follower polling a quiet log reads nothing much.
@@ -37,7 +37,7 @@ pub(crate) enum Next {
 /// An open segment and the offset of the next unread byte in it.
 pub(crate) struct Segment {
     /// The segment's number.
-    pub(crate) file_no: u32,
+    pub(crate) file_no: SegmentNo,
     /// Its path, for messages and to check it was not replaced.
     pub(crate) path: PathBuf,
     file: File,
@@ -53,7 +53,7 @@ pub(crate) struct Segment {
 
 impl Segment {
     /// Opens segment `file_no` at `path` read-only, positioned before its magic.
-    pub(crate) fn open(file_no: u32, path: PathBuf) -> io::Result<Self> {
+    pub(crate) fn open(file_no: SegmentNo, path: PathBuf) -> io::Result<Self> {
         let file = File::open(&path)?;
         let id = file_id(&file.metadata()?);
         Ok(Segment {
@@ -70,6 +70,31 @@ impl Segment {
     /// Offset of the next unread byte.
     pub(crate) fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// Opens the segment's path again and continues at the same offset: a fresh
+    /// open is what makes another client's appends visible on a volume with
+    /// close-to-open consistency (NFS). `Ok(None)` when the path no longer names
+    /// the file this segment was (compaction replaced or removed it).
+    pub(crate) fn reopen(&self) -> Result<Option<Segment>> {
+        let file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(WalError::io(&self.path, e)),
+        };
+        let meta = file.metadata().map_err(|e| WalError::io(&self.path, e))?;
+        if file_id(&meta) != self.id {
+            return Ok(None);
+        }
+        Ok(Some(Segment {
+            file_no: self.file_no,
+            path: self.path.clone(),
+            file,
+            id: self.id,
+            offset: self.offset,
+            buf: Vec::new(),
+            start: 0,
+        }))
     }
 
     /// Whether the segment's path still names the file we opened (compaction

@@ -44,9 +44,16 @@ fn replay_map(dir: &Path) -> Map {
     map
 }
 
+/// Compacts every segment below the newest (no term to check): what the
+/// master's compaction does with its writer's live segment.
+fn compact_sealed(dir: &Path, keep: impl Fn(&Record) -> bool) -> Result<CompactStats> {
+    let live = list_segments(dir)?.last().map_or(0, |(no, _)| *no);
+    compact(dir, live, keep, || Ok(()))
+}
+
 fn new_log(epoch: u64, segment_bytes: u64) -> (tempfile::TempDir, LogWriter) {
     let dir = tempfile::tempdir().unwrap();
-    EpochHistory::append(dir.path(), epoch, 1).unwrap();
+    EpochHistory::record_cut(dir.path(), epoch, 1).unwrap();
     let w = LogWriter::open(dir.path(), epoch, 1, segment_bytes, DEFAULT_COMMIT_WINDOW).unwrap();
     (dir, w)
 }
@@ -58,7 +65,7 @@ fn take_over(dir: &Path, epoch: u64, segment_bytes: u64) -> LogWriter {
         reader.poll(|_, _| {}).unwrap();
         reader.last_seq() + 1
     };
-    EpochHistory::append(dir, epoch, first_seq).unwrap();
+    EpochHistory::record_cut(dir, epoch, first_seq).unwrap();
     LogWriter::open(dir, epoch, first_seq, segment_bytes, DEFAULT_COMMIT_WINDOW).unwrap()
 }
 
@@ -80,7 +87,7 @@ async fn round_trips_arbitrary_bytes_through_files() {
     ];
     let mut acked = Vec::new();
     for (k, v) in &cases {
-        acked.push(w.append(k.clone(), v.clone()).await.unwrap());
+        acked.push(w.append(k.clone(), v.clone(), None).await.unwrap());
     }
     let got = replay(dir.path());
     assert_eq!(got.len(), cases.len());
@@ -99,7 +106,12 @@ async fn torn_tail_is_truncated_on_open() {
         let (dir, w) = new_log(1, 1 << 20);
         let mut positions = Vec::new();
         for i in 0..5 {
-            positions.push(w.append(b(&format!("k{i}")), b("value")).await.unwrap().1);
+            positions.push(
+                w.append(b(&format!("k{i}")), b("value"), None)
+                    .await
+                    .unwrap()
+                    .1,
+            );
         }
         w.close().await;
         let path = segment_path(dir.path(), positions[4].file_no);
@@ -120,7 +132,7 @@ async fn torn_tail_is_truncated_on_open() {
             good_len,
             "{damage}"
         );
-        let (v, _) = w2.append(b("after"), b("x")).await.unwrap();
+        let (v, _) = w2.append(b("after"), b("x"), None).await.unwrap();
         let seqs: Vec<Version> = replay(dir.path()).iter().map(|(r, _)| r.version).collect();
         let survivors = if damage == "cut" { 4 } else { 5 };
         let mut expected: Vec<Version> = (1..=survivors).map(|s| Version::new(1, s)).collect();
@@ -135,7 +147,12 @@ async fn corrupt_middle_record_names_file_and_offset() {
     let (dir, w) = new_log(1, 1 << 20);
     let mut positions = Vec::new();
     for i in 0..5 {
-        positions.push(w.append(b(&format!("k{i}")), b("value")).await.unwrap().1);
+        positions.push(
+            w.append(b(&format!("k{i}")), b("value"), None)
+                .await
+                .unwrap()
+                .1,
+        );
     }
     w.close().await;
     let path = segment_path(dir.path(), positions[1].file_no);
@@ -175,7 +192,7 @@ async fn corrupt_middle_record_names_file_and_offset() {
     ));
 
     // A new writer refuses to start and does not truncate anything.
-    EpochHistory::append(dir.path(), 2, 2).unwrap();
+    EpochHistory::record_cut(dir.path(), 2, 2).unwrap();
     assert!(matches!(
         LogWriter::open(dir.path(), 2, 2, 1 << 20, DEFAULT_COMMIT_WINDOW),
         Err(WalError::Corrupt { .. })
@@ -186,14 +203,14 @@ async fn corrupt_middle_record_names_file_and_offset() {
 #[tokio::test]
 async fn older_segment_torn_tail_is_skipped_by_readers() {
     let (dir, w1) = new_log(1, 1 << 20);
-    w1.append(b("a"), b("1")).await.unwrap();
+    w1.append(b("a"), b("1"), None).await.unwrap();
     let w2 = take_over(dir.path(), 2, 1 << 20);
     // The old master crashes half-way through a write, after the new segment exists.
-    let old = segment_path(dir.path(), 1);
+    let old = segment_path(dir.path(), segment_no(1, 1).unwrap());
     let mut f = std::fs::OpenOptions::new().append(true).open(&old).unwrap();
     std::io::Write::write_all(&mut f, &[40, 0, 0, 0, 1, 2]).unwrap();
     drop(f);
-    w2.append(b("b"), b("2")).await.unwrap();
+    w2.append(b("b"), b("2"), None).await.unwrap();
     let got: Vec<Version> = replay(dir.path()).iter().map(|(r, _)| r.version).collect();
     assert_eq!(got, vec![Version::new(1, 1), Version::new(2, 2)]);
     drop(w1);
@@ -205,7 +222,7 @@ async fn reader_follows_a_concurrent_writer() {
     let (dir, w) = new_log(1, 2_000);
     let writer = tokio::spawn(async move {
         for i in 0..N {
-            w.append(b(&format!("k{}", i % 37)), b(&format!("v{i}")))
+            w.append(b(&format!("k{}", i % 37)), b(&format!("v{i}")), None)
                 .await
                 .unwrap();
         }
@@ -231,7 +248,7 @@ async fn reader_follows_a_concurrent_writer() {
 async fn stale_epoch_records_are_ignored_on_replay() {
     let (dir, w1) = new_log(1, 1 << 20);
     for i in 0..10 {
-        w1.append(b(&format!("k{i}")), b("e1")).await.unwrap();
+        w1.append(b(&format!("k{i}")), b("e1"), None).await.unwrap();
     }
     // A follower reads everything, including writes 6..10 that the new master
     // will not have seen.
@@ -240,13 +257,13 @@ async fn stale_epoch_records_are_ignored_on_replay() {
     assert!(!early.invalidated());
 
     // The new master read the log when it ended at seq 5.
-    EpochHistory::append(dir.path(), 2, 6).unwrap();
+    EpochHistory::record_cut(dir.path(), 2, 6).unwrap();
     let w2 = LogWriter::open(dir.path(), 2, 6, 1 << 20, DEFAULT_COMMIT_WINDOW).unwrap();
     for i in 5..7 {
-        w2.append(b(&format!("k{i}")), b("e2")).await.unwrap();
+        w2.append(b(&format!("k{i}")), b("e2"), None).await.unwrap();
     }
     // The deposed master, still running, writes into its old segment.
-    let (late, _) = w1.append(b("k0"), b("late")).await.unwrap();
+    let (late, _) = w1.append(b("k0"), b("late"), None).await.unwrap();
     assert_eq!(late, Version::new(1, 11));
 
     let got: Vec<(Version, Bytes)> = replay(dir.path())
@@ -269,7 +286,7 @@ async fn stale_epoch_records_are_ignored_on_replay() {
     );
 
     // Compaction drops the fenced records too.
-    let stats = compact(dir.path(), |_, _| true).unwrap();
+    let stats = compact_sealed(dir.path(), |_: &Record| true).unwrap();
     assert_eq!(stats.records_kept, 5);
     assert_eq!(replay(dir.path()).len(), 7);
 }
@@ -287,7 +304,7 @@ async fn compaction_keeps_latest_and_read_at_detects_moves() {
         ("c", "4444"),
         ("b", "5"),
     ] {
-        let (version, pos) = w.append(b(k), b(v)).await.unwrap();
+        let (version, pos) = w.append(b(k), b(v), None).await.unwrap();
         index.insert(b(k), version);
         pos_of.insert(version.seq, pos);
         assert_eq!(read_at(dir.path(), pos).unwrap().version, version);
@@ -296,15 +313,18 @@ async fn compaction_keeps_latest_and_read_at_detects_moves() {
     let mut follower = LogReader::open(dir.path()).unwrap();
     let mut fmap = Map::new();
     follower.poll(|r, _| apply(&mut fmap, r)).unwrap();
-    w.append(b("d"), b("6")).await.unwrap();
+    w.append(b("d"), b("6"), None).await.unwrap();
 
-    let stats = compact(dir.path(), |k, v| index.get(k).is_none_or(|l| v >= *l)).unwrap();
+    let stats = compact_sealed(dir.path(), |r: &Record| {
+        index.get(&r.key).is_none_or(|l| r.version >= *l)
+    })
+    .unwrap();
     // Sealed: the empty first segment and records 1..5; record 6 is in the newest.
     assert_eq!(stats.records_read, 5);
     let kept: Vec<(Bytes, Version)> = stats
         .moved
         .iter()
-        .map(|(k, v, _)| (k.clone(), *v))
+        .map(|m| (m.key.clone(), m.version))
         .collect();
     assert_eq!(
         kept,
@@ -314,9 +334,9 @@ async fn compaction_keeps_latest_and_read_at_detects_moves() {
             (b("b"), Version::new(1, 5))
         ]
     );
-    for (k, v, pos) in &stats.moved {
-        let r = read_at(dir.path(), *pos).unwrap();
-        assert_eq!((&r.key, r.version), (k, *v));
+    for m in &stats.moved {
+        let r = read_at(dir.path(), m.pos).unwrap();
+        assert_eq!((&r.key, r.version), (&m.key, m.version));
     }
     // Old positions: deleted segments, or bytes that are no longer a record start.
     for seq in 1..=5 {
@@ -326,7 +346,7 @@ async fn compaction_keeps_latest_and_read_at_detects_moves() {
             Err(e) => panic!("{e}"),
         }
     }
-    let first = stats.moved[0].2;
+    let first = stats.moved[0].pos;
     let inside = LogPos {
         offset: first.offset + 1,
         ..first
@@ -347,16 +367,19 @@ async fn compaction_keeps_latest_and_read_at_detects_moves() {
 #[tokio::test]
 async fn follower_keeps_its_place_when_its_segment_is_replaced() {
     let (dir, w1) = new_log(1, 1 << 20);
-    w1.append(b("a"), b("1")).await.unwrap();
-    w1.append(b("b"), b("2")).await.unwrap();
+    w1.append(b("a"), b("1"), None).await.unwrap();
+    w1.append(b("b"), b("2"), None).await.unwrap();
     let mut follower = LogReader::open(dir.path()).unwrap();
     let mut fmap = Map::new();
     assert_eq!(follower.poll(|r, _| apply(&mut fmap, r)).unwrap(), 2);
     w1.close().await;
     let w2 = take_over(dir.path(), 2, 1 << 20);
-    w2.append(b("a"), b("3")).await.unwrap();
-    w2.append(b("c"), b("4")).await.unwrap();
-    let stats = compact(dir.path(), |k, v| !(k == b"a" && v.seq == 1)).unwrap();
+    w2.append(b("a"), b("3"), None).await.unwrap();
+    w2.append(b("c"), b("4"), None).await.unwrap();
+    let stats = compact_sealed(dir.path(), |r: &Record| {
+        !(r.key == b"a"[..] && r.version.seq == 1)
+    })
+    .unwrap();
     assert_eq!((stats.segments_before, stats.records_kept), (2, 1));
 
     let mut delivered = Vec::new();
@@ -382,7 +405,10 @@ async fn crash_during_compaction_leaves_a_replayable_log() {
     let mut index: HashMap<Bytes, Version> = HashMap::new();
     for i in 0..12 {
         let k = b(&format!("k{}", i % 4));
-        let (v, _) = w.append(k.clone(), b(&format!("v{i}"))).await.unwrap();
+        let (v, _) = w
+            .append(k.clone(), b(&format!("v{i}")), None)
+            .await
+            .unwrap();
         index.insert(k, v);
     }
     let before = replay_map(dir.path());
@@ -392,7 +418,10 @@ async fn crash_during_compaction_leaves_a_replayable_log() {
         .iter()
         .map(|(_, p)| (p.clone(), std::fs::read(p).unwrap()))
         .collect();
-    compact(dir.path(), |k, v| index.get(k).is_none_or(|l| v >= *l)).unwrap();
+    compact_sealed(dir.path(), |r: &Record| {
+        index.get(&r.key).is_none_or(|l| r.version >= *l)
+    })
+    .unwrap();
     for (p, bytes) in &saved {
         std::fs::write(p, bytes).unwrap();
     }
@@ -403,7 +432,10 @@ async fn crash_during_compaction_leaves_a_replayable_log() {
         .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     // The next compaction cleans up.
-    compact(dir.path(), |k, v| index.get(k).is_none_or(|l| v >= *l)).unwrap();
+    compact_sealed(dir.path(), |r: &Record| {
+        index.get(&r.key).is_none_or(|l| r.version >= *l)
+    })
+    .unwrap();
     assert_eq!(replay_map(dir.path()), before);
     assert_eq!(list_segments(dir.path()).unwrap().len(), 2);
 }
@@ -422,14 +454,14 @@ async fn follower_converges_across_compactions() {
     let compactor = {
         let (dir, index, stop) = (dir.path().to_path_buf(), index.clone(), writes_done.clone());
         tokio::task::spawn_blocking(move || {
-            let keep = |k: &[u8], v: Version| {
+            let keep = |r: &Record| {
                 let index = index.lock().unwrap();
-                index.get(k).is_none_or(|l| v >= *l)
+                index.get(&r.key).is_none_or(|l| r.version >= *l)
             };
             let mut rounds = 0;
             loop {
                 let last = stop.load(Ordering::SeqCst);
-                compact(&dir, keep).unwrap();
+                compact_sealed(&dir, keep).unwrap();
                 rounds += 1;
                 if last {
                     return rounds;
@@ -465,7 +497,10 @@ async fn follower_converges_across_compactions() {
         writers.push(tokio::spawn(async move {
             for i in 0..250 {
                 let key = b(&format!("key{}", (i * 7 + t) % 23));
-                let (v, _) = w.append(key.clone(), b(&format!("{t}-{i}"))).await.unwrap();
+                let (v, _) = w
+                    .append(key.clone(), b(&format!("{t}-{i}")), None)
+                    .await
+                    .unwrap();
                 let mut index = index.lock().unwrap();
                 let latest = index.entry(key).or_insert(v);
                 *latest = (*latest).max(v);
@@ -504,7 +539,7 @@ fn segment_image(records: &[(Vec<u8>, Vec<u8>)]) -> (Vec<u8>, Vec<u64>) {
     let mut starts = Vec::new();
     for (i, (k, v)) in records.iter().enumerate() {
         starts.push(bytes.len() as u64);
-        frame::encode(Version::new(1, i as u64 + 1), k, v, &mut bytes);
+        frame::encode(Version::new(1, i as u64 + 1), k, v, None, &mut bytes);
     }
     (bytes, starts)
 }
@@ -534,7 +569,7 @@ proptest! {
             let _ = read_at(dir.path(), LogPos { file_no: 1, offset });
         }
         let _ = writer::truncate_torn_tail(1, &segment_path(dir.path(), 1));
-        let _ = compact(dir.path(), |_, _| true);
+        let _ = compact_sealed(dir.path(), |_: &Record| true);
     }
 
 }

@@ -28,7 +28,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::frame::{self, MAGIC, MAX_RECORD_BYTES};
 use super::segment::{Next, Segment};
-use super::{EpochHistory, LogPos, Result, WalError, list_segments, segment_path, sync_dir};
+use super::{
+    EpochHistory, LogPos, Origin, Result, SegmentNo, WalError, list_segments, segment_epoch,
+    segment_no, segment_path, sync_dir,
+};
 use crate::commit_window::CommitWindow;
 use crate::version::Version;
 
@@ -64,6 +67,8 @@ pub struct WriterStats {
 
 struct Shared {
     last_seq: AtomicU64,
+    /// Number of the segment being appended to.
+    live_segment: AtomicU64,
     fsyncs: AtomicU64,
     records: AtomicU64,
     bytes: AtomicU64,
@@ -72,26 +77,35 @@ struct Shared {
 struct Request {
     key: Bytes,
     value: Bytes,
+    origin: Option<Origin>,
     reply: oneshot::Sender<Result<(Version, LogPos)>>,
+}
+
+impl Request {
+    fn payload_len(&self) -> u64 {
+        frame::payload_len(&self.key, &self.value, self.origin)
+    }
 }
 
 impl LogWriter {
     /// Recovers the log in `dir` and starts a writer for `epoch` whose first
     /// record gets seq `first_seq`.
     ///
-    /// Must be called after [`EpochHistory::append`]`(dir, epoch, first_seq)`:
-    /// that line must be the latest of the history ([`WalError::EpochMismatch`]
+    /// Must be called after [`EpochHistory::record_cut`]`(dir, epoch, first_seq)`:
+    /// that cut must be the latest of the history ([`WalError::EpochMismatch`]
     /// otherwise), so a reader never meets a record of an epoch it cannot fence.
     ///
     /// Recovery: a torn tail of the newest segment (an incomplete or bad last
     /// frame with no valid frame after it: the previous writer crashed mid-write,
     /// so it was never acknowledged) is truncated with a warning naming the file,
     /// offset and bytes dropped. A bad frame followed by valid ones is
-    /// [`WalError::Corrupt`] and nothing is changed. Then a new segment is created
-    /// (never appending to the old master's file, which a paused old master may
-    /// still hold open). The writer rolls to a new segment before a batch once the
-    /// current one holds `segment_bytes` or more. Under load each batch waits
-    /// `commit_window` for more appends to share its fsync
+    /// [`WalError::Corrupt`] and nothing is changed. Then the epoch's first
+    /// segment is created (never appending to the old master's file, which a
+    /// paused old master may still hold open); it sorts after every segment of
+    /// older epochs, and a segment of a newer epoch means this writer is already
+    /// [`WalError::Fenced`]. The writer rolls to the epoch's next segment before a
+    /// batch once the current one holds `segment_bytes` or more. Under load each
+    /// batch waits `commit_window` for more appends to share its fsync
     /// ([`crate::commit_window`]).
     ///
     /// Blocking I/O: call it from `spawn_blocking` in async code.
@@ -128,15 +142,18 @@ impl LogWriter {
                 latest,
             });
         }
+        let first_no = segment_no(epoch, 1).ok_or_else(|| numbers_exhausted(dir))?;
         let segments = list_segments(dir)?;
-        let next_no = match segments.last() {
-            Some((no, path)) => {
-                truncate_torn_tail(*no, path)?;
-                no.checked_add(1).ok_or_else(|| numbers_exhausted(dir))?
+        if let Some(&(newest, ref path)) = segments.last() {
+            if newest >= first_no {
+                return Err(WalError::Fenced {
+                    epoch,
+                    newer: segment_epoch(newest).max(epoch),
+                });
             }
-            None => 1,
-        };
-        let active = create_segment(dir, next_no)?;
+            truncate_torn_tail(newest, path)?;
+        }
+        let active = create_segment(dir, first_no)?;
         tracing::info!(
             path = %active.path.display(),
             epoch,
@@ -145,6 +162,7 @@ impl LogWriter {
         );
         let shared = Arc::new(Shared {
             last_seq: AtomicU64::new(first_seq.saturating_sub(1)),
+            live_segment: AtomicU64::new(active.file_no),
             fsyncs: AtomicU64::new(0),
             records: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -185,8 +203,16 @@ impl LogWriter {
     /// [`WalError::WriterFailed`]. A record over [`MAX_RECORD_BYTES`] fails with
     /// [`WalError::TooLarge`] without affecting the writer. If the future is
     /// dropped after the request was queued, the record may still be written.
-    pub async fn append(&self, key: Bytes, value: Bytes) -> Result<(Version, LogPos)> {
-        let len = frame::payload_len(&key, &value);
+    ///
+    /// `origin` names the client WRITE the record is, when the client numbered
+    /// it; it is stored in the record.
+    pub async fn append(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        origin: Option<Origin>,
+    ) -> Result<(Version, LogPos)> {
+        let len = frame::payload_len(&key, &value, origin);
         if len > u64::from(MAX_RECORD_BYTES) {
             return Err(WalError::TooLarge {
                 len,
@@ -195,10 +221,20 @@ impl LogWriter {
         }
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request { key, value, reply })
+            .send(Request {
+                key,
+                value,
+                origin,
+                reply,
+            })
             .await
             .map_err(|_| WalError::Closed)?;
         rx.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// The segment appends go to now (compaction must stay below it).
+    pub fn live_segment(&self) -> SegmentNo {
+        self.shared.live_segment.load(Ordering::Acquire)
     }
 
     /// Highest durable seq written by this writer (`first_seq - 1` before any).
@@ -245,7 +281,7 @@ struct Hooks {
 /// The segment being appended to.
 struct Active {
     file: File,
-    file_no: u32,
+    file_no: SegmentNo,
     path: PathBuf,
     /// Bytes in the file, i.e. the offset of the next frame.
     len: u64,
@@ -287,12 +323,12 @@ impl Worker {
 
     /// Takes `first` and everything queued behind it (up to the byte cap).
     fn take_batch(&mut self, first: Request) -> Vec<Request> {
-        let mut bytes = frame::payload_len(&first.key, &first.value);
+        let mut bytes = first.payload_len();
         let mut batch = vec![first];
         while bytes < MAX_BATCH_BYTES {
             match self.rx.try_recv() {
                 Ok(req) => {
-                    bytes += frame::payload_len(&req.key, &req.value);
+                    bytes += req.payload_len();
                     batch.push(req);
                 }
                 Err(_) => break,
@@ -344,7 +380,7 @@ impl Worker {
                 file_no: self.active.file_no,
                 offset: self.active.len + self.buf.len() as u64,
             };
-            frame::encode(version, &req.key, &req.value, &mut self.buf);
+            frame::encode(version, &req.key, &req.value, req.origin, &mut self.buf);
             assigned.push((version, pos));
         }
         let io_err = |e| WalError::io(&self.active.path, e);
@@ -380,22 +416,23 @@ impl Worker {
         Ok(assigned)
     }
 
-    /// Starts the next segment, unless a newer master has started: then this
-    /// writer is deposed and must stop (its further records would be invalid
-    /// anyway, and a new segment from it could interleave with the new master's).
+    /// Starts the epoch's next segment, unless a newer master has started: then
+    /// this writer is deposed and must stop (its further records would be
+    /// invalid anyway). A segment created by a writer deposed between the check
+    /// and the creation is harmless: it is numbered under its own epoch, so it
+    /// sorts below the new master's live segment, which followers and compaction
+    /// never take for a sealed one.
     fn roll(&mut self) -> Result<()> {
         self.check_not_fenced()?;
-        let next_no = self
-            .active
-            .file_no
-            .checked_add(1)
-            .ok_or_else(|| numbers_exhausted(&self.dir))?;
+        let next_no = self.active.file_no + 1;
+        if segment_epoch(next_no) != self.epoch {
+            return Err(numbers_exhausted(&self.dir));
+        }
         let next = create_segment(&self.dir, next_no)?;
-        // Checked again after creating: a successor that appended its epoch
-        // line meanwhile creates its segment after ours, so ours is harmless
-        // (empty), but we must not write into it.
-        self.check_not_fenced()?;
         tracing::debug!(path = %next.path.display(), "rolled to a new log segment");
+        self.shared
+            .live_segment
+            .store(next.file_no, Ordering::Release);
         self.active = next;
         Ok(())
     }
@@ -411,9 +448,10 @@ impl Worker {
     }
 }
 
-/// Creates the first free segment numbered `from` or above (`create_new`, so two
-/// writers never share a file), writes the magic and makes it durable.
-fn create_segment(dir: &Path, from: u32) -> Result<Active> {
+/// Creates the first free segment numbered `from` or above within `from`'s
+/// epoch (`create_new`, so two writers never share a file), writes the magic and
+/// makes it durable.
+fn create_segment(dir: &Path, from: SegmentNo) -> Result<Active> {
     let mut file_no = from;
     loop {
         let path = segment_path(dir, file_no);
@@ -434,9 +472,10 @@ fn create_segment(dir: &Path, from: u32) -> Result<Active> {
                 });
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                file_no = file_no
-                    .checked_add(1)
-                    .ok_or_else(|| numbers_exhausted(dir))?;
+                file_no += 1;
+                if segment_epoch(file_no) != segment_epoch(from) {
+                    return Err(numbers_exhausted(dir));
+                }
             }
             Err(e) => return Err(WalError::io(&path, e)),
         }
@@ -444,7 +483,7 @@ fn create_segment(dir: &Path, from: u32) -> Result<Active> {
 }
 
 /// Truncates the torn tail of segment `file_no`, if it has one.
-pub(super) fn truncate_torn_tail(file_no: u32, path: &Path) -> Result<()> {
+pub(super) fn truncate_torn_tail(file_no: SegmentNo, path: &Path) -> Result<()> {
     let io_err = |e| WalError::io(path, e);
     let mut seg = Segment::open(file_no, path.to_path_buf()).map_err(io_err)?;
     loop {
@@ -479,7 +518,7 @@ pub(super) fn truncate_torn_tail(file_no: u32, path: &Path) -> Result<()> {
 fn numbers_exhausted(dir: &Path) -> WalError {
     WalError::io(
         dir,
-        io::Error::other("segment numbers exhausted (u32::MAX reached)"),
+        io::Error::other("segment numbers exhausted (2^32 epochs or segments per epoch)"),
     )
 }
 
@@ -491,7 +530,7 @@ mod tests {
 
     fn setup(segment_bytes: u64, hooks: Hooks) -> (tempfile::TempDir, Arc<LogWriter>) {
         let dir = tempfile::tempdir().unwrap();
-        EpochHistory::append(dir.path(), 1, 1).unwrap();
+        EpochHistory::record_cut(dir.path(), 1, 1).unwrap();
         let w =
             LogWriter::open_with(dir.path(), 1, 1, segment_bytes, Duration::ZERO, hooks).unwrap();
         (dir, Arc::new(w))
@@ -517,8 +556,12 @@ mod tests {
         for i in 0..N {
             let w = w.clone();
             tasks.push(tokio::spawn(async move {
-                w.append(Bytes::from(format!("k{i}")), Bytes::from(vec![i as u8; i]))
-                    .await
+                w.append(
+                    Bytes::from(format!("k{i}")),
+                    Bytes::from(vec![i as u8; i]),
+                    None,
+                )
+                .await
             }));
         }
         // The thread took one request and waits at the gate; wait until the
@@ -553,19 +596,19 @@ mod tests {
         let hooks = Hooks::default();
         let fail = hooks.fail_writes.clone();
         let (_dir, w) = setup(u64::MAX, hooks);
-        w.append(Bytes::from_static(b"a"), Bytes::from_static(b"1"))
+        w.append(Bytes::from_static(b"a"), Bytes::from_static(b"1"), None)
             .await
             .unwrap();
         fail.store(true, Ordering::SeqCst);
         let err = w
-            .append(Bytes::from_static(b"b"), Bytes::from_static(b"2"))
+            .append(Bytes::from_static(b"b"), Bytes::from_static(b"2"), None)
             .await
             .unwrap_err();
         assert!(matches!(err, WalError::WriterFailed { .. }), "{err}");
         // Even once the disk "recovers", the writer never pretends again.
         fail.store(false, Ordering::SeqCst);
         let err = w
-            .append(Bytes::from_static(b"c"), Bytes::from_static(b"3"))
+            .append(Bytes::from_static(b"c"), Bytes::from_static(b"3"), None)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("injected write failure"), "{err}");
@@ -576,10 +619,13 @@ mod tests {
     async fn too_large_is_refused_without_harm() {
         let (_dir, w) = setup(u64::MAX, Hooks::default());
         let huge = Bytes::from(vec![0u8; MAX_RECORD_BYTES as usize]);
-        let err = w.append(Bytes::from_static(b"k"), huge).await.unwrap_err();
+        let err = w
+            .append(Bytes::from_static(b"k"), huge, None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, WalError::TooLarge { .. }));
         let (v, _) = w
-            .append(Bytes::from_static(b"k"), Bytes::new())
+            .append(Bytes::from_static(b"k"), Bytes::new(), None)
             .await
             .unwrap();
         assert_eq!(v, Version::new(1, 1));
@@ -592,7 +638,7 @@ mod tests {
             LogWriter::open(dir.path(), 1, 1, 1 << 20, DEFAULT_COMMIT_WINDOW),
             Err(WalError::EpochMismatch { latest: None, .. })
         ));
-        EpochHistory::append(dir.path(), 1, 1).unwrap();
+        EpochHistory::record_cut(dir.path(), 1, 1).unwrap();
         assert!(matches!(
             LogWriter::open(dir.path(), 2, 1, 1 << 20, DEFAULT_COMMIT_WINDOW),
             Err(WalError::EpochMismatch { .. })
@@ -605,13 +651,17 @@ mod tests {
         let mut positions = Vec::new();
         for i in 0..30u32 {
             let (v, pos) = w
-                .append(Bytes::from(format!("key{i}")), Bytes::from(vec![b'x'; 40]))
+                .append(
+                    Bytes::from(format!("key{i}")),
+                    Bytes::from(vec![b'x'; 40]),
+                    None,
+                )
                 .await
                 .unwrap();
             assert_eq!(v.seq, u64::from(i) + 1);
             positions.push(pos);
         }
-        let files: std::collections::BTreeSet<u32> = positions.iter().map(|p| p.file_no).collect();
+        let files: std::collections::BTreeSet<u64> = positions.iter().map(|p| p.file_no).collect();
         assert!(files.len() > 3, "{files:?}");
         assert!(positions.windows(2).all(|w| w[0] < w[1]));
         let mut reader = LogReader::open(dir.path()).unwrap();
@@ -620,11 +670,15 @@ mod tests {
         assert_eq!(replayed, positions);
 
         // A successor takes over; at its next roll the old writer stops.
-        EpochHistory::append(dir.path(), 2, 31).unwrap();
+        EpochHistory::record_cut(dir.path(), 2, 31).unwrap();
         let mut fenced = None;
         for _ in 0..10 {
             if let Err(e) = w
-                .append(Bytes::from_static(b"late"), Bytes::from(vec![b'x'; 100]))
+                .append(
+                    Bytes::from_static(b"late"),
+                    Bytes::from(vec![b'x'; 100]),
+                    None,
+                )
                 .await
             {
                 fenced = Some(e);

@@ -1,0 +1,133 @@
+//! Log compaction by the active master: what may be dropped, and when it runs.
+//!
+//! The rule (see [`crate::wal::compact`] for the contract): a record is kept
+//! unless the index holds a newer version of its key that is in the log *for
+//! good* — at or below the term's committed seq ([`Term::committed`]). A newer
+//! version above it might still be cut off by a takeover that did not see it,
+//! and the older record would then be the key's latest valid one. A record a
+//! client may still retry is kept too (see [`super::sessions`]).
+//!
+//! Only the active master compacts, one compaction at a time per log
+//! directory (the log's own lock), only below its writer's live segment, and
+//! the term is checked again right before the rename and before the deletes:
+//! a master deposed meanwhile changes nothing. Checked by
+//! `master::tests::compaction_by_a_deposed_master_never_drops_the_latest_valid_record`
+//! and `wal::tests`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tracing::{info, warn};
+
+use super::{Master, Term, lock, term};
+use crate::proto::CompactReply;
+use crate::wal::{self, Record, WalError};
+
+impl Master {
+    /// Compacts the segments below the live one, keeping what may still be
+    /// needed (module doc).
+    pub async fn compact(&self) -> Result<CompactReply, Status> {
+        let term = self.serving_term()?;
+        let master = self
+            .me
+            .upgrade()
+            .ok_or_else(|| Status::unavailable("shutting down"))?;
+        let dir = self.config.log_dir.clone();
+        let live = term.writer.live_segment();
+        let job_term = term.clone();
+        let stats = tokio::task::spawn_blocking(move || {
+            wal::compact(
+                &dir,
+                live,
+                |record| master.keeps(&job_term, record),
+                || master.still_current(&job_term),
+            )
+        })
+        .await
+        .map_err(|e| Status::internal(format!("compaction task failed: {e}")))?
+        .map_err(|e| match e {
+            WalError::CompactionRunning { .. } | WalError::Deposed(_) => {
+                Status::unavailable(format!("compaction not done: {e}"))
+            }
+            e => Status::internal(format!("compaction failed: {e}")),
+        })?;
+        {
+            let mut index = lock(&self.index);
+            let mut sessions = lock(&self.sessions);
+            for moved in &stats.moved {
+                index.moved(&moved.key, moved.version, moved.pos);
+                if let Some(origin) = moved.origin {
+                    sessions.moved(origin, moved.version, moved.pos);
+                }
+            }
+        }
+        info!(
+            segments_before = stats.segments_before,
+            segments_after = stats.segments_after,
+            bytes_before = stats.bytes_before,
+            bytes_after = stats.bytes_after,
+            "log compacted"
+        );
+        Ok(CompactReply {
+            segments_before: stats.segments_before as u64,
+            segments_after: stats.segments_after as u64,
+            bytes_before: stats.bytes_before,
+            bytes_after: stats.bytes_after,
+        })
+    }
+
+    /// The keep rule (module doc).
+    pub(super) fn keeps(&self, term: &Term, record: &Record) -> bool {
+        if let Some(origin) = record.origin
+            && lock(&self.sessions).retains(origin, record.version)
+        {
+            return true;
+        }
+        lock(&self.index).get(&record.key).is_none_or(|meta| {
+            meta.version <= record.version || meta.version.seq > term.committed()
+        })
+    }
+
+    /// The term check before the rename and before the deletes.
+    fn still_current(&self, term: &Term) -> wal::Result<()> {
+        if term.is_deposed() {
+            return Err(WalError::Deposed(format!(
+                "the term of epoch {} ended",
+                term.epoch
+            )));
+        }
+        match term::newest_claim(&self.config.log_dir) {
+            Ok(newest) if newest > term.epoch => {
+                term.depose(&format!("another process claimed epoch {newest}"));
+                Err(WalError::Deposed(format!(
+                    "epoch {newest} was claimed after epoch {}",
+                    term.epoch
+                )))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(WalError::Deposed(format!("cannot check the term: {e}"))),
+        }
+    }
+
+    /// Compacts automatically once enough sealed segments piled up.
+    pub(super) async fn compaction_loop(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            let Ok(term) = self.serving_term() else {
+                continue;
+            };
+            let live = term.writer.live_segment();
+            let sealed = wal::sealed_segments(&self.config.log_dir, live).unwrap_or(0);
+            if sealed >= self.config.compact_segments
+                && let Err(e) = self.compact().await
+            {
+                warn!("automatic compaction failed: {}", e.message());
+            }
+        }
+    }
+}

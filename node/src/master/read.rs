@@ -1,0 +1,90 @@
+//! The READ path: the latest version's value from one of its holders (chosen
+//! at random to spread the load), falling back to the other holders and
+//! finally to the log; a holder found stale is repaired.
+//!
+//! Invariant (a READ returns only what the current term can vouch for): every
+//! answer, NOT_FOUND included, waits for a [`super::barrier`] round that started
+//! after the READ looked at the index, so a master that lost its term (paused
+//! past a takeover, partitioned away) answers nothing but an error. Checked by
+//! `master::tests::a_woken_master_answers_no_read_not_even_not_found` and the
+//! nemesis (`chaos-broken-read` must be caught).
+
+use bytes::Bytes;
+use tonic::Status;
+use tracing::debug;
+
+use super::{Master, lock, placement};
+use crate::version::Version;
+
+/// TEST-ONLY (feature `chaos-broken-read`, flag `--chaos-broken-read`): when
+/// set, NOT_FOUND is answered without confirming the term — the bug the
+/// nemesis must catch (a paused master that wakes up answers NOT_FOUND for a
+/// key its successor created). The lease loop then does not look for newer
+/// claims either (as on a master cut off from the log volume), so that the
+/// READ path alone decides.
+#[cfg(feature = "chaos-broken-read")]
+pub static BROKEN_READ: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub(super) fn broken_read() -> bool {
+    #[cfg(feature = "chaos-broken-read")]
+    {
+        BROKEN_READ.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    #[cfg(not(feature = "chaos-broken-read"))]
+    {
+        false
+    }
+}
+
+impl Master {
+    /// A READ: the value of the latest acknowledged WRITE of `key`, or
+    /// NOT_FOUND, once the term is confirmed.
+    pub async fn read(&self, key: Bytes) -> Result<(Bytes, Version), Status> {
+        self.config
+            .limits
+            .check_key(&key)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let term = self.serving_term()?;
+        let meta = lock(&self.index).get(&key).cloned();
+        let Some(meta) = meta else {
+            if !broken_read() {
+                term.barrier.ticket().await?;
+                term.check_can_ack()?;
+            }
+            return Err(Status::not_found("key not found"));
+        };
+        // Joined after the index lookup: the round vouches for it.
+        let confirmed = term.barrier.ticket();
+        let value = async {
+            let holders = self.live_holders(&meta.holders);
+            for slave in placement::write_order(&holders) {
+                let Ok(reply) = self.get_from(&term, &slave, &key).await else {
+                    continue;
+                };
+                let found = reply.version.map(Version::from).filter(|_| reply.found);
+                match found {
+                    Some(v) if v == meta.version => {
+                        slave.reads.inc();
+                        return Ok(Bytes::from(reply.value));
+                    }
+                    // A newer WRITE is on its way to this slave: not ours to
+                    // return before it is acknowledged; ask another holder.
+                    Some(v) if v > meta.version => {}
+                    _ => {
+                        debug!(slave = %slave.id, "stale replica found by READ; repairing");
+                        lock(&self.index).remove_holder(&key, slave.idx);
+                        self.repair.notify_one();
+                    }
+                }
+            }
+            let value = self.read_log(&key, meta.version, meta.pos).await?;
+            self.repair.notify_one();
+            Ok::<Bytes, Status>(value)
+        };
+        let (value, confirmed) = tokio::join!(value, confirmed);
+        confirmed?;
+        let value = value?;
+        term.check_can_ack()?;
+        Ok((value, meta.version))
+    }
+}
