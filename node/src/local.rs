@@ -58,6 +58,9 @@ pub struct Member {
     pub metrics: SocketAddr,
     /// File receiving the process's output.
     pub log: PathBuf,
+    /// Its command line, to start it again.
+    exe: PathBuf,
+    args: Vec<String>,
     child: Child,
 }
 
@@ -183,6 +186,41 @@ impl LocalCluster {
     }
 }
 
+/// Faults, for `dsm bench failover`.
+impl LocalCluster {
+    fn member(&mut self, name: &str) -> anyhow::Result<&mut Member> {
+        self.members
+            .iter_mut()
+            .find(|m| m.name == name)
+            .with_context(|| format!("no member named {name}"))
+    }
+
+    /// Sends `signal` to member `name` (SIGKILL, SIGSTOP, SIGCONT…).
+    pub fn signal(&mut self, name: &str, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        let member = self.member(name)?;
+        let pid = member
+            .child
+            .id()
+            .with_context(|| format!("{name} is not running"))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+            .with_context(|| format!("cannot signal {name}"))
+    }
+
+    /// Kills member `name` with SIGKILL and waits until it is gone.
+    pub async fn kill9(&mut self, name: &str) -> anyhow::Result<()> {
+        self.signal(name, nix::sys::signal::Signal::SIGKILL)?;
+        let _ = self.member(name)?.child.wait().await;
+        Ok(())
+    }
+
+    /// Starts member `name` again with the same flags (after [`kill9`](Self::kill9)).
+    pub fn restart(&mut self, name: &str) -> anyhow::Result<()> {
+        let member = self.member(name)?;
+        member.child = spawn_logged(&member.exe, name, &member.args, &member.log, &[])?;
+        Ok(())
+    }
+}
+
 /// Runs the local cluster until Ctrl-C or SIGTERM.
 pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let mut cluster = LocalCluster::start(&args).await?;
@@ -261,6 +299,8 @@ fn spawn(
         address,
         metrics,
         log,
+        exe: exe.to_path_buf(),
+        args,
         child,
     })
 }
@@ -302,7 +342,7 @@ pub fn spawn_logged(
 
 /// Waits until the master serves and every slave registered, printing
 /// progress once a second.
-async fn wait_ready(
+pub(crate) async fn wait_ready(
     master: SocketAddr,
     backup: SocketAddr,
     slaves: u32,

@@ -8,9 +8,12 @@
 //! `dsm_bench_*` while it runs. `dsm bench sweep` ([`sweep`]) runs a grid
 //! of client and slave counts and draws the seed's plots ([`plot`]).
 //!
+//! `dsm bench failover` ([`failover`]) times failovers instead.
+//!
 //! Module map: [`workload`] picks requests, [`stats`] measures them,
 //! [`report`] summarises a run.
 
+pub mod failover;
 pub mod plot;
 pub mod report;
 pub mod stats;
@@ -58,6 +61,10 @@ pub enum BenchCommand {
     /// Run every combination of client and slave counts against local
     /// clusters and write results.csv, results.json and SVG plots.
     Sweep(sweep::SweepArgs),
+    /// Time failovers: kill -9 or pause the active master of a local cluster
+    /// while a client writes, and report how long until a WRITE is
+    /// acknowledged again.
+    Failover(failover::FailoverArgs),
     /// Redraw the plots of a sweep from its results.json.
     Plot {
         /// The sweep's output directory (holding results.json); the plots
@@ -224,6 +231,7 @@ pub struct RunParams {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         Some(BenchCommand::Sweep(sweep)) => sweep::run(sweep).await,
+        Some(BenchCommand::Failover(failover)) => failover::run(failover).await,
         Some(BenchCommand::Plot { dir }) => sweep::replot(&dir),
         None => run_once(args.run).await,
     }
@@ -346,6 +354,45 @@ impl OwnCluster {
     /// Stops every process (the directory goes when `self` is dropped).
     pub async fn stop(&mut self) {
         self.cluster.stop().await;
+    }
+
+    /// The cluster's processes, to inject faults.
+    pub fn inner(&mut self) -> &mut LocalCluster {
+        &mut self.cluster
+    }
+
+    /// Waits until a master is active with every slave live.
+    pub async fn wait_settled(&self) -> anyhow::Result<()> {
+        let slaves = self.cluster.members.len().saturating_sub(2) as u32;
+        crate::local::wait_ready(
+            self.cluster.master,
+            self.cluster.backup,
+            slaves,
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
+    /// The name of the active master-capable process (`master` or `backup`).
+    pub async fn active_member(&self) -> anyhow::Result<String> {
+        for (name, address) in [
+            ("master", self.cluster.master),
+            ("backup", self.cluster.backup),
+        ] {
+            let client = Client::new(ClientConfig {
+                endpoints: vec![address.to_string()],
+                timeout: Duration::from_secs(1),
+                retry_for: Duration::ZERO,
+            });
+            if client
+                .endpoint_status()
+                .await
+                .is_ok_and(|s| s.role == "active")
+            {
+                return Ok(name.to_string());
+            }
+        }
+        bail!("no master-capable process is active")
     }
 }
 

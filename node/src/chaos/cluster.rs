@@ -125,9 +125,10 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(listener.local_addr()?)
 }
 
-/// The environment that makes a process's wall clock follow `clock_file`
-/// (monotonic clocks untouched: NTP and suspend move wall clocks).
-fn faketime_env(lib: &Path, clock_file: &Path) -> Vec<(String, String)> {
+/// The environment that makes a process's wall clock follow `clock_file`, an
+/// offset such as `+10` or `-30` in seconds, re-read every second (monotonic
+/// clocks untouched: NTP steps and suspended VMs move wall clocks).
+pub fn faketime_env(lib: &Path, clock_file: &Path) -> Vec<(String, String)> {
     vec![
         ("LD_PRELOAD".into(), lib.display().to_string()),
         (

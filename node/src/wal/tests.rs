@@ -620,3 +620,124 @@ proptest! {
         }
     }
 }
+
+/// Finding 3: one compaction at a time per log directory, across processes.
+/// While another holds the lock, a compaction is refused and touches
+/// nothing; a crashed compaction's temporary file is never written into.
+#[tokio::test]
+async fn a_second_compaction_is_refused_while_one_runs() {
+    let (dir, w) = new_log(1, 1);
+    for i in 0..6 {
+        w.append(b(&format!("k{}", i % 2)), b(&format!("v{i}")), None)
+            .await
+            .unwrap();
+    }
+    let before: Vec<_> = list_segments(dir.path()).unwrap();
+    let held = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.path().join(COMPACT_LOCK_FILE))
+        .unwrap();
+    held.lock().unwrap();
+    match compact_sealed(dir.path(), |_: &Record| true) {
+        Err(e @ WalError::CompactionRunning { .. }) => {
+            assert!(e.to_string().contains("another compaction"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(list_segments(dir.path()).unwrap(), before);
+    drop(held);
+    // A crash left a temporary file behind: it is replaced, not appended to.
+    let mut tmp = before[0].1.clone().into_os_string();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, b"half a compaction").unwrap();
+    let latest = replay_map(dir.path());
+    compact_sealed(dir.path(), |_: &Record| true).unwrap();
+    assert!(!std::path::Path::new(&tmp).exists());
+    assert_eq!(replay_map(dir.path()), latest);
+}
+
+/// Finding 3, the term: a compaction whose caller's term ends while it
+/// rewrites changes nothing.
+#[tokio::test]
+async fn a_compaction_whose_term_ended_changes_nothing() {
+    let (dir, w) = new_log(1, 1);
+    for i in 0..4 {
+        w.append(b("k"), b(&format!("v{i}")), None).await.unwrap();
+    }
+    let before = list_segments(dir.path()).unwrap();
+    let live = before.last().unwrap().0;
+    let deposed = || Err(WalError::Deposed("epoch 2 was claimed".into()));
+    let result = compact(dir.path(), live, |_: &Record| true, deposed);
+    assert!(matches!(result, Err(WalError::Deposed(_))), "{result:?}");
+    assert_eq!(list_segments(dir.path()).unwrap(), before);
+    assert_eq!(replay(dir.path()).len(), 4);
+}
+
+/// Finding 4: a deposed master's roll that raced the takeover creates its
+/// next segment after its successor's first one. Numbered under its own
+/// epoch, it sorts below the successor's live segment: followers keep
+/// reading the live segment, and compaction below it never touches it.
+#[tokio::test]
+async fn a_deposed_writers_roll_sorts_below_the_new_live_segment() {
+    let (dir, w1) = new_log(1, 1 << 20);
+    w1.append(b("a"), b("1"), None).await.unwrap();
+    let w2 = take_over(dir.path(), 2, 1 << 20);
+    w2.append(b("b"), b("2"), None).await.unwrap();
+    let late = segment_path(dir.path(), segment_no(1, 2).unwrap());
+    std::fs::write(&late, MAGIC).unwrap();
+    let newest = list_segments(dir.path()).unwrap().last().unwrap().0;
+    assert_eq!(
+        newest,
+        w2.live_segment(),
+        "the live segment is still the newest"
+    );
+
+    let mut follower = LogReader::open(dir.path()).unwrap();
+    let mut seen = Vec::new();
+    follower.poll(|r, _| seen.push(r.version)).unwrap();
+    let stats = compact(dir.path(), w2.live_segment(), |_: &Record| true, || Ok(())).unwrap();
+    assert!(stats.segments_after < stats.segments_before);
+    w2.append(b("c"), b("3"), None).await.unwrap();
+    follower.poll(|r, _| seen.push(r.version)).unwrap();
+    assert_eq!(
+        seen,
+        vec![Version::new(1, 1), Version::new(2, 2), Version::new(2, 3)],
+        "the follower read every append of the live segment"
+    );
+    let live = segment_path(dir.path(), w2.live_segment());
+    assert!(live.exists(), "compaction left the live segment alone");
+    drop(w1);
+}
+
+/// Finding 5: on a volume with close-to-open consistency (NFS), appends made
+/// through another client only become visible through a fresh open. Here the
+/// new contents of a segment arrive as a new file at the same path, which an
+/// old handle never sees; a takeover reopens before it reads the log's end.
+#[tokio::test]
+async fn a_reopened_reader_sees_what_its_old_handle_cannot() {
+    let (dir, w) = new_log(1, 1 << 20);
+    w.append(b("a"), b("1"), None).await.unwrap();
+    w.append(b("b"), b("2"), None).await.unwrap();
+    w.close().await;
+    let mut reader = LogReader::open(dir.path()).unwrap();
+    assert_eq!(reader.poll(|_, _| {}).unwrap(), 2);
+
+    let path = segment_path(dir.path(), segment_no(1, 1).unwrap());
+    let mut bytes = std::fs::read(&path).unwrap();
+    frame::encode(Version::new(1, 3), b"c", b"3", None, &mut bytes);
+    let fresh = path.with_extension("new");
+    std::fs::write(&fresh, &bytes).unwrap();
+    std::fs::rename(&fresh, &path).unwrap();
+
+    assert_eq!(
+        reader.poll(|_, _| {}).unwrap(),
+        0,
+        "the old handle is stale"
+    );
+    reader.reopen().unwrap();
+    let mut more = Vec::new();
+    reader.poll(|r, _| more.push(r.version)).unwrap();
+    assert_eq!(more, vec![Version::new(1, 3)]);
+}

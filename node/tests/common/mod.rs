@@ -386,6 +386,13 @@ impl Member {
         kill(self.pid(), Signal::SIGCONT).expect("SIGCONT");
     }
 
+    /// Starts a member of a [`Cluster::prepare`]d cluster on its own.
+    pub fn start_alone(&mut self) {
+        if self.child.is_none() {
+            self.start();
+        }
+    }
+
     /// Starts the member again with the same flags and directories.
     pub fn restart(&mut self) {
         self.kill9();
