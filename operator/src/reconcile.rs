@@ -1,5 +1,9 @@
 //! The reconcile loop: observe, plan, apply, report.
 //!
+//! A spec the nodes would refuse ([`DsmClusterSpec::validate`](crate::crd::DsmClusterSpec::validate))
+//! is not reconciled at all: the status says why (`Degraded`, reason `InvalidSpec`) and a
+//! Warning Event is published, and the cluster keeps running as it was.
+//!
 //! Every object (and the status) is written with server-side apply under the one field
 //! manager [`MANAGER`], so a reconcile that finds nothing new sends the same patches
 //! again, which the API server turns into no-ops, and writes no status. The order of a
@@ -35,7 +39,7 @@ use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
 use crate::certs::{self, CaPems, MemberPems};
-use crate::crd::{DsmCluster, DsmClusterStatus, GROUP, TlsClientAuth};
+use crate::crd::{DsmCluster, DsmClusterStatus, GROUP, SpecError, TlsClientAuth};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::netpol;
@@ -89,6 +93,9 @@ pub async fn reconcile(dc: Arc<DsmCluster>, ctx: Arc<Context>) -> Result<Action>
         let status = status::paused(&dc, Timestamp::now());
         write_status(&Api::namespaced(client, ns), &dc, status).await?;
         return Ok(Action::await_change());
+    }
+    if let Err(error) = dc.spec.validate() {
+        return refuse(&dc, &ctx, ns, &error).await;
     }
 
     // 1. Objects that do not depend on observations.
@@ -233,6 +240,29 @@ pub async fn reconcile(dc: Arc<DsmCluster>, ctx: Arc<Context>) -> Result<Action>
     } else {
         REQUEUE_IDLE
     }))
+}
+
+/// Rolls nothing out of a spec the nodes would refuse (a master started with it would
+/// crash-loop): says why in the status and, when that is news, in a Warning Event. The
+/// next reconcile comes with the next change of the spec.
+async fn refuse(dc: &DsmCluster, ctx: &Context, ns: &str, error: &SpecError) -> Result<Action> {
+    warn!(%error, "invalid spec: not rolling it out");
+    let status = status::invalid(dc, error, Timestamp::now());
+    let news = dc.status.as_ref() != Some(&status);
+    write_status(&Api::namespaced(ctx.client.clone(), ns), dc, status).await?;
+    if news {
+        let warning = event(
+            EventType::Warning,
+            status::REASON_INVALID_SPEC,
+            "Validate",
+            status::refusal(error),
+        );
+        ctx.recorder
+            .publish(&warning, &dc.object_ref(&()))
+            .await
+            .map_err(Error::Kube)?;
+    }
+    Ok(Action::await_change())
 }
 
 /// Decides the requeue after a failed reconcile, and counts the failure by kind.
@@ -788,6 +818,56 @@ mod tests {
         assert_eq!(sts["spec"]["replicas"], 2);
         assert_eq!(body(&calls, EVENT)["reason"], "DrainedSlave");
         assert_eq!(body(&calls, STATUS)["status"]["phase"], "Updating");
+    }
+
+    /// The condition `type_` of a status written in `calls`.
+    fn written_condition<'a>(calls: &'a [Call], type_: &str) -> &'a serde_json::Value {
+        body(calls, STATUS)["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+            .unwrap_or_else(|| panic!("no {type_} condition written"))
+    }
+
+    #[tokio::test]
+    async fn an_invalid_factor_rolls_nothing_out_and_says_why() {
+        let dc = test_cluster(DsmClusterSpec::default());
+        let (sts, pods, nodes) = running(&dc, 3, 3);
+        let status = status_after(&dc, sts.clone(), pods.clone(), nodes.clone()).await;
+        // What the user did: five slaves, factor still pinned at 2.
+        let mut spec = DsmClusterSpec::default();
+        spec.slaves.replicas = 5;
+        spec.replication.factor = Some(2);
+        let mut dc = test_cluster(spec).with_status(status);
+        dc.metadata.generation = Some(2);
+
+        let calls = reconcile_once(&dc, Some(sts.clone()), pods.clone(), nodes.clone()).await;
+        // No ConfigMap, StatefulSet or pod is touched: only the status and the Event.
+        assert_eq!(lines(&calls), [STATUS, EVENT]);
+        assert!(nodes.drains.lock().expect("drains").is_empty());
+        let written = &body(&calls, STATUS)["status"];
+        assert_eq!(written["phase"], "Degraded");
+        assert_eq!(written["observedGeneration"], 2);
+        let degraded = written_condition(&calls, "Degraded");
+        assert_eq!(degraded["status"], "True");
+        assert_eq!(degraded["reason"], "InvalidSpec");
+        let message = degraded["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(
+                "spec.replication.factor 2 is not a majority of spec.slaves.replicas 5"
+            ) && message.contains("use at least 3"),
+            "{message}"
+        );
+        assert_eq!(written_condition(&calls, "Progressing")["status"], "False");
+        let warning = body(&calls, EVENT);
+        assert_eq!(warning["type"], "Warning");
+        assert_eq!(warning["reason"], "InvalidSpec");
+        assert_eq!(warning["note"], message);
+
+        // Reconciled again with that status: nothing new to say, nothing written.
+        let status = serde_json::from_value(written.clone()).expect("status");
+        let dc = dc.with_status(status);
+        let again = reconcile_once(&dc, Some(sts), pods, nodes).await;
+        assert_eq!(lines(&again), Vec::<String>::new());
     }
 
     #[tokio::test]

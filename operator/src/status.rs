@@ -6,7 +6,8 @@
 //! - **Ready**: Available, every wanted pod ready and nothing rolling out.
 //! - **Progressing**: the cluster is being created, scaled or rolled out.
 //! - **Degraded**: a cluster that once ran lacks a pod or the lease holder (a dead slave
-//!   or master shows up here, whatever the reason).
+//!   or master shows up here, whatever the reason), or the spec is one the nodes would
+//!   refuse (reason `InvalidSpec`: nothing is rolled out).
 //!
 //! A condition's `lastTransitionTime` changes only when its status does, so a reconcile
 //! that sees nothing new computes the same status and writes nothing.
@@ -14,7 +15,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crd::{DsmCluster, DsmClusterStatus, Endpoints};
+use crate::crd::{DsmCluster, DsmClusterStatus, Endpoints, SpecError};
 use crate::objects::{Names, Seat};
 use crate::plan::{Observed, Plan, pod_ready};
 
@@ -62,12 +63,22 @@ fn previous_phase(dc: &DsmCluster) -> &str {
     dc.status.as_ref().map_or("", |s| s.phase.as_str())
 }
 
+/// The last observations with `phase` and the given conditions replacing those of
+/// the same type: the status of a reconcile that observes and changes nothing.
+fn unreconciled(dc: &DsmCluster, phase: &str, conditions: Vec<Condition>) -> DsmClusterStatus {
+    let mut status = dc.status.clone().unwrap_or_default();
+    status.phase = phase.to_string();
+    status.observed_generation = dc.metadata.generation;
+    status
+        .conditions
+        .retain(|c| !conditions.iter().any(|new| new.type_ == c.type_));
+    status.conditions.extend(conditions);
+    status
+}
+
 /// The status of a paused cluster: the last observations, with the phase and
 /// Progressing saying that nothing is reconciled.
 pub fn paused(dc: &DsmCluster, now: Timestamp) -> DsmClusterStatus {
-    let mut status = dc.status.clone().unwrap_or_default();
-    status.phase = PHASE_PAUSED.to_string();
-    status.observed_generation = dc.metadata.generation;
     let progressing = condition(
         "Progressing",
         false,
@@ -76,9 +87,28 @@ pub fn paused(dc: &DsmCluster, now: Timestamp) -> DsmClusterStatus {
         dc,
         now,
     );
-    status.conditions.retain(|c| c.type_ != "Progressing");
-    status.conditions.push(progressing);
-    status
+    unreconciled(dc, PHASE_PAUSED, vec![progressing])
+}
+
+/// Reason of the conditions of a spec the nodes would refuse.
+pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
+
+/// What the status and the Warning Event say of a spec the nodes would refuse.
+pub fn refusal(error: &SpecError) -> String {
+    format!("{error}; nothing is rolled out until the spec is fixed")
+}
+
+/// The status of a cluster whose spec the nodes would refuse: nothing is rolled out, so
+/// the last observations stay; Degraded, Ready and Progressing say why.
+pub fn invalid(dc: &DsmCluster, error: &SpecError, now: Timestamp) -> DsmClusterStatus {
+    let message = refusal(error);
+    let conditions = [("Degraded", true), ("Ready", false), ("Progressing", false)]
+        .into_iter()
+        .map(|(type_, status)| {
+            condition(type_, status, REASON_INVALID_SPEC, message.clone(), dc, now)
+        })
+        .collect();
+    unreconciled(dc, PHASE_DEGRADED, conditions)
 }
 
 /// Computes the status from the observations and the plan made from them.
