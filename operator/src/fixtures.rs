@@ -13,7 +13,10 @@ use tokio::task::JoinHandle;
 use tower_test::mock::{self, Handle};
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetStatus};
-use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Secret};
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
+    PodCondition, PodStatus, Secret,
+};
 use kube::api::ObjectMeta;
 
 use crate::crd::{DsmCluster, DsmClusterSpec, DsmClusterStatus};
@@ -107,6 +110,45 @@ pub fn seat_pod(names: &Names, seat: Seat, hash: &str, role: Role, ready: bool) 
             ..PodStatus::default()
         }),
     }
+}
+
+/// The log tail a master leaves in `lastState.terminated.message` when it refuses its
+/// configuration (what the issue's crash-looping standby said).
+pub const REFUSED_CONFIG_LOG: &str = "2026-01-01T00:00:00Z  INFO dsm: starting backup\n\
+error: --replication-factor 2 is not a majority of --slaves 5: two writes could reach disjoint slaves; use at least 3\n";
+
+/// `pod` with its `dsm` container crash-looping: waiting in CrashLoopBackOff after
+/// `restarts` runs, the last of which exited 2 leaving `log` as its termination message.
+pub fn crash_looping(mut pod: Pod, restarts: i32, log: &str) -> Pod {
+    let status = pod.status.get_or_insert_with(PodStatus::default);
+    status.conditions = Some(vec![PodCondition {
+        type_: "Ready".to_string(),
+        status: "False".to_string(),
+        ..PodCondition::default()
+    }]);
+    status.container_statuses = Some(vec![ContainerStatus {
+        name: "dsm".to_string(),
+        ready: false,
+        restart_count: restarts,
+        state: Some(ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("CrashLoopBackOff".to_string()),
+                message: Some("back-off 40s restarting failed container=dsm".to_string()),
+            }),
+            ..ContainerState::default()
+        }),
+        last_state: Some(ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: 2,
+                reason: Some("Error".to_string()),
+                message: Some(log.to_string()),
+                ..ContainerStateTerminated::default()
+            }),
+            ..ContainerState::default()
+        }),
+        ..ContainerStatus::default()
+    }]);
+    pod
 }
 
 /// A [`NodeApi`] answering from a table instead of sockets, recording drains and the

@@ -88,6 +88,9 @@ pub struct Plan {
     pub backup: SeatAction,
     /// Deliberate changes under way (scaling, rollouts), for the Progressing condition.
     pub rollout: Vec<String>,
+    /// Deliberate changes that cannot go on until something else changes (a drain that
+    /// failed, no active master to drain through): the rollout is stalled, not progressing.
+    pub stalled: Vec<String>,
 }
 
 impl Plan {
@@ -237,6 +240,7 @@ pub fn plan(dc: &DsmCluster, names: &Names, observed: &Observed, hashes: [&str; 
         master,
         backup,
         rollout,
+        stalled: Vec::new(),
     }
 }
 

@@ -304,7 +304,7 @@ async fn drain(
 ) -> Option<Event> {
     let Some((seat, _)) = observed.active_seat() else {
         plan.slave_replicas += 1;
-        plan.rollout
+        plan.stalled
             .push(format!("cannot drain {slave}: no active master"));
         return None;
     };
@@ -332,7 +332,7 @@ async fn drain(
         Err(error) => {
             warn!(%slave, %error, "drain failed; not scaling down");
             plan.slave_replicas += 1;
-            plan.rollout
+            plan.stalled
                 .push(format!("draining {slave} failed: {error}"));
             Some(event(
                 EventType::Warning,
@@ -586,7 +586,7 @@ mod tests {
     use super::*;
     use crate::crd::DsmClusterSpec;
     use crate::fixtures::{
-        Call, FakeNodes, active_status, ready_slave_set, seat_pod, test_cluster,
+        Call, FakeNodes, active_status, crash_looping, ready_slave_set, seat_pod, test_cluster,
     };
     use crate::objects::Role;
     use k8s_openapi::jiff::SignedDuration;
@@ -868,6 +868,46 @@ mod tests {
         let dc = dc.with_status(status);
         let again = reconcile_once(&dc, Some(sts), pods, nodes).await;
         assert_eq!(lines(&again), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn a_crash_looping_standby_stalls_the_rollout_and_says_why() {
+        let dc = test_cluster(DsmClusterSpec::default());
+        let (_, mut pods, nodes) = running(&dc, 3, 3);
+        let status = status_after(&dc, ready_slave_set(3, 3), pods.clone(), nodes.clone()).await;
+        let mut spec = DsmClusterSpec::default();
+        spec.slaves.replicas = 5;
+        let mut dc = test_cluster(spec).with_status(status);
+        dc.metadata.generation = Some(2);
+        // The slaves scaled up; the standby was replaced with the new spec and crashes.
+        let names = Names::of(&dc).expect("names");
+        let hash = objects::master_pod_hash(&dc, &names, Seat::Backup).expect("hash");
+        let standby = seat_pod(&names, Seat::Backup, &hash, Role::Standby, false);
+        let log = "INFO dsm: starting backup\nerror: cannot open /var/lib/dsm/log: Permission denied (os error 13)\n";
+        pods[1] = crash_looping(standby, 6, log);
+
+        let calls = reconcile_once(&dc, Some(ready_slave_set(5, 5)), pods, nodes).await;
+        // The outdated active master is left alone: replacing it now would leave no master.
+        let mut expected: Vec<String> = default_calls()
+            .into_iter()
+            .filter(|line| !line.contains("/pods/test-master"))
+            .collect();
+        expected.extend([STATUS.to_string(), EVENT.to_string()]);
+        assert_eq!(lines(&calls), expected);
+        assert_eq!(body(&calls, STATUS)["status"]["phase"], "Degraded");
+        let degraded = written_condition(&calls, "Degraded");
+        assert_eq!(degraded["reason"], "CrashLoopBackOff");
+        let error = "error: cannot open /var/lib/dsm/log: Permission denied (os error 13)";
+        let message = degraded["message"].as_str().unwrap_or_default();
+        assert!(message.contains(error), "{message}");
+        assert_eq!(
+            written_condition(&calls, "Progressing")["reason"],
+            "RolloutStalled"
+        );
+        let warning = body(&calls, EVENT);
+        assert_eq!(warning["type"], "Warning");
+        assert_eq!(warning["reason"], "Degraded");
+        assert!(warning["note"].as_str().unwrap_or_default().contains(error));
     }
 
     #[tokio::test]
