@@ -222,9 +222,9 @@ impl Call {
 }
 
 /// A mocked API server holding a fixed state: it answers each request as the real one
-/// would (echoing applied and created objects, serving the given StatefulSet, pods and
-/// Secrets, 404 for the rest) and records every request, so a test can assert the exact
-/// calls made.
+/// would (echoing applied and created objects, serving the given StatefulSet, with the
+/// last applied spec, pods and Secrets, 404 for the rest) and records every request, so
+/// a test can assert the exact calls made.
 pub struct ApiServerVerifier {
     handle: Handle<Request<Body>, Response<Body>>,
     cluster: DsmCluster,
@@ -246,7 +246,7 @@ impl ApiServerVerifier {
             let Self {
                 mut handle,
                 cluster,
-                slave_set,
+                mut slave_set,
                 pods,
                 secrets,
             } = self;
@@ -260,6 +260,15 @@ impl ApiServerVerifier {
                     .await
                     .expect("request body");
                 let body: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+                // An applied StatefulSet spec is what later GETs see (its status stays
+                // the fixture's: the test decides how far the rollout got).
+                if method == "PATCH"
+                    && uri.contains("/statefulsets/")
+                    && let (Some(sts), Some(applied)) = (slave_set.as_mut(), &body)
+                    && let Ok(spec) = serde_json::from_value(applied["spec"].clone())
+                {
+                    sts.spec = Some(spec);
+                }
                 let (code, response) = match (method.as_str(), &body) {
                     ("GET", _) if uri.contains("/statefulsets/") => match &slave_set {
                         Some(sts) => (200, json!(sts)),

@@ -26,7 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ObjectReference, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
@@ -195,10 +197,12 @@ pub async fn reconcile(dc: Arc<DsmCluster>, ctx: Arc<Context>) -> Result<Action>
             SeatAction::Replace => {
                 info!(pod = %name, "replacing outdated or failed pod");
                 delete(&pods, &name).await?;
-                events.push(event(
+                events.push(pod_event(
                     EventType::Normal,
                     "ReplacingPod",
                     "Rollout",
+                    &names,
+                    &name,
                     format!("deleted pod {name} to recreate it with the current spec"),
                 ));
             }
@@ -319,10 +323,12 @@ async fn drain(
     match result {
         Ok(reply) => {
             info!(%slave, moved_keys = reply.moved_keys, "drained slave");
-            Some(event(
+            Some(pod_event(
                 EventType::Normal,
                 "DrainedSlave",
                 "ScaleDown",
+                names,
+                slave,
                 format!(
                     "moved {} keys off {slave}; scaling slaves down to {} (target {})",
                     reply.moved_keys, plan.slave_replicas, dc.spec.slaves.replicas
@@ -334,10 +340,12 @@ async fn drain(
             plan.slave_replicas += 1;
             plan.stalled
                 .push(format!("draining {slave} failed: {error}"));
-            Some(event(
+            Some(pod_event(
                 EventType::Warning,
                 "DrainFailed",
                 "ScaleDown",
+                names,
+                slave,
                 format!("cannot drain {slave}, keeping it: {error}"),
             ))
         }
@@ -478,6 +486,31 @@ fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
         note: Some(note),
         action: action.to_string(),
         secondary: None,
+    }
+}
+
+/// An Event about one pod of the cluster, which it names as its `related` object.
+///
+/// kube's [`Recorder`] folds Events of the same type, reason and action about the same
+/// objects into one series, keeping the first one's note: two slaves drained one after
+/// the other would show as the first one, twice. The pod reference tells them apart.
+fn pod_event(
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    names: &Names,
+    pod: &str,
+    note: String,
+) -> Event {
+    Event {
+        secondary: Some(ObjectReference {
+            api_version: Some("v1".to_string()),
+            kind: Some("Pod".to_string()),
+            name: Some(pod.to_string()),
+            namespace: Some(names.namespace.clone()),
+            ..ObjectReference::default()
+        }),
+        ..event(type_, reason, action, note)
     }
 }
 
@@ -908,6 +941,57 @@ mod tests {
         assert_eq!(warning["type"], "Warning");
         assert_eq!(warning["reason"], "Degraded");
         assert!(warning["note"].as_str().unwrap_or_default().contains(error));
+    }
+
+    #[tokio::test]
+    async fn each_drained_slave_gets_an_event_of_its_own() {
+        let dc = test_cluster(DsmClusterSpec::default());
+        let (sts, pods, nodes) = running(&dc, 3, 3);
+        let dc = dc
+            .clone()
+            .with_status(status_after(&dc, sts, pods.clone(), nodes.clone()).await);
+        // Five slaves running, three wanted: two reconciles, two drains, by one operator
+        // (one Recorder, as in production).
+        let (ctx, server) = Context::test(&dc, Some(ready_slave_set(5, 5)), pods, nodes.clone());
+        let server = server.run();
+        let dc = Arc::new(dc);
+        for _ in 0..2 {
+            reconcile(dc.clone(), ctx.clone())
+                .await
+                .expect("reconcile succeeds");
+        }
+        drop(ctx);
+        let calls = server.await.expect("api server task");
+
+        let drained: Vec<String> = nodes
+            .drains
+            .lock()
+            .expect("drains")
+            .iter()
+            .map(|(_, slave)| slave.clone())
+            .collect();
+        assert_eq!(drained, ["test-slave-4", "test-slave-3"]);
+        // Two Events created, none folded into the other's series (a PATCH).
+        let events: Vec<&Call> = calls.iter().filter(|c| c.uri.contains("/events")).collect();
+        assert!(
+            events.iter().all(|c| c.line() == EVENT),
+            "{:#?}",
+            lines(&calls)
+        );
+        let told: Vec<(String, String)> = events
+            .iter()
+            .filter_map(|c| c.body.as_ref())
+            .map(|e| {
+                let note = e["note"].as_str().unwrap_or_default();
+                let related = e["related"]["name"].as_str().unwrap_or_default();
+                (note.to_string(), related.to_string())
+            })
+            .collect();
+        assert_eq!(told.len(), 2, "{told:?}");
+        for ((note, related), slave) in told.iter().zip(["test-slave-4", "test-slave-3"]) {
+            assert!(note.contains(&format!("off {slave};")), "{note}");
+            assert_eq!(related, slave);
+        }
     }
 
     #[tokio::test]
