@@ -4,8 +4,9 @@
 //! The schema the API server enforces is derived from these types: `dsm-operator crd`
 //! prints it, and `manifests/crd.yaml` is that output checked in (the test
 //! `crd_yaml_is_up_to_date` fails when it drifts). Validation that a plain OpenAPI schema
-//! cannot express (write quorum ≤ slaves, sizes that are quantities, settings fixed once
-//! the cluster exists) is written as CEL rules with a message a user can act on.
+//! cannot express (a write quorum that is a majority of the slaves, sizes that are
+//! quantities, settings fixed once the cluster exists) is written as CEL rules with a
+//! message a user can act on.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
@@ -445,7 +446,7 @@ impl Default for NetworkPolicySpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DsmClusterStatus {
-    /// One-word summary: Creating, Running, Degraded, Unavailable or Paused.
+    /// One-word summary: Creating, Running, Updating, Degraded, Unavailable or Paused.
     #[serde(default)]
     pub phase: String,
     /// The `metadata.generation` this status describes.

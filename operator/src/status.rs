@@ -4,7 +4,9 @@
 //! - **Available**: a master-capable pod reports holding the lease and at least a write
 //!   quorum of slaves is ready, so WRITEs can be acknowledged.
 //! - **Ready**: Available, every wanted pod ready and nothing rolling out.
-//! - **Progressing**: the cluster is being created, scaled or rolled out.
+//! - **Progressing**: the cluster is being created, scaled or rolled out, and can get on
+//!   with it; `False` with reason `RolloutStalled` when a pod that cannot run (crash
+//!   loop, image pull, scheduling) or a failed drain holds the rollout up.
 //! - **Degraded**: a cluster that once ran lacks a pod or the lease holder (a dead slave
 //!   or master shows up here, whatever the reason), or the spec is one the nodes would
 //!   refuse (reason `InvalidSpec`: nothing is rolled out).
@@ -25,9 +27,10 @@ use crate::plan::{Observed, Plan, pod_ready};
 pub const PHASE_CREATING: &str = "Creating";
 /// Phase when everything is ready.
 pub const PHASE_RUNNING: &str = "Running";
-/// Phase while a deliberate change (scaling, rollout) is under way.
+/// Phase while a deliberate change (scaling, rollout) is under way and progressing.
 pub const PHASE_UPDATING: &str = "Updating";
-/// Phase when pods are missing or unready for no deliberate reason.
+/// Phase when pods are missing, unready or failing, a rollout is stalled, or the spec is
+/// one the nodes would refuse.
 pub const PHASE_DEGRADED: &str = "Degraded";
 /// Phase when WRITEs cannot be acknowledged (no lease holder or too few slaves).
 pub const PHASE_UNAVAILABLE: &str = "Unavailable";
