@@ -39,6 +39,11 @@ struct Cli {
     /// Tokio worker threads of this process [default: one per CPU core].
     #[arg(long, global = true, env = "DSM_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
+    /// Log format of master, backup, slave and chaos: `text` for people
+    /// (coloured only on a terminal), `json` for log pipelines (one object per
+    /// line).
+    #[arg(long, global = true, env = "DSM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -313,20 +318,31 @@ async fn run_slave(args: SlaveArgs) -> anyhow::Result<()> {
     slave.serve(listener, cancel.cancelled_owned()).await
 }
 
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// Logs to stderr at `default_level` unless RUST_LOG says otherwise (`dsm
-/// chaos` uses `warn` so that its report stays readable).
-fn init_tracing(default_level: &str) {
+/// chaos` uses `warn` so that its report stays readable), in `format`.
+fn init_tracing(default_level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
         // When stderr is a file on a full volume, a failed log line must not
         // become a panic (the default reports it with `eprintln!`, which
         // panics when stderr fails).
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.with_ansi(false).json().init(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -342,7 +358,7 @@ fn main() -> ExitCode {
         runtime.worker_threads(usize::from(threads));
     }
     match runtime.build() {
-        Ok(runtime) => runtime.block_on(run(cli.command)),
+        Ok(runtime) => runtime.block_on(run(cli.command, cli.log_format)),
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             ExitCode::from(2)
@@ -350,7 +366,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> ExitCode {
+async fn run(command: Command, log_format: LogFormat) -> ExitCode {
     let result = match command {
         Command::Client(args) => return report(dsm::client::run(args).await),
         Command::Log {
@@ -359,19 +375,19 @@ async fn run(command: Command) -> ExitCode {
         Command::Local(args) => dsm::local::run(args).await,
         Command::Bench(args) => dsm::bench::run(args).await,
         Command::Chaos(args) => {
-            init_tracing("warn");
+            init_tracing("warn", log_format);
             return report(dsm::chaos::run(args).await);
         }
         Command::Master(args) => {
-            init_tracing("info");
+            init_tracing("info", log_format);
             run_master(args, true).await
         }
         Command::Backup(args) => {
-            init_tracing("info");
+            init_tracing("info", log_format);
             run_master(args, false).await
         }
         Command::Slave(args) => {
-            init_tracing("info");
+            init_tracing("info", log_format);
             run_slave(args).await
         }
     };

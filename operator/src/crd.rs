@@ -4,8 +4,9 @@
 //! The schema the API server enforces is derived from these types: `dsm-operator crd`
 //! prints it, and `manifests/crd.yaml` is that output checked in (the test
 //! `crd_yaml_is_up_to_date` fails when it drifts). Validation that a plain OpenAPI schema
-//! cannot express (write quorum ≤ slaves, sizes that are quantities, settings fixed once
-//! the cluster exists) is written as CEL rules with a message a user can act on.
+//! cannot express (a write quorum that is a majority of the slaves, sizes that are
+//! quantities, settings fixed once the cluster exists) is written as CEL rules with a
+//! message a user can act on.
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
@@ -74,9 +75,20 @@ pub const GROUP: &str = "dsm.io";
         json_path = ".metadata.creationTimestamp"
     )
 )]
+// The two replication rules are `DsmClusterSpec::validate` in CEL (the reconciler checks
+// the same again); their messages name the values and the smallest valid factor.
 #[x_kube(validation = Rule::new(
     "!has(self.replication) || !has(self.replication.factor) || self.replication.factor <= self.slaves.replicas"
-).message("spec.replication.factor (the write quorum) must not exceed spec.slaves.replicas"))]
+).message(Message::Expression(
+    "'spec.replication.factor ' + string(self.replication.factor) + ' exceeds spec.slaves.replicas ' + string(self.slaves.replicas) + \
+     ': use a factor from ' + string(self.slaves.replicas / 2 + 1) + ' to ' + string(self.slaves.replicas) + ', or unset it to follow a majority of the slaves'".into()
+)))]
+#[x_kube(validation = Rule::new(
+    "!has(self.replication) || !has(self.replication.factor) || 2 * self.replication.factor > self.slaves.replicas"
+).message(Message::Expression(
+    "'spec.replication.factor ' + string(self.replication.factor) + ' is not a majority of spec.slaves.replicas ' + string(self.slaves.replicas) + \
+     ': two WRITEs could reach disjoint slaves; use at least ' + string(self.slaves.replicas / 2 + 1) + ', or unset it to follow a majority of the slaves'".into()
+)))]
 #[x_kube(validation = Rule::new(
     "!has(self.tls) || !has(self.tls.clientAuth) || self.tls.clientAuth != 'required' || !has(self.client) || !self.client.enabled"
 ).message("spec.tls.clientAuth: required needs spec.client.enabled: false (the client pod gets no certificate: any certificate of the cluster CA is a member's)"))]
@@ -286,8 +298,11 @@ impl Default for LogVolumeSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicationSpec {
-    /// Slaves each WRITE must reach before it is acknowledged (the write quorum).
-    /// Defaults to a majority of the configured slaves, ceil((replicas + 1) / 2).
+    /// Slaves each WRITE must reach before it is acknowledged (the write quorum): a
+    /// majority of spec.slaves.replicas at least (replicas / 2 + 1), and at most
+    /// replicas. Leave it unset to use that majority: it then follows every change of
+    /// spec.slaves.replicas (3 slaves: 2, 5 slaves: 3), while a set factor stays as set
+    /// and a scale that makes it too small is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub factor: Option<i32>,
@@ -431,7 +446,7 @@ impl Default for NetworkPolicySpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DsmClusterStatus {
-    /// One-word summary: Creating, Running, Degraded, Unavailable or Paused.
+    /// One-word summary: Creating, Running, Updating, Degraded, Unavailable or Paused.
     #[serde(default)]
     pub phase: String,
     /// The `metadata.generation` this status describes.
@@ -520,18 +535,73 @@ impl Default for DsmClusterSpec {
 
 impl DsmClusterSpec {
     /// Slaves each WRITE must reach: the configured factor, or a majority of the
-    /// configured slaves, `ceil((n + 1) / 2)` — the same default as the node's.
+    /// configured slaves, `ceil((n + 1) / 2)` — the same default as the node's. Unset,
+    /// it follows every change of the slave count.
     pub fn write_quorum(&self) -> i32 {
         self.replication
             .factor
             .unwrap_or_else(|| majority(self.slaves.replicas))
     }
+
+    /// Checks what the node checks of `--slaves` and `--replication-factor`: at least
+    /// one slave, and a factor that is a majority of the slaves without exceeding them,
+    /// so that any two write quorums intersect.
+    ///
+    /// # Errors
+    /// The first rule the spec breaks.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let replicas = self.slaves.replicas;
+        if replicas < 1 {
+            return Err(SpecError::NoSlaves(replicas));
+        }
+        match self.replication.factor {
+            Some(factor) if factor > replicas => {
+                Err(SpecError::FactorAboveSlaves { factor, replicas })
+            }
+            Some(factor) if 2 * i64::from(factor) <= i64::from(replicas) => {
+                Err(SpecError::FactorNotMajority { factor, replicas })
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
-/// `ceil((n + 1) / 2)`: the smallest count such that any two sets of that size among `n`
-/// slaves intersect.
+/// `ceil((n + 1) / 2)`, i.e. `n / 2 + 1`: the smallest count such that any two sets of
+/// that size among `n` slaves intersect.
 pub fn majority(n: i32) -> i32 {
-    (n + 2) / 2
+    n / 2 + 1
+}
+
+/// A spec the nodes would refuse to run. The CRD's CEL rules reject these at admission
+/// with the same messages; the reconciler checks again before it rolls anything out,
+/// because a spec can predate the rules (an older CRD) or slip past them.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// More slaves per WRITE than there are slaves.
+    #[error(
+        "spec.replication.factor {factor} exceeds spec.slaves.replicas {replicas}: use a factor from {} to {replicas}, or unset it to follow a majority of the slaves",
+        majority(*replicas)
+    )]
+    FactorAboveSlaves {
+        /// The configured factor.
+        factor: i32,
+        /// The configured slave count.
+        replicas: i32,
+    },
+    /// Too few slaves per WRITE for any two WRITEs to share a slave.
+    #[error(
+        "spec.replication.factor {factor} is not a majority of spec.slaves.replicas {replicas}: two WRITEs could reach disjoint slaves; use at least {}, or unset it to follow a majority of the slaves",
+        majority(*replicas)
+    )]
+    FactorNotMajority {
+        /// The configured factor.
+        factor: i32,
+        /// The configured slave count.
+        replicas: i32,
+    },
+    /// No slaves at all.
+    #[error("spec.slaves.replicas {0} must be at least 1")]
+    NoSlaves(i32),
 }
 
 /// The YAML of the CustomResourceDefinition, as `dsm-operator crd` prints it.
@@ -566,13 +636,159 @@ mod tests {
     }
 
     #[test]
+    fn validate_accepts_exactly_the_majorities_up_to_the_slave_count() {
+        for replicas in 1..=9 {
+            for factor in 1..=10 {
+                let mut spec = DsmClusterSpec::default();
+                spec.slaves.replicas = replicas;
+                spec.replication.factor = Some(factor);
+                let valid = factor <= replicas && 2 * factor > replicas;
+                assert_eq!(
+                    spec.validate().is_ok(),
+                    valid,
+                    "{replicas} slaves, factor {factor}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_unset_factor_follows_the_slave_count() {
+        for (replicas, quorum) in [(1, 1), (3, 2), (4, 3), (5, 3), (7, 4)] {
+            let mut spec = DsmClusterSpec::default();
+            spec.slaves.replicas = replicas;
+            assert_eq!(spec.validate(), Ok(()));
+            assert_eq!(spec.write_quorum(), quorum, "{replicas} slaves");
+        }
+    }
+
+    /// The CRD's schema, as the API server gets it.
+    fn crd_schema() -> serde_json::Value {
+        use kube::CustomResourceExt;
+        let crd = DsmCluster::crd();
+        let schema = crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .expect("the CRD has a schema");
+        serde_json::to_value(schema).expect("schema serializes")
+    }
+
+    /// A DsmCluster object with `spec` as a user writes it.
+    fn object(spec: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "dsm.io/v1alpha1",
+            "kind": "DsmCluster",
+            "metadata": {"name": "dsm"},
+            "spec": spec,
+        })
+    }
+
+    /// Evaluates the CRD's CEL rules on `new` (an update of `old` when given): the
+    /// messages of the rules that fail.
+    fn admit(new: &serde_json::Value, old: Option<&serde_json::Value>) -> Vec<String> {
+        match kube_cel::Validator::new().validate(&crd_schema(), new, old) {
+            Ok(()) => Vec::new(),
+            Err(errors) => errors.iter().map(|e| e.message.clone()).collect(),
+        }
+    }
+
+    #[test]
+    fn admission_refuses_a_factor_that_is_not_a_majority_and_names_the_fix() {
+        let spec = serde_json::json!({"slaves": {"replicas": 5}, "replication": {"factor": 2}});
+        assert_eq!(
+            admit(&object(spec), None),
+            [
+                "spec.replication.factor 2 is not a majority of spec.slaves.replicas 5: two WRITEs \
+                 could reach disjoint slaves; use at least 3, or unset it to follow a majority of the slaves"
+            ]
+        );
+        let spec = serde_json::json!({"slaves": {"replicas": 3}, "replication": {"factor": 4}});
+        assert_eq!(
+            admit(&object(spec), None),
+            [
+                "spec.replication.factor 4 exceeds spec.slaves.replicas 3: use a factor from 2 to 3, \
+                 or unset it to follow a majority of the slaves"
+            ]
+        );
+    }
+
+    #[test]
+    fn admission_and_reconcile_agree_on_every_factor_and_message() {
+        for replicas in 1..=7 {
+            for factor in 1..=8 {
+                let mut spec = DsmClusterSpec::default();
+                spec.slaves.replicas = replicas;
+                spec.replication.factor = Some(factor);
+                let json = serde_json::json!({
+                    "slaves": {"replicas": replicas},
+                    "replication": {"factor": factor},
+                });
+                let expected: Vec<String> = spec
+                    .validate()
+                    .err()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                assert_eq!(
+                    admit(&object(json), None),
+                    expected,
+                    "{replicas} slaves, factor {factor}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn admission_refuses_a_scale_that_leaves_a_set_factor_behind() {
+        // `kubectl scale --replicas 5` of a cluster that pins factor 2 of 3 slaves.
+        let pinned =
+            object(serde_json::json!({"slaves": {"replicas": 3}, "replication": {"factor": 2}}));
+        let mut scaled = pinned.clone();
+        scaled["spec"]["slaves"]["replicas"] = 5.into();
+        let refused = admit(&scaled, Some(&pinned));
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(refused[0].contains("use at least 3"), "{refused:?}");
+
+        // The same scale with the factor unset is accepted.
+        let unset = object(serde_json::json!({"slaves": {"replicas": 3}}));
+        let mut scaled = unset.clone();
+        scaled["spec"]["slaves"]["replicas"] = 5.into();
+        assert_eq!(admit(&scaled, Some(&unset)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn admission_accepts_an_empty_spec_and_the_shipped_examples() {
+        assert_eq!(
+            admit(&object(serde_json::json!({})), None),
+            Vec::<String>::new()
+        );
+        let examples = format!("{}/../manifests/examples", env!("CARGO_MANIFEST_DIR"));
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&examples).expect("manifests/examples") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("example");
+            let example: serde_json::Value = serde_yaml::from_str(&text).expect("YAML");
+            assert_eq!(
+                admit(&example, None),
+                Vec::<String>::new(),
+                "{}",
+                path.display()
+            );
+            seen += 1;
+        }
+        assert!(seen >= 2, "examples found in {examples}");
+    }
+
+    #[test]
     fn crd_carries_scale_printer_columns_and_validation_messages() {
         let yaml = crd_yaml().expect("crd serializes");
         for needle in [
             "specReplicasPath: .spec.slaves.replicas",
             "jsonPath: .status.readySlaves",
             "jsonPath: .status.activeMaster",
-            "must not exceed spec.slaves.replicas",
+            "2 * self.replication.factor > self.slaves.replicas",
+            "messageExpression",
             "isQuantity(self)",
             "minimum: 1",
             "spec.tls.enabled cannot change once the cluster exists",

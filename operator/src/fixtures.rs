@@ -13,7 +13,10 @@ use tokio::task::JoinHandle;
 use tower_test::mock::{self, Handle};
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetStatus};
-use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Secret};
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
+    PodCondition, PodStatus, Secret,
+};
 use kube::api::ObjectMeta;
 
 use crate::crd::{DsmCluster, DsmClusterSpec, DsmClusterStatus};
@@ -109,6 +112,45 @@ pub fn seat_pod(names: &Names, seat: Seat, hash: &str, role: Role, ready: bool) 
     }
 }
 
+/// The log tail a master leaves in `lastState.terminated.message` when it refuses its
+/// configuration (what the issue's crash-looping standby said).
+pub const REFUSED_CONFIG_LOG: &str = "2026-01-01T00:00:00Z  INFO dsm: starting backup\n\
+error: --replication-factor 2 is not a majority of --slaves 5: two writes could reach disjoint slaves; use at least 3\n";
+
+/// `pod` with its `dsm` container crash-looping: waiting in CrashLoopBackOff after
+/// `restarts` runs, the last of which exited 2 leaving `log` as its termination message.
+pub fn crash_looping(mut pod: Pod, restarts: i32, log: &str) -> Pod {
+    let status = pod.status.get_or_insert_with(PodStatus::default);
+    status.conditions = Some(vec![PodCondition {
+        type_: "Ready".to_string(),
+        status: "False".to_string(),
+        ..PodCondition::default()
+    }]);
+    status.container_statuses = Some(vec![ContainerStatus {
+        name: "dsm".to_string(),
+        ready: false,
+        restart_count: restarts,
+        state: Some(ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some("CrashLoopBackOff".to_string()),
+                message: Some("back-off 40s restarting failed container=dsm".to_string()),
+            }),
+            ..ContainerState::default()
+        }),
+        last_state: Some(ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: 2,
+                reason: Some("Error".to_string()),
+                message: Some(log.to_string()),
+                ..ContainerStateTerminated::default()
+            }),
+            ..ContainerState::default()
+        }),
+        ..ContainerStatus::default()
+    }]);
+    pod
+}
+
 /// A [`NodeApi`] answering from a table instead of sockets, recording drains and the
 /// credentials of every call.
 #[derive(Default)]
@@ -180,9 +222,9 @@ impl Call {
 }
 
 /// A mocked API server holding a fixed state: it answers each request as the real one
-/// would (echoing applied and created objects, serving the given StatefulSet, pods and
-/// Secrets, 404 for the rest) and records every request, so a test can assert the exact
-/// calls made.
+/// would (echoing applied and created objects, serving the given StatefulSet, with the
+/// last applied spec, pods and Secrets, 404 for the rest) and records every request, so
+/// a test can assert the exact calls made.
 pub struct ApiServerVerifier {
     handle: Handle<Request<Body>, Response<Body>>,
     cluster: DsmCluster,
@@ -204,7 +246,7 @@ impl ApiServerVerifier {
             let Self {
                 mut handle,
                 cluster,
-                slave_set,
+                mut slave_set,
                 pods,
                 secrets,
             } = self;
@@ -218,6 +260,15 @@ impl ApiServerVerifier {
                     .await
                     .expect("request body");
                 let body: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+                // An applied StatefulSet spec is what later GETs see (its status stays
+                // the fixture's: the test decides how far the rollout got).
+                if method == "PATCH"
+                    && uri.contains("/statefulsets/")
+                    && let (Some(sts), Some(applied)) = (slave_set.as_mut(), &body)
+                    && let Ok(spec) = serde_json::from_value(applied["spec"].clone())
+                {
+                    sts.spec = Some(spec);
+                }
                 let (code, response) = match (method.as_str(), &body) {
                     ("GET", _) if uri.contains("/statefulsets/") => match &slave_set {
                         Some(sts) => (200, json!(sts)),

@@ -129,19 +129,27 @@ impl LeaderElection {
     }
 
     /// Waits until this replica leads.
-    pub async fn acquire(&self) {
+    ///
+    /// # Errors
+    /// When the API server forbids this replica the Lease (HTTP 401 or 403): that is a
+    /// matter of RBAC or of the namespace, which retrying does not fix. Other failures
+    /// are logged and retried.
+    pub async fn acquire(&self) -> Result<(), kube::Error> {
         let mut waiting_logged = false;
         loop {
             match self.try_lead().await {
                 Ok(true) => {
                     info!(identity = %self.identity, lease = %self.lease_name, "leading");
-                    return;
+                    return Ok(());
                 }
                 Ok(false) if !waiting_logged => {
                     info!(lease = %self.lease_name, "another replica leads; standing by");
                     waiting_logged = true;
                 }
                 Ok(false) => {}
+                Err(kube::Error::Api(status)) if matches!(status.code, 401 | 403) => {
+                    return Err(kube::Error::Api(status));
+                }
                 Err(error) => warn!(%error, "cannot read the leader Lease"),
             }
             tokio::time::sleep(self.ttl / 3).await;
@@ -219,6 +227,49 @@ mod tests {
         assert_eq!(
             decide(Some(&lease("b", 100, 15)), "a", at(116)),
             Decision::TakeOver
+        );
+    }
+
+    #[tokio::test]
+    async fn a_forbidden_lease_fails_at_once_instead_of_retrying() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some((request, send)) = handle.next_request().await {
+                seen.push(request.uri().to_string());
+                let forbidden = serde_json::json!({
+                    "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                    "reason": "Forbidden", "code": 403,
+                    "message": "leases.coordination.k8s.io \"dsm-operator\" is forbidden",
+                });
+                send.send_response(
+                    Response::builder()
+                        .status(403)
+                        .body(Body::from(serde_json::to_vec(&forbidden).expect("json")))
+                        .expect("response"),
+                );
+            }
+            seen
+        });
+        let election = LeaderElection {
+            api: Api::namespaced(kube::Client::new(service, "default"), "default"),
+            lease_name: "dsm-operator".to_string(),
+            identity: "a".to_string(),
+            ttl: Duration::from_secs(15),
+        };
+        let error = election.acquire().await.expect_err("forbidden");
+        assert!(
+            matches!(&error, kube::Error::Api(s) if s.code == 403),
+            "{error}"
+        );
+        drop(election);
+        let seen = server.await.expect("server");
+        assert_eq!(
+            seen,
+            ["/apis/coordination.k8s.io/v1/namespaces/default/leases/dsm-operator"],
+            "one request, no retry"
         );
     }
 

@@ -1,5 +1,6 @@
 //! `dsm-operator`: runs the DsmCluster controller, or prints the CRD (`dsm-operator crd`).
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -39,8 +40,9 @@ struct RunArgs {
     /// through from there (from any namespace when unset).
     #[arg(long, env = "POD_NAMESPACE")]
     namespace: Option<String>,
-    /// Namespace of the Lease (default: --namespace).
-    #[arg(long)]
+    /// Namespace of the leader Lease [default: --namespace, else the kubeconfig
+    /// context's namespace; without either the operator refuses to start].
+    #[arg(long, env = "DSM_OPERATOR_LEASE_NAMESPACE")]
     lease_namespace: Option<String>,
     /// Name of the Lease.
     #[arg(long, env = "DSM_OPERATOR_LEASE_NAME", default_value = "dsm-operator")]
@@ -51,9 +53,32 @@ struct RunArgs {
     /// This replica's identity in the election (default: the pod name).
     #[arg(long, env = "POD_NAME", default_value = "dsm-operator")]
     identity: String,
-    /// Log as JSON lines.
-    #[arg(long, env = "DSM_OPERATOR_LOG_JSON")]
-    log_json: bool,
+    /// Log format: `text` for people (coloured only on a terminal), `json` for log
+    /// pipelines (one object per line).
+    #[arg(long, env = "DSM_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logs to stderr at `info` unless RUST_LOG says otherwise, in `format`; ANSI colours
+/// only when stderr is a terminal, so `kubectl logs` and files get plain text.
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.with_ansi(false).json().init(),
+    }
 }
 
 #[tokio::main]
@@ -61,16 +86,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => print!("{}", dsm_operator::crd::crd_yaml()?),
         Command::Run(args) => {
-            let filter =
-                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-            if args.log_json {
-                tracing_subscriber::fmt()
-                    .json()
-                    .with_env_filter(filter)
-                    .init();
-            } else {
-                tracing_subscriber::fmt().with_env_filter(filter).init();
-            }
+            init_tracing(args.log_format);
             controller::run(Settings {
                 metrics_listen: args.metrics_listen,
                 leader_elect: args.leader_elect,

@@ -595,6 +595,10 @@ fn dsm_container(dc: &DsmCluster, names: &Names, args: Vec<String>) -> Container
         args: Some(args),
         env_from: Some(env_from_config(names)),
         security_context: Some(container_security_context()),
+        // A node that exits on an error says why on its last log line; this puts that
+        // tail in the pod status (`lastState.terminated.message`), where the operator
+        // reads it into the DsmCluster's Degraded condition.
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         ..Container::default()
     }
 }
@@ -1154,11 +1158,18 @@ mod tests {
                 sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
                 Some(vec!["ALL".to_string()])
             );
+            // The crash-loop message in the DsmCluster's status comes from here.
+            assert_eq!(
+                c.termination_message_policy.as_deref(),
+                Some("FallbackToLogsOnError"),
+                "{}",
+                c.name
+            );
         }
     }
 
     #[test]
-    fn every_pod_is_non_root_read_only_without_capabilities() {
+    fn every_pod_is_hardened_and_leaves_its_last_error_in_its_status() {
         let (dc, names) = cluster(DsmClusterSpec::default());
         for seat in [Seat::Master, Seat::Backup] {
             let pod = master_pod(&dc, &names, seat, Role::Standby).expect("pod");

@@ -10,7 +10,8 @@
 //!   time: the StatefulSet rolls its slaves itself; an outdated master-capable pod is
 //!   replaced only once the slaves are rolled out and ready, the other master-capable pod
 //!   is up to date and ready, and no drain is running. Replacing the active master last
-//!   makes it hand over to an up-to-date standby.
+//!   makes it hand over to an up-to-date standby. Why this order, and why safety does not
+//!   depend on it: [`next_master_replacement`].
 //! - **The leader Service follows the lease.** The pod that `Kv.Status` reports active is
 //!   labelled `active`; when neither answers, the labels stay as they were.
 
@@ -88,6 +89,9 @@ pub struct Plan {
     pub backup: SeatAction,
     /// Deliberate changes under way (scaling, rollouts), for the Progressing condition.
     pub rollout: Vec<String>,
+    /// Deliberate changes that cannot go on until something else changes (a drain that
+    /// failed, no active master to drain through): the rollout is stalled, not progressing.
+    pub stalled: Vec<String>,
 }
 
 impl Plan {
@@ -138,6 +142,54 @@ fn slaves_rolling(sts: Option<&StatefulSet>, desired: i32) -> bool {
         || status.replicas != desired
         || status.updated_replicas != Some(desired)
         || status.current_revision != status.update_revision
+}
+
+/// Which outdated master-capable pod a rollout replaces next, and whether now: of
+/// `outdated` (index in `[Master, Backup]` and role), the standby before the active
+/// master, one at a time, only once the slaves are `steady` (rolled out at the desired
+/// count and ready) and `other_ready(index, role)` says the other pod can carry the
+/// cluster meanwhile.
+///
+/// # The order when the slave count changes, and why it is safe
+///
+/// A change of `spec.slaves.replicas` (with the factor unset, of the write quorum too)
+/// changes `DSM_SLAVES`/`DSM_REPLICATION_FACTOR`, so both master-capable pods become
+/// outdated; slaves read neither and are not restarted.
+///
+/// - *Slaves first.* Scaling up creates the new slaves before any master counts them;
+///   scaling down drains each removed slave through the active master while both masters
+///   still count it. Either way the masters move to the new count once the StatefulSet
+///   has settled at it.
+/// - *Then the standby, then the active master.* The standby's replacement costs no
+///   failover; the active master goes last and hands over to the standby that already
+///   runs the new count. Active first would fail over to an outdated standby that then
+///   has to go too: two failovers instead of one.
+/// - *Safety does not rest on this order.* Each master-capable process reads its count
+///   and factor once, at start, from the ConfigMap, and the ConfigMap only ever holds a
+///   spec that passed [`DsmClusterSpec::validate`](crate::crd::DsmClusterSpec::validate)
+///   (the factor a majority of the slaves and at most their number), so whichever
+///   generation of it a pod starts with, the node accepts it and any two write quorums of
+///   that master intersect. Across the one failover, the new master fences, per the
+///   previous term's membership and factor recorded in the shared log directory, enough
+///   slaves that every write quorum of the previous term holds a fenced one, whatever the
+///   two configurations are. So a standby with the new count taking over from an active
+///   master with the old one, in either direction, cannot lose an acknowledged WRITE.
+/// - *The cost of the order.* While a scale-down drains, the masters keep the old,
+///   larger write quorum over fewer slaves (5 → 3 slaves: every WRITE needs all 3 until
+///   the masters are replaced); that window ends with the rollout.
+///
+/// The tests `scaling_up_rolls_the_slaves_then_the_standby_then_the_active_master` and
+/// `scaling_down_drains_then_rolls_the_standby_then_the_active_master` play this out.
+pub fn next_master_replacement(
+    outdated: &[(usize, Role)],
+    steady: bool,
+    other_ready: impl Fn(usize, Role) -> bool,
+) -> Option<(usize, bool)> {
+    let &(i, role) = outdated
+        .iter()
+        .find(|(_, role)| *role != Role::Active)
+        .or(outdated.first())?;
+    Some((i, steady && other_ready(i, role)))
 }
 
 /// Decides the changes for `dc` given what was observed. `hashes` are the desired spec
@@ -209,19 +261,18 @@ pub fn plan(dc: &DsmCluster, names: &Names, observed: &Observed, hashes: [&str; 
             }
         };
     }
-    // Standby before active; only one replacement at a time, and only once everything
-    // else is rolled out and ready.
-    outdated.sort_by_key(|(_, role)| *role == Role::Active);
-    if let Some(&(i, outdated_role)) = outdated.first() {
+    let other_ready = |i: usize, role: Role| {
         let other = 1 - i;
         // Replacing the standby needs the active master up; replacing the active master
         // needs an up-to-date standby to hand over to.
-        let other_ready = !wanted(seats[other])
+        !wanted(seats[other])
             || observed.pod(&names.seat(seats[other])).is_some_and(|p| {
-                pod_ready(p) && (outdated_role == Role::Standby || up_to_date(p, hashes[other]))
-            });
+                pod_ready(p) && (role == Role::Standby || up_to_date(p, hashes[other]))
+            })
+    };
+    if let Some((i, now)) = next_master_replacement(&outdated, steady, other_ready) {
         let pod = names.seat(seats[i]);
-        if steady && other_ready {
+        if now {
             actions[i] = SeatAction::Replace;
             rollout.push(format!("replacing outdated pod {pod}"));
         } else {
@@ -237,6 +288,7 @@ pub fn plan(dc: &DsmCluster, names: &Names, observed: &Observed, hashes: [&str; 
         master,
         backup,
         rollout,
+        stalled: Vec::new(),
     }
 }
 
@@ -245,6 +297,7 @@ mod tests {
     use super::*;
     use crate::crd::DsmClusterSpec;
     use crate::fixtures::{active_status, ready_slave_set, seat_pod, test_cluster};
+    use crate::objects::master_pod_hash;
 
     fn setup(spec: DsmClusterSpec) -> (DsmCluster, Names) {
         let dc = test_cluster(spec);
@@ -346,6 +399,176 @@ mod tests {
         let second = plan(&dc, &names, &observed, next);
         assert_eq!(second.master, SeatAction::Replace);
         assert_eq!(second.backup, SeatAction::Apply(Role::Standby));
+    }
+
+    /// What the node accepts of `--slaves n --replication-factor r`
+    /// (`node/src/master/placement.rs`, `validate`).
+    fn node_accepts(n: i32, r: i32) -> bool {
+        n >= 1 && (1..=n).contains(&r) && 2 * r > n
+    }
+
+    /// Master pod spec hashes and the `(slaves, factor)` each stands for.
+    type Configs = Vec<(String, (i32, i32))>;
+
+    /// A cluster of `replicas` slaves (factor unset) and the configuration each of its
+    /// master pods' spec hashes stands for.
+    fn sized(replicas: i32) -> (DsmCluster, Configs) {
+        let mut spec = DsmClusterSpec::default();
+        spec.slaves.replicas = replicas;
+        let dc = test_cluster(spec);
+        let names = Names::of(&dc).expect("names");
+        let config = (replicas, dc.spec.write_quorum());
+        let hashes = [Seat::Master, Seat::Backup]
+            .map(|seat| (master_pod_hash(&dc, &names, seat).expect("hash"), config));
+        (dc, hashes.into())
+    }
+
+    /// A running cluster of `from` slaves, master active at epoch 1.
+    fn running_at(from: i32) -> Observed {
+        let (dc, hashes) = sized(from);
+        let names = Names::of(&dc).expect("names");
+        Observed {
+            slave_set: Some(ready_slave_set(from, from)),
+            pods: vec![
+                seat_pod(&names, Seat::Master, &hashes[0].0, Role::Active, true),
+                seat_pod(&names, Seat::Backup, &hashes[1].0, Role::Standby, true),
+            ],
+            master: Some(active_status(&names, 1)),
+            backup: None,
+        }
+    }
+
+    /// Plays the rollout of `dc` from `observed` to its end, doing what each plan says as
+    /// Kubernetes and the nodes would (a replaced active master hands over to the other
+    /// one; a replaced pod comes back ready with the desired spec). Checks at every step
+    /// that each master-capable pod runs a configuration the node accepts (`configs`
+    /// maps spec hashes to `(slaves, factor)`) and that one pod at most is replaced.
+    /// Returns what happened, in order.
+    fn play(
+        dc: &DsmCluster,
+        mut observed: Observed,
+        configs: &[(String, (i32, i32))],
+    ) -> Vec<String> {
+        let names = Names::of(dc).expect("names");
+        let seats = [Seat::Master, Seat::Backup];
+        let hashes = seats.map(|seat| master_pod_hash(dc, &names, seat).expect("hash"));
+        let mut happened = Vec::new();
+        for _ in 0..20 {
+            for pod in &observed.pods {
+                let hash = pod
+                    .annotations()
+                    .get(ANNOTATION_SPEC_HASH)
+                    .cloned()
+                    .unwrap_or_default();
+                let (n, r) = configs
+                    .iter()
+                    .find(|(h, _)| *h == hash)
+                    .map(|(_, config)| *config)
+                    .expect("a known spec hash");
+                assert!(
+                    node_accepts(n, r),
+                    "{} runs --slaves {n} --replication-factor {r}",
+                    pod.name_any()
+                );
+            }
+            let p = plan(dc, &names, &observed, [&hashes[0], &hashes[1]]);
+            let current = observed
+                .slave_set
+                .as_ref()
+                .and_then(|s| s.spec.as_ref())
+                .and_then(|s| s.replicas)
+                .unwrap_or_default();
+            let replaced: Vec<usize> = (0..2)
+                .filter(|&i| p.seat(seats[i]) == &SeatAction::Replace)
+                .collect();
+            assert!(replaced.len() <= 1, "both masters replaced at once: {p:?}");
+            if p.slave_replicas == current && replaced.is_empty() {
+                return happened;
+            }
+            if let Some(slave) = &p.drain {
+                happened.push(format!("drain {slave}"));
+            } else if p.slave_replicas != current {
+                happened.push(format!("slaves {current} -> {}", p.slave_replicas));
+            }
+            observed.slave_set = Some(ready_slave_set(p.slave_replicas, p.slave_replicas));
+            for i in replaced {
+                let active = observed
+                    .active_seat()
+                    .map(|(seat, epoch)| (seat == seats[i], epoch));
+                let name = names.seat(seats[i]);
+                if let Some((true, epoch)) = active {
+                    happened.push(format!("replace {name} (active)"));
+                    let mut took_over = active_status(&names, epoch + 1);
+                    took_over.address = names.seat_address(seats[1 - i]);
+                    let (lost, gained) = match seats[i] {
+                        Seat::Master => (&mut observed.master, &mut observed.backup),
+                        Seat::Backup => (&mut observed.backup, &mut observed.master),
+                    };
+                    *lost = None;
+                    *gained = Some(took_over);
+                    happened.push(format!("failover to {}", names.seat(seats[1 - i])));
+                } else {
+                    happened.push(format!("replace {name} (standby)"));
+                }
+                observed.pods[i] = seat_pod(&names, seats[i], &hashes[i], Role::Standby, true);
+            }
+        }
+        panic!("the rollout never ended: {happened:?}");
+    }
+
+    #[test]
+    fn scaling_up_rolls_the_slaves_then_the_standby_then_the_active_master() {
+        let (dc, mut configs) = sized(5);
+        configs.extend(sized(3).1);
+        let happened = play(&dc, running_at(3), &configs);
+        assert_eq!(
+            happened,
+            [
+                "slaves 3 -> 5",
+                "replace test-backup (standby)",
+                "replace test-master (active)",
+                "failover to test-backup",
+            ]
+        );
+    }
+
+    #[test]
+    fn scaling_down_drains_then_rolls_the_standby_then_the_active_master() {
+        let (dc, mut configs) = sized(3);
+        configs.extend(sized(5).1);
+        let happened = play(&dc, running_at(5), &configs);
+        assert_eq!(
+            happened,
+            [
+                "drain test-slave-4",
+                "drain test-slave-3",
+                "replace test-backup (standby)",
+                "replace test-master (active)",
+                "failover to test-backup",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failover_mid_rollout_leaves_the_old_master_to_go_as_the_standby() {
+        let (dc, mut configs) = sized(5);
+        configs.extend(sized(3).1);
+        let names = Names::of(&dc).expect("names");
+        // The slaves and the standby are rolled out; then the old active master dies and
+        // the up-to-date backup takes over before the operator replaced the master.
+        let mut observed = running_at(3);
+        observed.slave_set = Some(ready_slave_set(5, 5));
+        let backup_hash = master_pod_hash(&dc, &names, Seat::Backup).expect("hash");
+        observed.pods[1] = seat_pod(&names, Seat::Backup, &backup_hash, Role::Active, true);
+        let mut took_over = active_status(&names, 2);
+        took_over.address = names.seat_address(Seat::Backup);
+        observed.master = None;
+        observed.backup = Some(took_over);
+        // No second failover: the outdated master is the standby now.
+        assert_eq!(
+            play(&dc, observed, &configs),
+            ["replace test-master (standby)"]
+        );
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! The reconcile loop: observe, plan, apply, report.
 //!
+//! A spec the nodes would refuse ([`DsmClusterSpec::validate`](crate::crd::DsmClusterSpec::validate))
+//! is not reconciled at all: the status says why (`Degraded`, reason `InvalidSpec`) and a
+//! Warning Event is published, and the cluster keeps running as it was.
+//!
 //! Every object (and the status) is written with server-side apply under the one field
 //! manager [`MANAGER`], so a reconcile that finds nothing new sends the same patches
 //! again, which the API server turns into no-ops, and writes no status. The order of a
@@ -22,7 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ObjectReference, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
@@ -35,7 +41,7 @@ use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
 use crate::certs::{self, CaPems, MemberPems};
-use crate::crd::{DsmCluster, DsmClusterStatus, GROUP, TlsClientAuth};
+use crate::crd::{DsmCluster, DsmClusterStatus, GROUP, SpecError, TlsClientAuth};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::netpol;
@@ -89,6 +95,9 @@ pub async fn reconcile(dc: Arc<DsmCluster>, ctx: Arc<Context>) -> Result<Action>
         let status = status::paused(&dc, Timestamp::now());
         write_status(&Api::namespaced(client, ns), &dc, status).await?;
         return Ok(Action::await_change());
+    }
+    if let Err(error) = dc.spec.validate() {
+        return refuse(&dc, &ctx, ns, &error).await;
     }
 
     // 1. Objects that do not depend on observations.
@@ -188,10 +197,12 @@ pub async fn reconcile(dc: Arc<DsmCluster>, ctx: Arc<Context>) -> Result<Action>
             SeatAction::Replace => {
                 info!(pod = %name, "replacing outdated or failed pod");
                 delete(&pods, &name).await?;
-                events.push(event(
+                events.push(pod_event(
                     EventType::Normal,
                     "ReplacingPod",
                     "Rollout",
+                    &names,
+                    &name,
                     format!("deleted pod {name} to recreate it with the current spec"),
                 ));
             }
@@ -235,6 +246,29 @@ pub async fn reconcile(dc: Arc<DsmCluster>, ctx: Arc<Context>) -> Result<Action>
     }))
 }
 
+/// Rolls nothing out of a spec the nodes would refuse (a master started with it would
+/// crash-loop): says why in the status and, when that is news, in a Warning Event. The
+/// next reconcile comes with the next change of the spec.
+async fn refuse(dc: &DsmCluster, ctx: &Context, ns: &str, error: &SpecError) -> Result<Action> {
+    warn!(%error, "invalid spec: not rolling it out");
+    let status = status::invalid(dc, error, Timestamp::now());
+    let news = dc.status.as_ref() != Some(&status);
+    write_status(&Api::namespaced(ctx.client.clone(), ns), dc, status).await?;
+    if news {
+        let warning = event(
+            EventType::Warning,
+            status::REASON_INVALID_SPEC,
+            "Validate",
+            status::refusal(error),
+        );
+        ctx.recorder
+            .publish(&warning, &dc.object_ref(&()))
+            .await
+            .map_err(Error::Kube)?;
+    }
+    Ok(Action::await_change())
+}
+
 /// Decides the requeue after a failed reconcile, and counts the failure by kind.
 pub fn error_policy(dc: Arc<DsmCluster>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(cluster = %dc.name_any(), %error, "reconcile failed");
@@ -274,7 +308,7 @@ async fn drain(
 ) -> Option<Event> {
     let Some((seat, _)) = observed.active_seat() else {
         plan.slave_replicas += 1;
-        plan.rollout
+        plan.stalled
             .push(format!("cannot drain {slave}: no active master"));
         return None;
     };
@@ -289,10 +323,12 @@ async fn drain(
     match result {
         Ok(reply) => {
             info!(%slave, moved_keys = reply.moved_keys, "drained slave");
-            Some(event(
+            Some(pod_event(
                 EventType::Normal,
                 "DrainedSlave",
                 "ScaleDown",
+                names,
+                slave,
                 format!(
                     "moved {} keys off {slave}; scaling slaves down to {} (target {})",
                     reply.moved_keys, plan.slave_replicas, dc.spec.slaves.replicas
@@ -302,12 +338,14 @@ async fn drain(
         Err(error) => {
             warn!(%slave, %error, "drain failed; not scaling down");
             plan.slave_replicas += 1;
-            plan.rollout
+            plan.stalled
                 .push(format!("draining {slave} failed: {error}"));
-            Some(event(
+            Some(pod_event(
                 EventType::Warning,
                 "DrainFailed",
                 "ScaleDown",
+                names,
+                slave,
                 format!("cannot drain {slave}, keeping it: {error}"),
             ))
         }
@@ -451,6 +489,31 @@ fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
     }
 }
 
+/// An Event about one pod of the cluster, which it names as its `related` object.
+///
+/// kube's [`Recorder`] folds Events of the same type, reason and action about the same
+/// objects into one series, keeping the first one's note: two slaves drained one after
+/// the other would show as the first one, twice. The pod reference tells them apart.
+fn pod_event(
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    names: &Names,
+    pod: &str,
+    note: String,
+) -> Event {
+    Event {
+        secondary: Some(ObjectReference {
+            api_version: Some("v1".to_string()),
+            kind: Some("Pod".to_string()),
+            name: Some(pod.to_string()),
+            namespace: Some(names.namespace.clone()),
+            ..ObjectReference::default()
+        }),
+        ..event(type_, reason, action, note)
+    }
+}
+
 /// Events for changes between the previous status and the new one: degradation,
 /// recovery and failover.
 fn transition_events(old: Option<&DsmClusterStatus>, new: &DsmClusterStatus) -> Vec<Event> {
@@ -556,7 +619,7 @@ mod tests {
     use super::*;
     use crate::crd::DsmClusterSpec;
     use crate::fixtures::{
-        Call, FakeNodes, active_status, ready_slave_set, seat_pod, test_cluster,
+        Call, FakeNodes, active_status, crash_looping, ready_slave_set, seat_pod, test_cluster,
     };
     use crate::objects::Role;
     use k8s_openapi::jiff::SignedDuration;
@@ -788,6 +851,147 @@ mod tests {
         assert_eq!(sts["spec"]["replicas"], 2);
         assert_eq!(body(&calls, EVENT)["reason"], "DrainedSlave");
         assert_eq!(body(&calls, STATUS)["status"]["phase"], "Updating");
+    }
+
+    /// The condition `type_` of a status written in `calls`.
+    fn written_condition<'a>(calls: &'a [Call], type_: &str) -> &'a serde_json::Value {
+        body(calls, STATUS)["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+            .unwrap_or_else(|| panic!("no {type_} condition written"))
+    }
+
+    #[tokio::test]
+    async fn an_invalid_factor_rolls_nothing_out_and_says_why() {
+        let dc = test_cluster(DsmClusterSpec::default());
+        let (sts, pods, nodes) = running(&dc, 3, 3);
+        let status = status_after(&dc, sts.clone(), pods.clone(), nodes.clone()).await;
+        // What the user did: five slaves, factor still pinned at 2.
+        let mut spec = DsmClusterSpec::default();
+        spec.slaves.replicas = 5;
+        spec.replication.factor = Some(2);
+        let mut dc = test_cluster(spec).with_status(status);
+        dc.metadata.generation = Some(2);
+
+        let calls = reconcile_once(&dc, Some(sts.clone()), pods.clone(), nodes.clone()).await;
+        // No ConfigMap, StatefulSet or pod is touched: only the status and the Event.
+        assert_eq!(lines(&calls), [STATUS, EVENT]);
+        assert!(nodes.drains.lock().expect("drains").is_empty());
+        let written = &body(&calls, STATUS)["status"];
+        assert_eq!(written["phase"], "Degraded");
+        assert_eq!(written["observedGeneration"], 2);
+        let degraded = written_condition(&calls, "Degraded");
+        assert_eq!(degraded["status"], "True");
+        assert_eq!(degraded["reason"], "InvalidSpec");
+        let message = degraded["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(
+                "spec.replication.factor 2 is not a majority of spec.slaves.replicas 5"
+            ) && message.contains("use at least 3"),
+            "{message}"
+        );
+        assert_eq!(written_condition(&calls, "Progressing")["status"], "False");
+        let warning = body(&calls, EVENT);
+        assert_eq!(warning["type"], "Warning");
+        assert_eq!(warning["reason"], "InvalidSpec");
+        assert_eq!(warning["note"], message);
+
+        // Reconciled again with that status: nothing new to say, nothing written.
+        let status = serde_json::from_value(written.clone()).expect("status");
+        let dc = dc.with_status(status);
+        let again = reconcile_once(&dc, Some(sts), pods, nodes).await;
+        assert_eq!(lines(&again), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn a_crash_looping_standby_stalls_the_rollout_and_says_why() {
+        let dc = test_cluster(DsmClusterSpec::default());
+        let (_, mut pods, nodes) = running(&dc, 3, 3);
+        let status = status_after(&dc, ready_slave_set(3, 3), pods.clone(), nodes.clone()).await;
+        let mut spec = DsmClusterSpec::default();
+        spec.slaves.replicas = 5;
+        let mut dc = test_cluster(spec).with_status(status);
+        dc.metadata.generation = Some(2);
+        // The slaves scaled up; the standby was replaced with the new spec and crashes.
+        let names = Names::of(&dc).expect("names");
+        let hash = objects::master_pod_hash(&dc, &names, Seat::Backup).expect("hash");
+        let standby = seat_pod(&names, Seat::Backup, &hash, Role::Standby, false);
+        let log = "INFO dsm: starting backup\nerror: cannot open /var/lib/dsm/log: Permission denied (os error 13)\n";
+        pods[1] = crash_looping(standby, 6, log);
+
+        let calls = reconcile_once(&dc, Some(ready_slave_set(5, 5)), pods, nodes).await;
+        // The outdated active master is left alone: replacing it now would leave no master.
+        let mut expected: Vec<String> = default_calls()
+            .into_iter()
+            .filter(|line| !line.contains("/pods/test-master"))
+            .collect();
+        expected.extend([STATUS.to_string(), EVENT.to_string()]);
+        assert_eq!(lines(&calls), expected);
+        assert_eq!(body(&calls, STATUS)["status"]["phase"], "Degraded");
+        let degraded = written_condition(&calls, "Degraded");
+        assert_eq!(degraded["reason"], "CrashLoopBackOff");
+        let error = "error: cannot open /var/lib/dsm/log: Permission denied (os error 13)";
+        let message = degraded["message"].as_str().unwrap_or_default();
+        assert!(message.contains(error), "{message}");
+        assert_eq!(
+            written_condition(&calls, "Progressing")["reason"],
+            "RolloutStalled"
+        );
+        let warning = body(&calls, EVENT);
+        assert_eq!(warning["type"], "Warning");
+        assert_eq!(warning["reason"], "Degraded");
+        assert!(warning["note"].as_str().unwrap_or_default().contains(error));
+    }
+
+    #[tokio::test]
+    async fn each_drained_slave_gets_an_event_of_its_own() {
+        let dc = test_cluster(DsmClusterSpec::default());
+        let (sts, pods, nodes) = running(&dc, 3, 3);
+        let dc = dc
+            .clone()
+            .with_status(status_after(&dc, sts, pods.clone(), nodes.clone()).await);
+        // Five slaves running, three wanted: two reconciles, two drains, by one operator
+        // (one Recorder, as in production).
+        let (ctx, server) = Context::test(&dc, Some(ready_slave_set(5, 5)), pods, nodes.clone());
+        let server = server.run();
+        let dc = Arc::new(dc);
+        for _ in 0..2 {
+            reconcile(dc.clone(), ctx.clone())
+                .await
+                .expect("reconcile succeeds");
+        }
+        drop(ctx);
+        let calls = server.await.expect("api server task");
+
+        let drained: Vec<String> = nodes
+            .drains
+            .lock()
+            .expect("drains")
+            .iter()
+            .map(|(_, slave)| slave.clone())
+            .collect();
+        assert_eq!(drained, ["test-slave-4", "test-slave-3"]);
+        // Two Events created, none folded into the other's series (a PATCH).
+        let events: Vec<&Call> = calls.iter().filter(|c| c.uri.contains("/events")).collect();
+        assert!(
+            events.iter().all(|c| c.line() == EVENT),
+            "{:#?}",
+            lines(&calls)
+        );
+        let told: Vec<(String, String)> = events
+            .iter()
+            .filter_map(|c| c.body.as_ref())
+            .map(|e| {
+                let note = e["note"].as_str().unwrap_or_default();
+                let related = e["related"]["name"].as_str().unwrap_or_default();
+                (note.to_string(), related.to_string())
+            })
+            .collect();
+        assert_eq!(told.len(), 2, "{told:?}");
+        for ((note, related), slave) in told.iter().zip(["test-slave-4", "test-slave-3"]) {
+            assert!(note.contains(&format!("off {slave};")), "{note}");
+            assert_eq!(related, slave);
+        }
     }
 
     #[tokio::test]

@@ -4,17 +4,22 @@
 //! - **Available**: a master-capable pod reports holding the lease and at least a write
 //!   quorum of slaves is ready, so WRITEs can be acknowledged.
 //! - **Ready**: Available, every wanted pod ready and nothing rolling out.
-//! - **Progressing**: the cluster is being created, scaled or rolled out.
+//! - **Progressing**: the cluster is being created, scaled or rolled out, and can get on
+//!   with it; `False` with reason `RolloutStalled` when a pod that cannot run (crash
+//!   loop, image pull, scheduling) or a failed drain holds the rollout up.
 //! - **Degraded**: a cluster that once ran lacks a pod or the lease holder (a dead slave
-//!   or master shows up here, whatever the reason).
+//!   or master shows up here, whatever the reason), or the spec is one the nodes would
+//!   refuse (reason `InvalidSpec`: nothing is rolled out).
 //!
 //! A condition's `lastTransitionTime` changes only when its status does, so a reconcile
 //! that sees nothing new computes the same status and writes nothing.
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 
-use crate::crd::{DsmCluster, DsmClusterStatus, Endpoints};
+use crate::crd::{DsmCluster, DsmClusterStatus, Endpoints, SpecError};
 use crate::objects::{Names, Seat};
 use crate::plan::{Observed, Plan, pod_ready};
 
@@ -22,9 +27,10 @@ use crate::plan::{Observed, Plan, pod_ready};
 pub const PHASE_CREATING: &str = "Creating";
 /// Phase when everything is ready.
 pub const PHASE_RUNNING: &str = "Running";
-/// Phase while a deliberate change (scaling, rollout) is under way.
+/// Phase while a deliberate change (scaling, rollout) is under way and progressing.
 pub const PHASE_UPDATING: &str = "Updating";
-/// Phase when pods are missing or unready for no deliberate reason.
+/// Phase when pods are missing, unready or failing, a rollout is stalled, or the spec is
+/// one the nodes would refuse.
 pub const PHASE_DEGRADED: &str = "Degraded";
 /// Phase when WRITEs cannot be acknowledged (no lease holder or too few slaves).
 pub const PHASE_UNAVAILABLE: &str = "Unavailable";
@@ -62,12 +68,22 @@ fn previous_phase(dc: &DsmCluster) -> &str {
     dc.status.as_ref().map_or("", |s| s.phase.as_str())
 }
 
+/// The last observations with `phase` and the given conditions replacing those of
+/// the same type: the status of a reconcile that observes and changes nothing.
+fn unreconciled(dc: &DsmCluster, phase: &str, conditions: Vec<Condition>) -> DsmClusterStatus {
+    let mut status = dc.status.clone().unwrap_or_default();
+    status.phase = phase.to_string();
+    status.observed_generation = dc.metadata.generation;
+    status
+        .conditions
+        .retain(|c| !conditions.iter().any(|new| new.type_ == c.type_));
+    status.conditions.extend(conditions);
+    status
+}
+
 /// The status of a paused cluster: the last observations, with the phase and
 /// Progressing saying that nothing is reconciled.
 pub fn paused(dc: &DsmCluster, now: Timestamp) -> DsmClusterStatus {
-    let mut status = dc.status.clone().unwrap_or_default();
-    status.phase = PHASE_PAUSED.to_string();
-    status.observed_generation = dc.metadata.generation;
     let progressing = condition(
         "Progressing",
         false,
@@ -76,12 +92,163 @@ pub fn paused(dc: &DsmCluster, now: Timestamp) -> DsmClusterStatus {
         dc,
         now,
     );
-    status.conditions.retain(|c| c.type_ != "Progressing");
-    status.conditions.push(progressing);
-    status
+    unreconciled(dc, PHASE_PAUSED, vec![progressing])
+}
+
+/// Reason of the conditions of a spec the nodes would refuse.
+pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
+
+/// What the status and the Warning Event say of a spec the nodes would refuse.
+pub fn refusal(error: &SpecError) -> String {
+    format!("{error}; nothing is rolled out until the spec is fixed")
+}
+
+/// The status of a cluster whose spec the nodes would refuse: nothing is rolled out, so
+/// the last observations stay; Degraded, Ready and Progressing say why.
+pub fn invalid(dc: &DsmCluster, error: &SpecError, now: Timestamp) -> DsmClusterStatus {
+    let message = refusal(error);
+    let conditions = [("Degraded", true), ("Ready", false), ("Progressing", false)]
+        .into_iter()
+        .map(|(type_, status)| {
+            condition(type_, status, REASON_INVALID_SPEC, message.clone(), dc, now)
+        })
+        .collect();
+    unreconciled(dc, PHASE_DEGRADED, conditions)
+}
+
+/// Waiting reasons of a container that does not get going by itself: the pod needs a
+/// fix (an image, a Secret, a configuration) or keeps failing.
+const STUCK_WAITING: [&str; 7] = [
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// Longest excerpt of a container's error carried into a condition message.
+const MAX_ERROR_CHARS: usize = 512;
+
+/// A pod of the cluster that cannot run: a container crash-looping or stuck waiting, or
+/// the pod unschedulable. A rollout waiting on it makes no progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodFailure {
+    /// Kubernetes' word for it (`CrashLoopBackOff`, `ImagePullBackOff`,
+    /// `Unschedulable`…), the Degraded condition's reason.
+    pub reason: String,
+    /// One line for people: the pod, what is wrong, and the container's last error.
+    pub message: String,
+}
+
+/// The line of a container's termination message worth showing: with
+/// `terminationMessagePolicy: FallbackToLogsOnError` that message is the tail of its log,
+/// so take the last line that mentions an error (the `dsm` binary's last words), else
+/// the last line.
+fn last_error_line(text: &str) -> Option<String> {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let line = lines
+        .iter()
+        .rev()
+        .find(|l| l.to_ascii_lowercase().contains("error"))
+        .or(lines.last())?;
+    Some(line.chars().take(MAX_ERROR_CHARS).collect())
+}
+
+/// Why `pod` cannot run, if it cannot: a container waiting for a reason that needs a
+/// fix, a container that is not ready and whose last run failed (a crash loop between
+/// two back-offs), or a pod the scheduler cannot place.
+pub fn pod_failure(pod: &Pod) -> Option<PodFailure> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let name = pod.name_any();
+    let status = pod.status.as_ref()?;
+    let containers = status
+        .init_container_statuses
+        .iter()
+        .chain(status.container_statuses.iter())
+        .flatten();
+    for c in containers {
+        let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
+        let waiting_reason = waiting
+            .and_then(|w| w.reason.as_deref())
+            .unwrap_or_default();
+        let last_failure = c
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .filter(|t| t.exit_code != 0);
+        if let Some(last) = last_failure.filter(|_| !c.ready) {
+            let detail = match last.message.as_deref().and_then(last_error_line) {
+                Some(line) => format!("exit code {}: {line}", last.exit_code),
+                None => format!(
+                    "exit code {} ({})",
+                    last.exit_code,
+                    last.reason.as_deref().unwrap_or("Error")
+                ),
+            };
+            return Some(PodFailure {
+                reason: "CrashLoopBackOff".to_string(),
+                message: format!(
+                    "pod {name} is crash-looping (container {}, {} restart{}), last {detail}",
+                    c.name,
+                    c.restart_count,
+                    if c.restart_count == 1 { "" } else { "s" }
+                ),
+            });
+        }
+        if STUCK_WAITING.contains(&waiting_reason) {
+            let detail = waiting
+                .and_then(|w| w.message.as_deref())
+                .and_then(last_error_line)
+                .unwrap_or_default();
+            return Some(PodFailure {
+                reason: waiting_reason.to_string(),
+                message: format!(
+                    "pod {name} is {waiting_reason} (container {}): {detail}",
+                    c.name
+                ),
+            });
+        }
+    }
+    let unschedulable = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+    })?;
+    Some(PodFailure {
+        reason: "Unschedulable".to_string(),
+        message: format!(
+            "pod {name} cannot be scheduled: {}",
+            unschedulable
+                .message
+                .as_deref()
+                .unwrap_or("no node fits it")
+        ),
+    })
+}
+
+/// `parts` that are not empty, joined for one condition message.
+fn sentence(parts: &[&str]) -> String {
+    parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Computes the status from the observations and the plan made from them.
+///
+/// The phase is `Updating` only while the rollout can make progress: a pod that cannot
+/// run (crash loop, image pull, scheduling) or a drain that failed stalls it, and the
+/// phase turns `Degraded` with the pod's own error in the Degraded condition.
 pub fn compute(
     dc: &DsmCluster,
     names: &Names,
@@ -96,6 +263,7 @@ pub fn compute(
     let replicas = sts_status.map_or(0, |s| s.replicas);
     let ready_slaves = sts_status.and_then(|s| s.ready_replicas).unwrap_or(0);
     let active = observed.active_seat();
+    let failures: Vec<PodFailure> = observed.pods.iter().filter_map(pod_failure).collect();
 
     // Everything that keeps the cluster from full redundancy.
     let mut lacking = Vec::new();
@@ -109,26 +277,33 @@ pub fn compute(
         let name = names.seat(seat);
         match observed.pod(&name) {
             None => lacking.push(format!("pod {name} is missing")),
-            Some(p) if !pod_ready(p) => lacking.push(format!("pod {name} is not ready")),
+            Some(p) if !pod_ready(p) && pod_failure(p).is_none() => {
+                lacking.push(format!("pod {name} is not ready"));
+            }
             Some(_) => {}
         }
     }
     if ready_slaves < desired {
         lacking.push(format!("{ready_slaves}/{desired} slaves ready"));
     }
+    // Pod failures first: they are what a person has to fix.
+    let mut stalled: Vec<String> = failures.iter().map(|f| f.message.clone()).collect();
+    stalled.extend(plan.stalled.iter().cloned());
 
+    let rolling_out = !plan.rollout.is_empty() || !plan.stalled.is_empty();
+    let progressing = rolling_out && stalled.is_empty();
     let available = active.is_some() && ready_slaves >= quorum;
-    let ready = available && lacking.is_empty() && plan.rollout.is_empty();
+    let ready = available && lacking.is_empty() && !rolling_out && failures.is_empty();
     let ever_ran = !matches!(previous_phase(dc), "" | PHASE_CREATING);
-    let creating = !ever_ran && !ready;
-    let degraded = ever_ran && !lacking.is_empty();
+    let creating = !ever_ran && !ready && stalled.is_empty();
+    let degraded = (ever_ran && !lacking.is_empty()) || !stalled.is_empty();
     let phase = if ready {
         PHASE_RUNNING
     } else if creating {
         PHASE_CREATING
-    } else if !available {
+    } else if !available && ever_ran {
         PHASE_UNAVAILABLE
-    } else if !plan.rollout.is_empty() {
+    } else if progressing {
         PHASE_UPDATING
     } else {
         PHASE_DEGRADED
@@ -140,6 +315,8 @@ pub fn compute(
         active_master.as_deref().unwrap_or("unknown")
     );
     let lacking_text = lacking.join("; ");
+    let stalled_text = stalled.join("; ");
+    let rollout_text = plan.rollout.join("; ");
     let conditions = vec![
         condition(
             "Ready",
@@ -148,12 +325,7 @@ pub fn compute(
             if ready {
                 summary.clone()
             } else {
-                [lacking_text.as_str(), &plan.rollout.join("; ")]
-                    .iter()
-                    .filter(|s| !s.is_empty())
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                sentence(&[&stalled_text, &lacking_text, &rollout_text])
             },
             dc,
             now,
@@ -174,22 +346,24 @@ pub fn compute(
         ),
         condition(
             "Progressing",
-            creating || !plan.rollout.is_empty(),
-            if !plan.rollout.is_empty() {
+            progressing || creating,
+            if progressing {
                 "RollingOut"
             } else if creating {
                 "Creating"
+            } else if rolling_out {
+                "RolloutStalled"
             } else {
                 "Complete"
             },
-            if plan.rollout.is_empty() {
-                if creating {
-                    "waiting for the pods to become ready".to_string()
-                } else {
-                    "the cluster matches its spec".to_string()
-                }
+            if progressing {
+                rollout_text.clone()
+            } else if creating {
+                "waiting for the pods to become ready".to_string()
+            } else if rolling_out {
+                sentence(&[&format!("stalled: {stalled_text}"), &rollout_text])
             } else {
-                plan.rollout.join("; ")
+                "the cluster matches its spec".to_string()
             },
             dc,
             now,
@@ -199,15 +373,22 @@ pub fn compute(
             degraded,
             if !degraded {
                 "AsExpected"
-            } else if plan.rollout.is_empty() {
-                "PodsNotReady"
-            } else {
+            } else if let Some(failure) = failures.first() {
+                failure.reason.as_str()
+            } else if !plan.stalled.is_empty() {
+                "RolloutStalled"
+            } else if rolling_out {
                 "RollingOut"
-            },
-            if degraded {
-                lacking_text
             } else {
+                "PodsNotReady"
+            },
+            if !degraded {
                 "every wanted pod is ready".to_string()
+            } else if ever_ran {
+                sentence(&[&stalled_text, &lacking_text])
+            } else {
+                // Still creating: whatever else is missing is expected.
+                stalled_text
             },
             dc,
             now,
@@ -247,9 +428,14 @@ pub fn condition_status<'a>(status: Option<&'a DsmClusterStatus>, type_: &str) -
 mod tests {
     use super::*;
     use crate::crd::DsmClusterSpec;
-    use crate::fixtures::{active_status, ready_slave_set, seat_pod, test_cluster};
+    use crate::fixtures::{
+        REFUSED_CONFIG_LOG, active_status, crash_looping, ready_slave_set, seat_pod, test_cluster,
+    };
     use crate::objects::Role;
     use crate::plan::plan;
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
+    };
 
     const HASHES: [&str; 2] = ["m1", "b1"];
 
@@ -351,6 +537,214 @@ mod tests {
         let later = Timestamp::from_second(1_000_000).expect("timestamp");
         let second = compute(&dc, &names, &healthy(&names), &plan, later);
         assert_eq!(first, second);
+    }
+
+    fn condition_of<'a>(status: &'a DsmClusterStatus, type_: &str) -> &'a Condition {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition"))
+    }
+
+    /// Mid-rollout to a new master spec (hashes `m2`/`b2`): the standby was replaced, the
+    /// active master still runs the old one and waits for the standby to be ready.
+    fn standby_replaced(names: &Names, standby: Pod) -> (Observed, Plan, DsmCluster) {
+        let dc = test_cluster(DsmClusterSpec::default());
+        let running = status_of(&dc, &healthy(names));
+        let dc = dc.with_status(running);
+        let mut observed = healthy(names);
+        observed.pods[1] = standby;
+        let plan = plan(&dc, names, &observed, ["m2", "b2"]);
+        (observed, plan, dc)
+    }
+
+    #[test]
+    fn a_rollout_waiting_on_a_starting_standby_is_updating() {
+        let dc = test_cluster(DsmClusterSpec::default());
+        let names = Names::of(&dc).expect("names");
+        let starting = seat_pod(&names, Seat::Backup, "b2", Role::Standby, false);
+        let (observed, plan, dc) = standby_replaced(&names, starting);
+        assert_eq!(plan.master, crate::plan::SeatAction::Wait);
+        let status = compute(&dc, &names, &observed, &plan, Timestamp::UNIX_EPOCH);
+        assert_eq!(status.phase, PHASE_UPDATING);
+        assert_eq!(condition_of(&status, "Progressing").status, "True");
+    }
+
+    #[test]
+    fn a_crash_looping_standby_turns_the_rollout_degraded_with_its_error() {
+        let dc = test_cluster(DsmClusterSpec::default());
+        let names = Names::of(&dc).expect("names");
+        let standby = seat_pod(&names, Seat::Backup, "b2", Role::Standby, false);
+        let standby = crash_looping(standby, 4, REFUSED_CONFIG_LOG);
+        let (observed, plan, dc) = standby_replaced(&names, standby);
+        let status = compute(&dc, &names, &observed, &plan, Timestamp::UNIX_EPOCH);
+
+        // Not `Updating`: nothing will progress until the standby runs.
+        assert_eq!(status.phase, PHASE_DEGRADED);
+        let degraded = condition_of(&status, "Degraded");
+        assert_eq!(degraded.status, "True");
+        assert_eq!(degraded.reason, "CrashLoopBackOff");
+        assert!(
+            degraded.message.starts_with(
+                "pod test-backup is crash-looping (container dsm, 4 restarts), last exit code 2: \
+                 error: --replication-factor 2 is not a majority of --slaves 5"
+            ),
+            "{}",
+            degraded.message
+        );
+        let progressing = condition_of(&status, "Progressing");
+        assert_eq!(progressing.status, "False");
+        assert_eq!(progressing.reason, "RolloutStalled");
+        assert!(
+            progressing.message.contains("test-master is outdated"),
+            "{}",
+            progressing.message
+        );
+        // WRITEs still go through the active master.
+        assert_eq!(condition_of(&status, "Available").status, "True");
+    }
+
+    #[test]
+    fn a_crash_looping_master_of_a_new_cluster_is_degraded_not_creating() {
+        let dc = test_cluster(DsmClusterSpec::default());
+        let names = Names::of(&dc).expect("names");
+        let master = seat_pod(&names, Seat::Master, "m1", Role::Standby, false);
+        let observed = Observed {
+            pods: vec![crash_looping(
+                master,
+                1,
+                "error: cannot open the log: permission denied\n",
+            )],
+            ..Observed::default()
+        };
+        let status = status_of(&dc, &observed);
+        assert_eq!(status.phase, PHASE_DEGRADED);
+        let degraded = condition_of(&status, "Degraded");
+        assert!(
+            degraded
+                .message
+                .ends_with("error: cannot open the log: permission denied"),
+            "{}",
+            degraded.message
+        );
+    }
+
+    #[test]
+    fn a_slave_that_cannot_pull_its_image_degrades_a_running_cluster() {
+        let dc = test_cluster(DsmClusterSpec::default());
+        let names = Names::of(&dc).expect("names");
+        let running = status_of(&dc, &healthy(&names));
+        let dc = dc.with_status(running);
+        let mut observed = healthy(&names);
+        observed.slave_set = Some(ready_slave_set(3, 2));
+        let mut slave = seat_pod(&names, Seat::Master, "m1", Role::Standby, false);
+        slave.metadata.name = Some("test-slave-2".to_string());
+        slave.status = Some(PodStatus {
+            container_statuses: Some(vec![ContainerStatus {
+                name: "dsm".to_string(),
+                state: Some(ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some("ImagePullBackOff".to_string()),
+                        message: Some("Back-off pulling image \"dsm:nope\"".to_string()),
+                    }),
+                    ..ContainerState::default()
+                }),
+                ..ContainerStatus::default()
+            }]),
+            ..PodStatus::default()
+        });
+        observed.pods.push(slave);
+        let status = status_of(&dc, &observed);
+        assert_eq!(status.phase, PHASE_DEGRADED);
+        let degraded = condition_of(&status, "Degraded");
+        assert_eq!(degraded.reason, "ImagePullBackOff");
+        assert_eq!(
+            degraded.message,
+            "pod test-slave-2 is ImagePullBackOff (container dsm): Back-off pulling image \"dsm:nope\"; 2/3 slaves ready"
+        );
+    }
+
+    #[test]
+    fn pod_failures_are_told_apart_from_pods_that_recovered_or_are_starting() {
+        let dc = test_cluster(DsmClusterSpec::default());
+        let names = Names::of(&dc).expect("names");
+        let base = seat_pod(&names, Seat::Master, "m1", Role::Active, true);
+        assert_eq!(pod_failure(&base), None);
+
+        // Crashed once, restarted and ready again: not a failure.
+        let mut recovered = crash_looping(base.clone(), 1, "error: boom\n");
+        if let Some(c) = recovered
+            .status
+            .as_mut()
+            .and_then(|s| s.container_statuses.as_mut())
+            .and_then(|cs| cs.first_mut())
+        {
+            c.ready = true;
+            c.state = None;
+        }
+        assert_eq!(pod_failure(&recovered), None);
+
+        // Killed without a message (OOM): the exit code and reason say it.
+        let mut killed = crash_looping(base.clone(), 2, "");
+        if let Some(t) = killed
+            .status
+            .as_mut()
+            .and_then(|s| s.container_statuses.as_mut())
+            .and_then(|cs| cs.first_mut())
+            .and_then(|c| c.last_state.as_mut())
+            .and_then(|s| s.terminated.as_mut())
+        {
+            t.exit_code = 137;
+            t.reason = Some("OOMKilled".to_string());
+        }
+        let failure = pod_failure(&killed).expect("a failure");
+        assert!(
+            failure.message.ends_with("last exit code 137 (OOMKilled)"),
+            "{}",
+            failure.message
+        );
+
+        // Pending for want of a node.
+        let mut pending = base;
+        pending.status = Some(PodStatus {
+            phase: Some("Pending".to_string()),
+            conditions: Some(vec![PodCondition {
+                type_: "PodScheduled".to_string(),
+                status: "False".to_string(),
+                reason: Some("Unschedulable".to_string()),
+                message: Some("0/3 nodes are available: 3 Insufficient memory.".to_string()),
+                ..PodCondition::default()
+            }]),
+            ..PodStatus::default()
+        });
+        assert_eq!(
+            pod_failure(&pending),
+            Some(PodFailure {
+                reason: "Unschedulable".to_string(),
+                message: "pod test-master cannot be scheduled: 0/3 nodes are available: 3 Insufficient memory."
+                    .to_string(),
+            })
+        );
+    }
+
+    #[test]
+    fn the_error_line_of_a_log_tail_is_the_one_shown() {
+        assert_eq!(
+            last_error_line(REFUSED_CONFIG_LOG).as_deref(),
+            Some(
+                "error: --replication-factor 2 is not a majority of --slaves 5: two writes could reach disjoint slaves; use at least 3"
+            )
+        );
+        assert_eq!(
+            last_error_line("a\nlast words\n\n").as_deref(),
+            Some("last words")
+        );
+        assert_eq!(last_error_line("\n"), None);
+        assert_eq!(
+            last_error_line(&"x".repeat(2000)).map(|l| l.len()),
+            Some(MAX_ERROR_CHARS)
+        );
     }
 
     #[test]

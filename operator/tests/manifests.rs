@@ -110,7 +110,7 @@ fn manifests_chart_and_operator_objects_validate_against_kubernetes_schemas() {
     rwx.slaves.storage.storage_class_name = Some("fast".to_string());
     let mut no_backup = DsmClusterSpec::default();
     no_backup.backup.enabled = false;
-    no_backup.replication.factor = Some(1);
+    no_backup.replication.factor = Some(3);
     no_backup.network_policy.enabled = false;
     let mut secured = DsmClusterSpec::default();
     secured.tls.enabled = true;
