@@ -6,7 +6,12 @@
 //! (`kill -9`) or paused (SIGSTOP, for longer than the lease) and the time from
 //! the fault to the first acknowledged WRITE sent after it is the failover
 //! time. Then the fault is healed (restart, SIGCONT), the cluster settles, and
-//! the next trial hits whichever master is active by then.
+//! after a quiet period the next trial hits whichever master is active by
+//! then. The quiet period makes each trial one failure, not the tail of the
+//! previous one: a backup just started waits one lease period before it may
+//! take over, and a master that took over from a paused one holds the active
+//! lock (what tells its death at once) only from its next renewal after the
+//! paused one woke up.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::OwnCluster;
 use crate::client::{Client, ClientConfig};
+
+/// Time given to the cluster between a healed fault and the next trial.
+const QUIET: Duration = Duration::from_secs(3);
 
 /// Flags of `dsm bench failover`.
 #[derive(Args, Debug, Clone)]
@@ -121,6 +129,7 @@ async fn trials(args: &FailoverArgs, cluster: &mut OwnCluster) -> anyhow::Result
     for trial in 0..args.trials {
         for &fault in &kinds {
             cluster.wait_settled().await?;
+            tokio::time::sleep(QUIET).await;
             let master = cluster.active_member().await?;
             let at = origin.elapsed().as_micros() as u64;
             match fault {

@@ -464,11 +464,32 @@ impl Client {
                 return Err(e);
             }
         }
+        // Endpoints that did not answer within the timeout (a paused or
+        // partitioned master), and until when they are left out of the
+        // rounds: waiting on them again at once would cost a whole timeout
+        // while the other endpoint may be taking over right now.
+        let mut silent_until: Vec<Option<Instant>> = Vec::new();
         loop {
             // One round: every endpoint at most once, starting with the one
-            // believed active and jumping to hinted leaders first.
-            let mut tried: Vec<bool> = vec![false; self.lock().peers.len()];
-            let mut next = Some(self.lock().active);
+            // believed active and jumping to hinted leaders first; endpoints
+            // recently silent are skipped.
+            let peers = self.lock().peers.len();
+            let now = Instant::now();
+            let mut tried: Vec<bool> = (0..peers)
+                .map(|i| {
+                    silent_until
+                        .get(i)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|t| now < t)
+                })
+                .collect();
+            let active = self.lock().active;
+            let mut next = if tried.get(active).copied().unwrap_or(false) {
+                next_untried(&mut tried, active, peers)
+            } else {
+                Some(active)
+            };
             while let Some(index) = next {
                 let (address, channel) = {
                     let state = self.lock();
@@ -499,6 +520,14 @@ impl Client {
                     ),
                 )
                 .await;
+                let silent = || {
+                    let mut until = silent_until.clone();
+                    if until.len() <= index {
+                        until.resize(index + 1, None);
+                    }
+                    until[index] = Some(Instant::now() + self.timeout);
+                    until
+                };
                 let failure = match outcome {
                     Ok(Ok(response)) => {
                         self.lock().active = index;
@@ -507,9 +536,15 @@ impl Client {
                     // tonic enforces the request's `grpc-timeout` itself and
                     // may win the race against the outer timeout: both mean
                     // the same thing and are reported the same way.
-                    Ok(Err(status)) if is_timeout(&status) => Failure::Retry(self.no_answer()),
+                    Ok(Err(status)) if is_timeout(&status) => {
+                        silent_until = silent();
+                        Failure::Retry(self.no_answer())
+                    }
                     Ok(Err(status)) => classify(&address, status),
-                    Err(_elapsed) => Failure::Retry(self.no_answer()),
+                    Err(_elapsed) => {
+                        silent_until = silent();
+                        Failure::Retry(self.no_answer())
+                    }
                 };
                 let error = match failure {
                     Failure::Fatal(e) => return Err(e),
@@ -756,6 +791,9 @@ mod tests {
         Hang,
         /// Rejects the input.
         Invalid,
+        /// A standby naming `leader` for its first `after` calls, then the
+        /// active master of epoch 9 (a takeover completing).
+        BecomesActive { leader: String, after: u32 },
     }
 
     struct Fake {
@@ -765,9 +803,19 @@ mod tests {
 
     impl Fake {
         fn answer<T>(&self, ok: impl FnOnce(u64) -> T) -> Result<Response<T>, Status> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
+            let calls = self.calls.fetch_add(1, Ordering::SeqCst);
             match &self.behaviour {
                 Behaviour::Active { epoch, .. } => Ok(Response::new(ok(*epoch))),
+                Behaviour::BecomesActive { after, .. } if calls >= *after => {
+                    Ok(Response::new(ok(9)))
+                }
+                Behaviour::BecomesActive { leader, .. } => {
+                    let mut status = Status::failed_precondition("not the active master");
+                    if let Ok(value) = leader.parse() {
+                        status.metadata_mut().insert(LEADER_METADATA, value);
+                    }
+                    Err(status)
+                }
                 Behaviour::Standby { leader } => {
                     let mut status = Status::failed_precondition("not the active master");
                     if let Ok(value) = leader.parse() {
@@ -1010,6 +1058,27 @@ mod tests {
         assert_eq!(got, Some((Bytes::from_static(b"y"), Version::new(4, 1))));
         assert!(paused.calls() >= 1, "the paused master was tried first");
         assert_eq!(client.active_endpoint(), backup.address);
+    }
+
+    /// A paused master that timed out is not waited on again while the
+    /// standby takes over: the client keeps asking the standby (which names
+    /// the paused master until it has taken over) and is served by it.
+    #[tokio::test]
+    async fn a_master_that_timed_out_is_not_waited_on_again_during_the_takeover() {
+        let paused = fake(Behaviour::Hang).await;
+        let standby = fake(Behaviour::BecomesActive {
+            leader: paused.address.clone(),
+            after: 3,
+        })
+        .await;
+        let client = client_with_timeout(
+            &[&paused.address, &standby.address],
+            Duration::from_millis(500),
+        );
+        let version = bounded(client.write(b"k", b"v")).await.expect("write");
+        assert_eq!(version, Version::new(9, 1));
+        assert_eq!(paused.calls(), 1, "the paused master was waited on once");
+        assert_eq!(client.active_endpoint(), standby.address);
     }
 
     #[tokio::test]
