@@ -20,6 +20,7 @@ use bytes::Bytes;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 /// How a failed op travels inside a results message: the status a unary
@@ -193,83 +194,33 @@ async fn drive<P: Protocol>(mut protocol: P, mut queued: mpsc::UnboundedReceiver
 /// Results sent back per message at most by [`serve`].
 const MAX_RESULTS: usize = 256;
 
-/// The server side of a pipeline: runs every op of every incoming batch
-/// concurrently with `run` (so, for example, Puts meet in one group commit)
-/// and streams the results back, batched as they complete. The returned
-/// stream ends once the client closed its side and every op finished.
-pub fn serve<Batch, Op, Done, Results, Run, Fut>(
-    mut batches: tonic::Streaming<Batch>,
-    ops: fn(Batch) -> Vec<Op>,
-    run: Run,
-    pack: fn(Vec<Done>) -> Results,
-) -> ReceiverStream<Result<Results, Status>>
-where
-    Batch: Send + 'static,
-    Op: Send + 'static,
-    Done: Send + 'static,
-    Results: Send + 'static,
-    Run: Fn(Op) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Done> + Send + 'static,
-{
-    let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
-    tokio::spawn(async move {
-        while let Ok(Some(batch)) = batches.message().await {
-            for op in ops(batch) {
-                let done = done_tx.clone();
-                let work = run(op);
-                tokio::spawn(async move {
-                    let _ = done.send(work.await);
-                });
-            }
-        }
-    });
-    pack_results(done_rx, pack)
-}
-
-/// Streams results back as they complete, batched; ends once every sender of
-/// `done_rx` is gone.
-fn pack_results<Done, Results>(
-    mut done_rx: mpsc::UnboundedReceiver<Done>,
-    pack: fn(Vec<Done>) -> Results,
-) -> ReceiverStream<Result<Results, Status>>
-where
-    Done: Send + 'static,
-    Results: Send + 'static,
-{
-    let (out_tx, out_rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        while let Some(first) = done_rx.recv().await {
-            let mut results = vec![first];
-            while results.len() < MAX_RESULTS {
-                match done_rx.try_recv() {
-                    Ok(result) => results.push(result),
-                    Err(_) => break,
-                }
-            }
-            if out_tx.send(Ok(pack(results))).await.is_err() {
-                return;
-            }
-        }
-    });
-    ReceiverStream::new(out_rx)
-}
-
-/// Ops one [`serve_ordered`] stream may have running or queued at once; past
-/// it the stream is not read until some finish (backpressure: one client
-/// cannot flood the master).
+/// Ops one [`serve`]d stream may have running or queued at once; past it the
+/// stream is not read until some finish (backpressure: one client cannot
+/// flood the server).
 pub const MAX_PENDING_PER_STREAM: usize = 4096;
 
-/// Like [`serve`], but ops on the same key (`key_of`) run one after the other
-/// in the order they were sent, so that a stream's WRITE and a later READ of
-/// the same key behave as if sent one by one. Ops on different keys, and ops
-/// without a key, run concurrently. At most [`MAX_PENDING_PER_STREAM`] ops are
-/// taken off the stream at a time.
-pub fn serve_ordered<Batch, Op, Done, Results, Run, Fut>(
+/// The server side of a pipeline: runs the ops of every incoming batch with
+/// `run` and streams the results back, batched as they complete.
+///
+/// - Ops on the same key (`key_of`) run one after the other in the order they
+///   were sent, so that a stream's WRITE and a later READ of the same key
+///   behave as if sent one by one; ops on different keys, and ops without a
+///   key (`key_of` returning `None`), run concurrently (so, for example, a
+///   slave's Puts meet in one group commit).
+/// - At most [`MAX_PENDING_PER_STREAM`] ops are taken off the stream at a time.
+/// - When `stop` fires (the server is shutting down) no further batch is
+///   read; the ops already taken finish and are answered, then the stream
+///   ends, so the connection can close gracefully.
+///
+/// The returned stream also ends once the client closed its side and every op
+/// finished.
+pub fn serve<Batch, Op, Done, Results, Run, Fut>(
     mut batches: tonic::Streaming<Batch>,
     ops: fn(Batch) -> Vec<Op>,
     key_of: fn(&Op) -> Option<Bytes>,
     run: Run,
     pack: fn(Vec<Done>) -> Results,
+    stop: CancellationToken,
 ) -> ReceiverStream<Result<Results, Status>>
 where
     Batch: Send + 'static,
@@ -279,7 +230,7 @@ where
     Run: Fn(Op) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Done> + Send + 'static,
 {
-    let (done_tx, done_rx) = mpsc::unbounded_channel::<Done>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let (finished_tx, mut finished_rx) = mpsc::unbounded_channel::<Option<Bytes>>();
     tokio::spawn(async move {
         // Ops waiting behind a running op of the same key, by key.
@@ -297,6 +248,7 @@ where
         };
         while input_open || pending > 0 {
             tokio::select! {
+                () = stop.cancelled(), if input_open => input_open = false,
                 batch = batches.message(), if input_open && pending < MAX_PENDING_PER_STREAM => {
                     let Ok(Some(batch)) = batch else {
                         input_open = false;
@@ -331,5 +283,20 @@ where
             }
         }
     });
-    pack_results(done_rx, pack)
+    let (out_tx, out_rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Some(first) = done_rx.recv().await {
+            let mut results = vec![first];
+            while results.len() < MAX_RESULTS {
+                match done_rx.try_recv() {
+                    Ok(result) => results.push(result),
+                    Err(_) => break,
+                }
+            }
+            if out_tx.send(Ok(pack(results))).await.is_err() {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(out_rx)
 }

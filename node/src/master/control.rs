@@ -23,7 +23,7 @@ use super::index::SlaveIdx;
 use super::slave_link::SlaveLink;
 use super::{Master, Term, lock, term};
 use crate::proto::control_server::Control;
-use crate::proto::{Ping, Pong, RegisterReply, RegisterRequest};
+use crate::proto::{LeaveReply, LeaveRequest, Ping, Pong, RegisterReply, RegisterRequest};
 use crate::version::Version;
 
 impl Master {
@@ -194,6 +194,21 @@ impl Master {
 
 #[tonic::async_trait]
 impl Control for Master {
+    async fn leave(&self, request: Request<LeaveRequest>) -> Result<Response<LeaveReply>, Status> {
+        self.serving_term()?;
+        let id = request.into_inner().slave_id;
+        let left = {
+            let mut slaves = lock(&self.slaves);
+            let idx = slaves.idx_for(&id);
+            slaves.mark_dead(idx)
+        };
+        if left {
+            info!(slave = %id, "slave is shutting down; removed from the live set");
+            self.repair.notify_one();
+        }
+        Ok(Response::new(LeaveReply {}))
+    }
+
     async fn register(
         &self,
         request: Request<RegisterRequest>,
@@ -215,9 +230,16 @@ impl Control for Master {
         let mut pings = request.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let slaves = self.registry_handle();
+        let stopping = self.stopping.clone();
         tokio::spawn(async move {
             let mut session = None;
-            while let Some(Ok(ping)) = pings.next().await {
+            loop {
+                let ping = tokio::select! {
+                    // Shutting down: end the stream so the server can close.
+                    () = stopping.cancelled() => return,
+                    ping = pings.next() => ping,
+                };
+                let Some(Ok(ping)) = ping else { return };
                 let alive = {
                     let mut registry = lock(&slaves);
                     let current = *session

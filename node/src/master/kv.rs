@@ -106,7 +106,8 @@ impl Kv for Master {
             .me
             .upgrade()
             .ok_or_else(|| Status::unavailable("shutting down"))?;
-        Ok(Response::new(pipeline::serve_ordered(
+        let stopping = self.stopping.clone();
+        Ok(Response::new(pipeline::serve(
             request.into_inner(),
             |batch| batch.ops,
             op_key,
@@ -115,6 +116,7 @@ impl Kv for Master {
                 async move { master.run_kv_op(op).await }
             },
             |results| KvResults { results },
+            stopping,
         )))
     }
 

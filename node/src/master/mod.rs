@@ -152,7 +152,14 @@ pub struct Master {
     log_end_seq: AtomicU64,
     /// When the standby last read the log to its end (readiness, lag).
     caught_up_at: Mutex<Instant>,
+    /// Cancelled when the process starts shutting down: long-lived streams
+    /// (pipelines, heartbeats) then end, so that the server can close.
+    stopping: CancellationToken,
 }
+
+/// How long a shutting-down process waits for its connections to close
+/// before it drops them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
 /// Locks a std mutex, recovering the data if a panicking thread poisoned it
 /// (every critical section leaves the data consistent between statements).
@@ -195,6 +202,7 @@ impl Master {
             repair: Notify::new(),
             log_end_seq: AtomicU64::new(0),
             caught_up_at: Mutex::new(Instant::now()),
+            stopping: CancellationToken::new(),
         }))
     }
 
@@ -248,6 +256,11 @@ impl Master {
     /// Runs the process until `cancel` fires: the gRPC server on `listener`
     /// and the role loop. Returns an error if the log cannot be replayed
     /// (for instance a corrupt record in the middle of it).
+    ///
+    /// Shutting down: the active master releases the lease (the standby takes
+    /// over at once), long-lived streams end after their in-flight work, and
+    /// connections still open after [`SHUTDOWN_GRACE`] are dropped: whatever
+    /// was acknowledged is durable already.
     pub async fn run(
         self: Arc<Self>,
         listener: TcpListener,
@@ -266,7 +279,14 @@ impl Master {
                     .max_encoding_message_size(max_message),
             )
             .add_service(ControlServer::from_arc(self.clone()));
-        let shutdown = cancel.clone().cancelled_owned();
+        let shutdown = self.stopping.clone().cancelled_owned();
+        {
+            let (cancel, stopping) = (cancel.clone(), self.stopping.clone());
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                stopping.cancel();
+            });
+        }
         let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
             match &security.server {
                 Some(tls) => Box::pin(
@@ -280,11 +300,20 @@ impl Master {
             };
         let background = self.spawn_background(&cancel);
         let roles = self.clone().run_roles(cancel.clone());
+        tokio::pin!(server);
         let result = tokio::select! {
-            r = server => r.context("gRPC server failed"),
+            r = &mut server => r.context("gRPC server failed"),
             r = roles => r,
         };
         cancel.cancel();
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "connections still open {SHUTDOWN_GRACE:?} after shutdown began; closing them"
+            );
+        }
         for task in background {
             let _ = task.await;
         }

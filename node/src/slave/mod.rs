@@ -37,6 +37,9 @@ use store::{Store, StoreOptions};
 
 /// Default time between two heartbeat Pings.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a shutting-down slave waits for its connections to close before
+/// it drops them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1000);
 
 /// How to run a slave.
 #[derive(Clone, Debug)]
@@ -112,9 +115,12 @@ impl Slave {
     }
 
     /// Serves Replica and gRPC health on `listener` and keeps the slave
-    /// registered, until `shutdown` completes. Then stops accepting,
-    /// lets in-flight requests finish, stops registration and closes the
-    /// store. Returns an error if the server fails.
+    /// registered, until `shutdown` completes. Then, in this order: tells the
+    /// master it is leaving (so it routes nothing new here), lets in-flight
+    /// requests finish (pipelined streams take no new work and end), stops the
+    /// server (connections still open after [`SHUTDOWN_GRACE`] are dropped:
+    /// every acknowledged Put is durable already) and closes the store.
+    /// Returns an error if the server fails.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -130,18 +136,20 @@ impl Slave {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<ReplicaServer<ReplicaService>>().await;
 
-        // One stop signal for the server and the registration loop.
+        // Stops registration and the gauges.
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             // An error means the sender is gone, which also means stop.
             let _ = rx.wait_for(|stop| *stop).await;
         };
 
+        let service = ReplicaService::new(store.clone());
+        let stopping = service.stopping();
         let router = Server::builder()
             .layer(security.auth_layer())
             .add_service(health_service)
-            .add_service(ReplicaService::new(store.clone()).into_server());
-        let stop = stopped(stop_rx.clone());
+            .add_service(service.into_server());
+        let stop = stopping.clone().cancelled_owned();
         let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
             match &security.server {
                 Some(tls) => Box::pin(
@@ -157,7 +165,7 @@ impl Slave {
             registration.subscribe(),
             stopped(stop_rx.clone()),
         ));
-        let registration = tokio::spawn(registration.run(stopped(stop_rx)));
+        let mut registration = tokio::spawn(registration.run(stopped(stop_rx)));
         tracing::info!(id = store.id(), %local, epoch = store.epoch(), "slave serving");
 
         tokio::pin!(server);
@@ -167,13 +175,27 @@ impl Slave {
                 tracing::info!("slave shutting down");
                 health.set_not_serving::<ReplicaServer<ReplicaService>>().await;
                 stop_tx.send_replace(true);
-                server.await.context("replica server failed while shutting down")
+                // Registration tells the master first, bounded by its own timeout.
+                if let Err(e) = (&mut registration).await {
+                    tracing::error!(error = %e, "registration task failed");
+                }
+                stopping.cancel();
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                    Ok(res) => res.context("replica server failed while shutting down"),
+                    Err(_) => {
+                        tracing::warn!(
+                            "connections still open {SHUTDOWN_GRACE:?} after shutdown began; closing them"
+                        );
+                        Ok(())
+                    }
+                }
             }
         };
         stop_tx.send_replace(true);
+        stopping.cancel();
         let _ = gauges.await;
-        if let Err(e) = registration.await {
-            tracing::error!(error = %e, "registration task failed");
+        if !registration.is_finished() {
+            registration.abort();
         }
         // Every acknowledged write is already durable; this waits for a
         // batch that may be mid-commit.

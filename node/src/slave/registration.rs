@@ -52,6 +52,8 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(2);
 pub const MISSED_PONGS: u32 = 3;
 /// Time allowed to open a TCP connection to a master.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a leaving slave waits for the master to acknowledge.
+const LEAVE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long one Register call may take. The master fences the slave and
 /// answers at once (it reads the inventory afterwards), so a master that
 /// does not answer quickly is paused or overloaded: try the other one.
@@ -120,7 +122,8 @@ impl Registration {
         self.state.subscribe()
     }
 
-    /// Runs the register/heartbeat loop until `shutdown` completes.
+    /// Runs the register/heartbeat loop until `shutdown` completes, then
+    /// tells the master it is registered with that this slave is leaving.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         if self.masters.is_empty() {
             tracing::error!("no master address configured: the slave will never register");
@@ -131,8 +134,39 @@ impl Registration {
             () = shutdown => {}
             () = self.forever() => {}
         }
+        self.leave().await;
         self.state.send_replace(None);
         tracing::info!("registration stopped");
+    }
+
+    /// Tells the current master that this slave is going (best effort,
+    /// bounded): it then stops routing to it at once.
+    async fn leave(&self) {
+        let Some(master) = self.state.borrow().clone() else {
+            return;
+        };
+        let call = async {
+            let endpoint = security::endpoint(&master, self.tls.as_ref())
+                .map_err(|e| format!("unusable master address: {e}"))?
+                .connect_timeout(CONNECT_TIMEOUT);
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|e| format!("cannot connect: {}", error_chain(&e)))?;
+            ControlClient::new(channel)
+                .leave(proto::LeaveRequest {
+                    slave_id: self.slave_id.clone(),
+                })
+                .await
+                .map_err(|status| status.to_string())
+        };
+        match timeout(LEAVE_TIMEOUT, call).await {
+            Ok(Ok(_)) => tracing::info!(%master, "told the master this slave is leaving"),
+            Ok(Err(why)) => {
+                tracing::warn!(%master, %why, "could not tell the master this slave is leaving")
+            }
+            Err(_) => tracing::warn!(%master, "the master did not answer Leave in time"),
+        }
     }
 
     async fn forever(&self) {
@@ -416,6 +450,13 @@ mod tests {
                 }
             });
             Ok(Response::new(stream))
+        }
+
+        async fn leave(
+            &self,
+            _: Request<proto::LeaveRequest>,
+        ) -> Result<Response<proto::LeaveReply>, Status> {
+            Ok(Response::new(proto::LeaveReply {}))
         }
     }
 

@@ -20,6 +20,7 @@
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::store::{PutOutcome, Store, StoreError};
@@ -47,12 +48,23 @@ pub const EPOCH_METADATA: &str = "dsm-epoch";
 pub struct ReplicaService {
     /// Where values and the fenced epoch live.
     store: Store,
+    /// Cancelled when the slave shuts down: pipelined streams then take no
+    /// new work, finish what they have, and end.
+    stopping: CancellationToken,
 }
 
 impl ReplicaService {
     /// A service answering from `store`.
     pub fn new(store: Store) -> Self {
-        ReplicaService { store }
+        ReplicaService {
+            store,
+            stopping: CancellationToken::new(),
+        }
+    }
+
+    /// Cancel it to start shutting down (see the field).
+    pub fn stopping(&self) -> CancellationToken {
+        self.stopping.clone()
     }
 
     /// Wraps the service in its tonic server with message limits that admit
@@ -245,11 +257,15 @@ impl Replica for ReplicaService {
         Ok(Response::new(pipeline::serve(
             request.into_inner(),
             |batch| batch.ops,
+            // Unordered: versions order a key's Puts, and concurrent Puts of
+            // one key should share a commit.
+            |_| None,
             move |op| {
                 let service = service.clone();
                 async move { service.run_op(op).await }
             },
             |results| proto::ReplicaResults { results },
+            self.stopping.clone(),
         )))
     }
 

@@ -371,6 +371,11 @@ impl Member {
         }
     }
 
+    /// SIGTERM, without waiting (see [`Member::wait_exit`]).
+    pub fn terminate(&self) {
+        kill(self.pid(), Signal::SIGTERM).expect("SIGTERM");
+    }
+
     /// SIGSTOP: the process freezes with its sockets and locks held.
     pub fn pause(&self) {
         kill(self.pid(), Signal::SIGSTOP).expect("SIGSTOP");
