@@ -9,6 +9,7 @@
 use crate::client::repl::{self, Command};
 use crate::limits::{InputError, Limits};
 use crate::text::{escape, tokenize};
+use crate::version::Expect;
 use crate::wal::frame::{self, HEADER_LEN, MIN_PAYLOAD, Parsed};
 
 /// The log record decoder (`wal::frame`) on arbitrary bytes, as replay meets
@@ -33,6 +34,7 @@ pub fn log_frames(data: &[u8]) {
                     &record.key,
                     &record.value,
                     record.origin,
+                    record.tombstone,
                     &mut again,
                 );
                 assert_eq!(again, &rest[..len], "decoded record re-encodes differently");
@@ -123,7 +125,23 @@ pub fn repl_line(data: &[u8]) {
     };
     let canonical = match &command {
         Command::Read { key } => format!("READ {}", escape(key)),
-        Command::Write { key, value } => format!("WRITE {} {}", escape(key), escape(value)),
+        Command::Write { key, value, expect } => {
+            let condition = match expect {
+                None => String::new(),
+                Some(Expect::Absent) => " IF ABSENT".into(),
+                Some(Expect::Version(v)) => format!(" IF VERSION {v}"),
+            };
+            format!("WRITE {} {}{condition}", escape(key), escape(value))
+        }
+        Command::Delete { key, if_version } => match if_version {
+            Some(v) => format!("DELETE {} IF VERSION {v}", escape(key)),
+            None => format!("DELETE {}", escape(key)),
+        },
+        Command::Keys { prefix } => format!("KEYS {}", escape(prefix)),
+        Command::Watch { prefix, count } => match count {
+            Some(n) => format!("WATCH {} {n}", escape(prefix)),
+            None => format!("WATCH {}", escape(prefix)),
+        },
         Command::Drain { slave_id } => format!("DRAIN {}", escape(slave_id.as_bytes())),
         Command::Status => "STATUS".into(),
         Command::Compact => "COMPACT".into(),
@@ -172,7 +190,7 @@ mod tests {
             .prop_map(|(records, flips, cut)| {
                 let mut bytes = Vec::new();
                 for (i, (k, v)) in records.iter().enumerate() {
-                    frame::encode(Version::new(1, i as u64), k, v, None, &mut bytes);
+                    frame::encode(Version::new(1, i as u64), k, v, None, false, &mut bytes);
                 }
                 if !bytes.is_empty() {
                     for (at, x) in flips {

@@ -11,12 +11,14 @@
 //!   stores batch fsyncs.
 //! - [`slave`]: the storage role: versioned values in an embedded database.
 //! - [`local`]: `dsm local`, a whole cluster as child processes.
+//! - [`snapshot`]: snapshot files (`dsm snapshot save`, `status`, `restore`).
 //! - [`bench`]: `dsm bench`, load generation, results and plots.
 //! - [`chaos`]: `dsm chaos` and the nemesis test: faults injected at random,
 //!   the history checked for linearizability.
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
 //! - [`security`]: TLS, mutual TLS between members, client tokens.
-//! - [`proto`]: generated gRPC code; [`version`], [`limits`]: shared types.
+//! - [`proto`]: generated gRPC code, [`wire`]: the metadata keys beside it;
+//!   [`version`], [`limits`]: shared types.
 //! - [`faults`]: named crash points of the WRITE path (feature `failpoints`);
 //!   `fuzzing` (feature `fuzzing`): entry points of the fuzz targets.
 #![deny(missing_docs)]
@@ -37,6 +39,8 @@ pub mod pipeline;
 pub mod proto;
 pub mod security;
 pub mod slave;
+pub mod snapshot;
 pub mod text;
 pub mod version;
 pub mod wal;
+pub mod wire;

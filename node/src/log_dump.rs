@@ -1,5 +1,6 @@
 //! `dsm log dump`: the write-ahead log for people, one `WRITE key value`
-//! line per valid record in log order (the seed's `kv_store.log` format).
+//! line per valid record in log order (the seed's `kv_store.log` format), and
+//! `DELETE key` for a deletion.
 //! Keys and values that are not plain text are quoted and escaped with
 //! [`crate::text::escape`], so every line is one record whatever it holds.
 
@@ -24,13 +25,18 @@ pub fn dump(dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
     let mut write_error = None;
     reader
         .poll(|record, _| {
-            if write_error.is_none()
-                && let Err(e) = writeln!(
+            let written = if record.tombstone {
+                writeln!(out, "DELETE {}", escape(&record.key))
+            } else {
+                writeln!(
                     out,
                     "WRITE {} {}",
                     escape(&record.key),
                     escape(&record.value)
                 )
+            };
+            if write_error.is_none()
+                && let Err(e) = written
             {
                 write_error = Some(e);
             }

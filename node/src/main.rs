@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use dsm::bench::BenchArgs;
 use dsm::chaos::ChaosArgs;
 use dsm::client::ClientArgs;
+use dsm::client::cli::ConnectArgs;
 use dsm::commit_window::DEFAULT_COMMIT_WINDOW;
 use dsm::limits::{DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES, HARD_MAX_VALUE_BYTES, Limits};
 use dsm::local::{LocalArgs, shutdown_signal};
@@ -71,6 +72,40 @@ enum Command {
     Log {
         #[command(subcommand)]
         command: LogCommand,
+    },
+    /// Back a cluster up, check a backup, or build a log directory from one.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotCommand {
+    /// Stream a consistent snapshot (every key's latest value at one log
+    /// position, with a checksum) from the active master into FILE.
+    Save {
+        /// The snapshot file to write (replaced once complete and checked).
+        file: PathBuf,
+        /// Refuse snapshots with more key and value bytes than this.
+        #[arg(long, value_name = "BYTES", default_value_t = 64 << 30)]
+        max_bytes: u64,
+        #[command(flatten)]
+        cluster: ConnectArgs,
+    },
+    /// Check FILE and print its position, keys and bytes.
+    Status {
+        /// The snapshot file.
+        file: PathBuf,
+    },
+    /// Build a new log directory from FILE, for a master to start from
+    /// (start the cluster's slaves empty: the master copies every key to them).
+    Restore {
+        /// The snapshot file.
+        file: PathBuf,
+        /// The log directory to create; it must not hold a log already.
+        #[arg(long, env = "DSM_LOG_DIR")]
+        log_dir: PathBuf,
     },
 }
 
@@ -373,6 +408,7 @@ async fn run(command: Command, log_format: LogFormat) -> ExitCode {
             command: LogCommand::Dump { dir },
         } => dsm::log_dump::dump(&dir, &mut std::io::stdout().lock()),
         Command::Local(args) => dsm::local::run(args).await,
+        Command::Snapshot { command } => snapshot(command).await,
         Command::Bench(args) => dsm::bench::run(args).await,
         Command::Chaos(args) => {
             init_tracing("warn", log_format);
@@ -392,6 +428,37 @@ async fn run(command: Command, log_format: LogFormat) -> ExitCode {
         }
     };
     report(result.map(|()| ExitCode::SUCCESS))
+}
+
+/// Runs `dsm snapshot`.
+async fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
+    match command {
+        SnapshotCommand::Save {
+            file,
+            max_bytes,
+            cluster,
+        } => {
+            let client = dsm::client::cli::connect(&cluster)?;
+            let summary = dsm::snapshot::save(&client, &file, max_bytes).await?;
+            println!("saved {}\n{summary}", file.display());
+        }
+        SnapshotCommand::Status { file } => {
+            let summary =
+                tokio::task::spawn_blocking(move || dsm::snapshot::read(&file, |_| {})).await??;
+            println!("{summary}");
+        }
+        SnapshotCommand::Restore { file, log_dir } => {
+            let dir = log_dir.clone();
+            let summary =
+                tokio::task::spawn_blocking(move || dsm::snapshot::restore(&file, &dir)).await??;
+            println!(
+                "restored {} keys into {} (start a master on it, with empty slaves)\n{summary}",
+                summary.keys,
+                log_dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Ignores SIGXFSZ, so that a write past the file size limit

@@ -419,7 +419,7 @@ pub fn register_all() {
     for role in ["active", "standby"] {
         let _ = ROLE.with_label_values(&[role]).get();
     }
-    for op in ["read", "write"] {
+    for op in ["read", "write", "delete", "list"] {
         let _ = REQUEST_DURATION.with_label_values(&[op]).get_sample_count();
         for result in [
             "ok",
@@ -427,6 +427,7 @@ pub fn register_all() {
             "invalid",
             "unavailable",
             "not_leader",
+            "condition_failed",
             "error",
         ] {
             let _ = REQUESTS.with_label_values(&[op, result]).get();
@@ -454,7 +455,15 @@ pub fn result_label<T>(result: &Result<T, tonic::Status>) -> &'static str {
             Code::NotFound => "not_found",
             Code::InvalidArgument => "invalid",
             Code::Unavailable | Code::DeadlineExceeded => "unavailable",
+            Code::FailedPrecondition
+                if s.metadata()
+                    .contains_key(crate::wire::CURRENT_VERSION_METADATA) =>
+            {
+                "condition_failed"
+            }
             Code::FailedPrecondition => "not_leader",
+            Code::OutOfRange => "compacted",
+            Code::ResourceExhausted => "limit",
             _ => "error",
         },
     }

@@ -7,6 +7,74 @@
 
 use crate::proto;
 
+/// What a conditional WRITE or DELETE expects of its key (compare-and-set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// The key's latest version is exactly this one.
+    Version(Version),
+    /// The key does not exist (never written, or deleted).
+    Absent,
+}
+
+impl Expect {
+    /// From a request's condition (`None`: unconditional).
+    ///
+    /// # Errors
+    /// A condition that gives neither a version nor `absent = true`.
+    pub fn from_proto(
+        condition: Option<proto::Condition>,
+    ) -> Result<Option<Expect>, tonic::Status> {
+        use proto::condition::Expect as Wire;
+        let Some(condition) = condition else {
+            return Ok(None);
+        };
+        match condition.expect {
+            Some(Wire::Version(v)) => Ok(Some(Expect::Version(v.into()))),
+            Some(Wire::Absent(true)) => Ok(Some(Expect::Absent)),
+            Some(Wire::Absent(false)) | None => Err(tonic::Status::invalid_argument(
+                "a condition must give a version or absent = true",
+            )),
+        }
+    }
+
+    /// Whether a key whose latest version is `current` (`None`: it does not
+    /// exist) meets the condition.
+    pub fn holds(self, current: Option<Version>) -> bool {
+        match self {
+            Expect::Version(v) => current == Some(v),
+            Expect::Absent => current.is_none(),
+        }
+    }
+}
+
+impl From<Expect> for proto::Condition {
+    fn from(expect: Expect) -> Self {
+        use proto::condition::Expect as Wire;
+        proto::Condition {
+            expect: Some(match expect {
+                Expect::Version(v) => Wire::Version(v.into()),
+                Expect::Absent => Wire::Absent(true),
+            }),
+        }
+    }
+}
+
+impl std::str::FromStr for Version {
+    type Err = String;
+
+    /// Parses `EPOCH.SEQ`, as versions are printed.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (epoch, seq) = text
+            .split_once('.')
+            .ok_or_else(|| format!("version {text:?} is not EPOCH.SEQ (such as 2.17)"))?;
+        let number = |part: &str| {
+            part.parse::<u64>()
+                .map_err(|_| format!("version {text:?} is not EPOCH.SEQ (such as 2.17)"))
+        };
+        Ok(Version::new(number(epoch)?, number(seq)?))
+    }
+}
+
 /// A value's version. `Ord` compares `epoch`, then `seq`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Version {
@@ -47,6 +115,14 @@ impl From<proto::Version> for Version {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_parse_as_they_print() {
+        let v = Version::new(2, 17);
+        assert_eq!(v.to_string().parse::<Version>(), Ok(v));
+        assert!("2".parse::<Version>().is_err());
+        assert!("a.b".parse::<Version>().is_err());
+    }
 
     #[test]
     fn newer_epoch_wins_over_higher_seq() {

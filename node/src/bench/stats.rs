@@ -79,7 +79,8 @@ pub fn error_kind(error: &ClientError) -> &'static str {
         ClientError::NotFound(_) => "not_found",
         ClientError::Unavailable { .. } => "unavailable",
         ClientError::BadAddress { .. } | ClientError::NoEndpoints => "bad_address",
-        ClientError::Other { .. } => "error",
+        ClientError::ConditionFailed { .. } => "condition_failed",
+        ClientError::Compacted { .. } | ClientError::Other { .. } => "error",
     }
 }
 

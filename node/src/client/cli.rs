@@ -3,7 +3,8 @@
 //! ([`super::repl`]).
 //!
 //! Exit codes (also in `--help`): 0 done / key found, 1 key not found,
-//! 2 error (clap's usage errors are 2 as well).
+//! 2 error (clap's usage errors are 2 as well), 3 a condition (`--if-version`,
+//! `--if-absent`) did not hold.
 
 use std::ffi::OsString;
 use std::io::{IsTerminal as _, Write};
@@ -15,16 +16,19 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt as _;
 
 use super::repl::{run_interactive, run_script};
-use super::{Client, ClientConfig, ClientError};
+use super::{Change, Client, ClientConfig, ClientError, WatchOptions};
 use crate::proto;
 use crate::security::{ClientSecurity, ClientSecurityArgs};
 use crate::text::escape;
+use crate::version::{Expect, Version};
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0  done (for read: the key was found)
   1  read: the key was not found
   2  error: bad usage, no master reachable, or the request was refused
+  3  write/delete with --if-version or --if-absent: the condition did not
+     hold, and nothing was changed
 
 Without a subcommand, starts an interactive shell (type HELP there). When
 standard input is not a terminal, commands are read from it line by line:
@@ -35,11 +39,24 @@ and the exit code is 2 if any line printed ERR.";
 const EXIT_NOT_FOUND: u8 = 1;
 /// Exit code for every error, like clap's usage errors.
 const EXIT_ERROR: u8 = 2;
+/// Exit code for a condition that did not hold.
+const EXIT_CONDITION_FAILED: u8 = 3;
 
 /// Flags of `dsm client`.
 #[derive(clap::Args, Debug, Clone)]
 #[command(after_help = EXIT_CODES)]
 pub struct ClientArgs {
+    /// Where the cluster is and how to reach it.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// One-shot command; without one, the interactive shell starts.
+    #[command(subcommand)]
+    pub command: Option<ClientCommand>,
+}
+
+/// How a client reaches the cluster (`dsm client`, `dsm snapshot save`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConnectArgs {
     /// Address of the master.
     #[arg(
         long,
@@ -66,9 +83,6 @@ pub struct ClientArgs {
     /// TLS and token settings.
     #[command(flatten)]
     pub security: ClientSecurityArgs,
-    /// One-shot command; without one, the interactive shell starts.
-    #[command(subcommand)]
-    pub command: Option<ClientCommand>,
 }
 
 /// One-shot subcommands of `dsm client`.
@@ -77,7 +91,9 @@ pub enum ClientCommand {
     /// Store VALUE under KEY and print the version it got.
     ///
     /// KEY and VALUE are taken byte for byte; put `--` before them if they
-    /// start with `-`.
+    /// start with `-`. With --if-version or --if-absent the WRITE is a
+    /// compare-and-set: it applies only if the key is in that state, and
+    /// otherwise exits with code 3, printing the key's current version.
     Write {
         /// The key (raw bytes of the argument).
         key: OsString,
@@ -88,6 +104,57 @@ pub enum ClientCommand {
         /// binary values.
         #[arg(long, value_name = "PATH", conflicts_with = "value")]
         value_file: Option<PathBuf>,
+        /// Only if the key's latest version is this one (as printed: 2.17).
+        #[arg(long, value_name = "VERSION", conflicts_with = "if_absent")]
+        if_version: Option<Version>,
+        /// Only if the key does not exist.
+        #[arg(long)]
+        if_absent: bool,
+    },
+    /// Delete KEY (READ then answers not found). Deleting a key that does
+    /// not exist is not an error: it prints that nothing was deleted.
+    Delete {
+        /// The key (raw bytes of the argument).
+        key: OsString,
+        /// Only if the key's latest version is this one (exit code 3
+        /// otherwise).
+        #[arg(long, value_name = "VERSION")]
+        if_version: Option<Version>,
+    },
+    /// List the keys starting with PREFIX (every key without one), in key
+    /// order, one per line (escaped as the shell shows them).
+    Keys {
+        /// The prefix (raw bytes of the argument).
+        #[arg(default_value = "")]
+        prefix: OsString,
+        /// Print each key's version after it.
+        #[arg(long)]
+        versions: bool,
+        /// Stop after this many keys [default: all of them].
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+    },
+    /// Print every change (WRITE, DELETE) of the keys starting with PREFIX as
+    /// it happens, one per line, until interrupted. Resumes by itself across
+    /// failovers, with nothing missed or repeated.
+    Watch {
+        /// The prefix (raw bytes of the argument); empty: every key.
+        #[arg(default_value = "")]
+        prefix: OsString,
+        /// Only the key equal to PREFIX.
+        #[arg(long)]
+        exact: bool,
+        /// Start at this log position (a seq, as the last number of a
+        /// version) instead of now: to resume a previous watch, pass the
+        /// last seq it printed plus one.
+        #[arg(long, value_name = "SEQ")]
+        from: Option<u64>,
+        /// Print the values of WRITEs too.
+        #[arg(long)]
+        values: bool,
+        /// Stop after this many changes.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
     },
     /// Print the value of KEY followed by a newline (exit code 1 when the key
     /// does not exist).
@@ -114,6 +181,20 @@ pub enum ClientCommand {
     },
 }
 
+/// The failover client `args` describe (addresses, timeouts, TLS, token).
+///
+/// # Errors
+/// A bad address or unreadable TLS files, named.
+pub fn connect(args: &ConnectArgs) -> anyhow::Result<Client> {
+    let config = ClientConfig {
+        endpoints: vec![args.master.clone(), args.backup.clone()],
+        timeout: args.timeout,
+        retry_for: args.retry_for,
+    };
+    let security = ClientSecurity::from_args(&args.security)?;
+    Ok(Client::try_with_security(config, security)?)
+}
+
 /// Runs `dsm client`. Every expected failure (bad address, no master, a
 /// refused request, unreadable value file) is reported on standard error
 /// and turned into exit code 2; see the module documentation for the codes.
@@ -122,22 +203,10 @@ pub enum ClientCommand {
 /// Only when standard output cannot be written or the terminal cannot be
 /// set up; the caller should print it and exit with code 2.
 pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
-    let config = ClientConfig {
-        endpoints: vec![args.master, args.backup],
-        timeout: args.timeout,
-        retry_for: args.retry_for,
-    };
-    let security = match ClientSecurity::from_args(&args.security) {
-        Ok(security) => security,
-        Err(e) => {
-            eprintln!("dsm client: {e:#}");
-            return Ok(ExitCode::from(EXIT_ERROR));
-        }
-    };
-    let client = match Client::try_with_security(config, security) {
+    let client = match connect(&args.connect) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("dsm client: {e}");
+            eprintln!("dsm client: {e:#}");
             return Ok(ExitCode::from(EXIT_ERROR));
         }
     };
@@ -171,13 +240,58 @@ pub async fn run_command(
             key,
             value,
             value_file,
+            if_version,
+            if_absent,
         } => match load_value(value, value_file).await {
-            Ok(value) => match client.write(&os_bytes(key), &value).await {
-                Ok(version) => writeln!(out, "OK (version {version})").map_err(Failure::Io),
-                Err(e) => Err(e.into()),
-            },
+            Ok(value) => {
+                let key = os_bytes(key);
+                let expect = match (if_version, if_absent) {
+                    (Some(v), _) => Some(Expect::Version(v)),
+                    (None, true) => Some(Expect::Absent),
+                    (None, false) => None,
+                };
+                let written = match expect {
+                    Some(expect) => client.write_if(&key, &value, expect).await,
+                    None => client.write(&key, &value).await,
+                };
+                match written {
+                    Ok(version) => writeln!(out, "OK (version {version})").map_err(Failure::Io),
+                    Err(e) => Err(e.into()),
+                }
+            }
             Err(e) => Err(Failure::Message(e)),
         },
+        ClientCommand::Delete { key, if_version } => {
+            let key = os_bytes(key);
+            let deleted = match if_version {
+                Some(v) => client.delete_if(&key, v).await,
+                None => client.delete(&key).await,
+            };
+            match deleted {
+                Ok(found) => writeln!(out, "{}", describe_delete(found)).map_err(Failure::Io),
+                Err(e) => Err(e.into()),
+            }
+        }
+        ClientCommand::Keys {
+            prefix,
+            versions,
+            limit,
+        } => list_keys(client, &os_bytes(prefix), versions, limit, out).await,
+        ClientCommand::Watch {
+            prefix,
+            exact,
+            from,
+            values,
+            count,
+        } => {
+            let options = WatchOptions {
+                prefix: os_bytes(prefix).into(),
+                exact,
+                from_seq: from.unwrap_or(0),
+                values,
+            };
+            watch_changes(client, options, count, out).await
+        }
         ClientCommand::Read { key, escaped } => {
             let key = os_bytes(key);
             match client.read(&key).await {
@@ -213,6 +327,10 @@ pub async fn run_command(
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(Failure::Io(e)) => Err(e),
+        Err(Failure::Condition(message)) => {
+            writeln!(err, "dsm client: {message}")?;
+            Ok(ExitCode::from(EXIT_CONDITION_FAILED))
+        }
         Err(Failure::Message(message)) => {
             writeln!(err, "dsm client: {message}")?;
             Ok(ExitCode::from(EXIT_ERROR))
@@ -220,16 +338,105 @@ pub async fn run_command(
     }
 }
 
-/// A subcommand's failure: a message for the user, or broken output.
+/// A subcommand's failure: a message for the user, a condition that did not
+/// hold, or broken output.
 enum Failure {
     Message(String),
+    Condition(String),
     Io(std::io::Error),
 }
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
-        Failure::Message(e.to_string())
+        match e {
+            e @ ClientError::ConditionFailed { .. } => Failure::Condition(e.to_string()),
+            e => Failure::Message(e.to_string()),
+        }
     }
+}
+
+/// One line describing a DELETE's effect.
+pub fn describe_delete(deleted: Option<Version>) -> String {
+    match deleted {
+        Some(version) => format!("OK (deleted, version {version})"),
+        None => "OK (nothing to delete: the key does not exist)".to_string(),
+    }
+}
+
+/// One line per key: the key escaped, and its version when asked for.
+pub fn describe_key(key: &[u8], version: Option<Version>) -> String {
+    match version {
+        Some(v) => format!("{} (version {v})", escape(key)),
+        None => escape(key),
+    }
+}
+
+/// One line per change of a watch.
+pub fn describe_change(change: &Change, values: bool) -> String {
+    if change.deleted {
+        format!("{} DELETE {}", change.version, escape(&change.key))
+    } else if values {
+        format!(
+            "{} WRITE {} {}",
+            change.version,
+            escape(&change.key),
+            escape(&change.value)
+        )
+    } else {
+        format!("{} WRITE {}", change.version, escape(&change.key))
+    }
+}
+
+/// `keys`: every page of a LIST, printed as it comes (memory bounded by a
+/// page).
+async fn list_keys(
+    client: &Client,
+    prefix: &[u8],
+    versions: bool,
+    limit: Option<u64>,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let mut after: Option<bytes::Bytes> = None;
+    let mut printed = 0u64;
+    loop {
+        let page = client
+            .list(prefix, after.as_deref(), 0, versions)
+            .await
+            .map_err(Failure::from)?;
+        for (key, version) in &page.keys {
+            if limit.is_some_and(|l| printed >= l) {
+                return Ok(());
+            }
+            writeln!(out, "{}", describe_key(key, *version)).map_err(Failure::Io)?;
+            printed += 1;
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// `watch`: prints changes until `count` or Ctrl-C.
+async fn watch_changes(
+    client: &Client,
+    options: WatchOptions,
+    count: Option<u64>,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let values = options.values;
+    let mut watch = client.watch(options).await.map_err(Failure::from)?;
+    let mut seen = 0u64;
+    while count.is_none_or(|c| seen < c) {
+        let change = tokio::select! {
+            change = watch.next() => change.map_err(Failure::from)?,
+            _ = crate::local::shutdown_signal() => return Ok(()),
+        };
+        writeln!(out, "{}", describe_change(&change, values)).map_err(Failure::Io)?;
+        out.flush().map_err(Failure::Io)?;
+        seen += 1;
+    }
+    Ok(())
 }
 
 /// The value of `write`: the argument, or the file's bytes (`-`: stdin).
@@ -461,10 +668,10 @@ mod tests {
             "-k",
         ])
         .expect("parses");
-        assert_eq!(args.master, "m:1");
-        assert_eq!(args.backup, "");
-        assert_eq!(args.timeout, Duration::from_millis(500));
-        assert_eq!(args.retry_for, Duration::from_secs(60));
+        assert_eq!(args.connect.master, "m:1");
+        assert_eq!(args.connect.backup, "");
+        assert_eq!(args.connect.timeout, Duration::from_millis(500));
+        assert_eq!(args.connect.retry_for, Duration::from_secs(60));
         assert_eq!(
             args.command,
             Some(ClientCommand::Read {
@@ -479,7 +686,9 @@ mod tests {
             Some(ClientCommand::Write {
                 key: "k".into(),
                 value: None,
-                value_file: Some("-".into())
+                value_file: Some("-".into()),
+                if_version: None,
+                if_absent: false,
             })
         );
         assert!(parse(&["dsm", "client"]).expect("parses").command.is_none());
@@ -549,6 +758,8 @@ mod tests {
                 key: "k".into(),
                 value: None,
                 value_file: Some("/nonexistent/value".into()),
+                if_version: None,
+                if_absent: false,
             },
         )
         .await;
@@ -564,6 +775,8 @@ mod tests {
                 key: "k".into(),
                 value: Some("v".into()),
                 value_file: None,
+                if_version: None,
+                if_absent: false,
             },
         )
         .await;

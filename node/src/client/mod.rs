@@ -32,13 +32,10 @@ use tonic::{Code, Status};
 use crate::proto;
 use crate::proto::kv_client::KvClient;
 use crate::security::{self, BearerToken, ClientSecurity, ClientTls};
-use crate::version::Version;
+use crate::version::{Expect, Version};
+use crate::wire::LEADER_METADATA;
 
 pub use cli::{ClientArgs, run};
-
-/// Response metadata key in which a standby names the active master
-/// (see `proto/dsm.proto`). Empty when the standby does not know it.
-pub const LEADER_METADATA: &str = "dsm-leader";
 
 /// First backoff delay after a round in which every endpoint failed.
 const BACKOFF_START: Duration = Duration::from_millis(50);
@@ -84,6 +81,131 @@ impl Default for ClientConfig {
     }
 }
 
+/// One page of a LIST.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListPage {
+    /// The keys, in key order, with their versions when asked for.
+    pub keys: Vec<(Bytes, Option<Version>)>,
+    /// Pass as `after` for the next page; `None` on the last page.
+    pub next: Option<Bytes>,
+}
+
+/// What to watch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatchOptions {
+    /// Key prefix (empty: every key).
+    pub prefix: Bytes,
+    /// Only the key equal to `prefix`.
+    pub exact: bool,
+    /// First seq wanted; 0: from now.
+    pub from_seq: u64,
+    /// Receive the values of WRITEs.
+    pub values: bool,
+}
+
+/// One change a watch reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The key.
+    pub key: Bytes,
+    /// The change's version (its seq is its log position).
+    pub version: Version,
+    /// A DELETE.
+    pub deleted: bool,
+    /// The value of a WRITE, when values were asked for.
+    pub value: Bytes,
+}
+
+/// A running WATCH: every change of the watched keys in log order. It
+/// survives failovers: when its stream breaks it asks whichever master is
+/// active to go on from the last position it saw, so no change is missed and
+/// none is repeated.
+pub struct Watch<'a> {
+    client: &'a Client,
+    /// `from_seq` is where the next stream starts: one past what was seen.
+    options: WatchOptions,
+    stream: Option<tonic::Streaming<proto::WatchBatch>>,
+    pending: std::collections::VecDeque<Change>,
+}
+
+impl Watch<'_> {
+    async fn open(&mut self) -> Result<(), ClientError> {
+        let mut stream = self.client.open_watch(&self.options).await?;
+        // The first batch says where "from now" starts.
+        match stream.message().await {
+            Ok(Some(first)) => self.options.from_seq = first.position + 1,
+            Ok(None) => {}
+            Err(status) => return Err(watch_error(status)),
+        }
+        self.stream = Some(stream);
+        Ok(())
+    }
+
+    /// The next change, waiting for one; `None` never (a watch ends only by
+    /// an error).
+    ///
+    /// # Errors
+    /// [`ClientError::Compacted`] when the watch fell behind a compaction,
+    /// a limit refusal when it was too slow, or [`ClientError::Unavailable`]
+    /// when no master could resume it within the retry budget.
+    pub async fn next(&mut self) -> Result<Change, ClientError> {
+        loop {
+            if let Some(change) = self.pending.pop_front() {
+                return Ok(change);
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                self.open().await?;
+                continue;
+            };
+            match stream.message().await {
+                Ok(Some(batch)) => {
+                    for change in batch.changes {
+                        let version = change.version.map(Version::from).unwrap_or_default();
+                        if version.seq < self.options.from_seq {
+                            continue;
+                        }
+                        self.options.from_seq = version.seq + 1;
+                        self.pending.push_back(Change {
+                            key: Bytes::from(change.key),
+                            version,
+                            deleted: change.deleted,
+                            value: Bytes::from(change.value),
+                        });
+                    }
+                    self.options.from_seq = self.options.from_seq.max(batch.position + 1);
+                }
+                Ok(None) => self.stream = None,
+                Err(status) => match status.code() {
+                    Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument => {
+                        return Err(watch_error(status));
+                    }
+                    // The master went or stepped down: resume elsewhere.
+                    _ => self.stream = None,
+                },
+            }
+        }
+    }
+
+    /// The position the watch has reached: every change up to it was
+    /// returned (or not watched).
+    pub fn position(&self) -> u64 {
+        self.options.from_seq.saturating_sub(1)
+    }
+}
+
+fn watch_error(status: Status) -> ClientError {
+    match classify("", status) {
+        Failure::Fatal(e) => e,
+        Failure::Retry(error) | Failure::NotLeader(error) => ClientError::Unavailable {
+            attempts: 1,
+            last_errors: vec![EndpointError {
+                address: String::new(),
+                error,
+            }],
+        },
+    }
+}
+
 /// The last failure seen at one endpoint, for [`ClientError::Unavailable`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointError {
@@ -102,6 +224,25 @@ impl fmt::Display for EndpointError {
 /// Why a [`Client`] call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// A conditional WRITE or DELETE found the key in another state; nothing
+    /// changed. `current` is the key's version (`None`: it does not exist).
+    #[error("condition not met: the key {}; nothing was changed", match current {
+        Some(v) => format!("is at version {v}"),
+        None => "does not exist".to_string(),
+    })]
+    ConditionFailed {
+        /// The key's current version.
+        current: Option<Version>,
+    },
+    /// A WATCH asked for (or fell behind to) changes that compaction has
+    /// dropped: re-read the keys, then watch from now.
+    #[error(
+        "changes before seq {complete_from} were compacted away: re-read the keys, then watch from now"
+    )]
+    Compacted {
+        /// The first seq from which every change is still in the log.
+        complete_from: u64,
+    },
     /// The server rejected the input (empty key, key or value over the
     /// limit…); its message, which names the limit, is passed through.
     #[error("invalid argument: {0}")]
@@ -333,6 +474,21 @@ impl Client {
         }
     }
 
+    /// Writes `value` under `key` only if the key is as `expect` says
+    /// (compare-and-set), and returns the version the master gave it.
+    ///
+    /// # Errors
+    /// [`ClientError::ConditionFailed`] (nothing changed) with the key's
+    /// current version; otherwise as [`Client::write`].
+    pub async fn write_if(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expect: Expect,
+    ) -> Result<Version, ClientError> {
+        self.write_with(key, value, Some(expect)).await
+    }
+
     /// Writes `value` under `key` and returns the version the master gave it.
     ///
     /// Exactly once: when an attempt times out, the master is lost mid-call,
@@ -346,6 +502,15 @@ impl Client {
     /// # Errors
     /// See [`ClientError`].
     pub async fn write(&self, key: &[u8], value: &[u8]) -> Result<Version, ClientError> {
+        self.write_with(key, value, None).await
+    }
+
+    async fn write_with(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expect: Option<Expect>,
+    ) -> Result<Version, ClientError> {
         let number = self.numbering.next();
         let reply = self
             .call(|mut kv, timeout| {
@@ -356,6 +521,7 @@ impl Client {
                         client_id: number.client,
                         client_seq: number.seq,
                         client_answered_below: number.answered_below(),
+                        condition: expect.map(Into::into),
                     },
                     timeout,
                 );
@@ -363,6 +529,134 @@ impl Client {
             })
             .await?;
         Ok(reply.version.map(Version::from).unwrap_or_default())
+    }
+
+    /// Deletes `key`; returns the version of the deletion, or `None` when the
+    /// key did not exist (nothing was deleted). Exactly once, as WRITEs.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn delete(&self, key: &[u8]) -> Result<Option<Version>, ClientError> {
+        self.delete_with(key, None).await
+    }
+
+    /// Deletes `key` only if its latest version is `version`.
+    ///
+    /// # Errors
+    /// [`ClientError::ConditionFailed`] (nothing changed); see [`ClientError`].
+    pub async fn delete_if(
+        &self,
+        key: &[u8],
+        version: Version,
+    ) -> Result<Option<Version>, ClientError> {
+        self.delete_with(key, Some(Expect::Version(version))).await
+    }
+
+    async fn delete_with(
+        &self,
+        key: &[u8],
+        expect: Option<Expect>,
+    ) -> Result<Option<Version>, ClientError> {
+        let number = self.numbering.next();
+        let reply = self
+            .call(|mut kv, timeout| {
+                let request = with_timeout(
+                    proto::DeleteRequest {
+                        key: key.to_vec(),
+                        condition: expect.map(Into::into),
+                        client_id: number.client,
+                        client_seq: number.seq,
+                        client_answered_below: number.answered_below(),
+                    },
+                    timeout,
+                );
+                async move { kv.delete(request).await }
+            })
+            .await?;
+        Ok(reply.version.map(Version::from))
+    }
+
+    /// One page of the keys starting with `prefix`, after `after`, in key
+    /// order: at most `limit` (1 to 1000; 0 means 100), with their versions
+    /// when `versions`.
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn list(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: u32,
+        versions: bool,
+    ) -> Result<ListPage, ClientError> {
+        let reply = self
+            .call(|mut kv, timeout| {
+                let request = with_timeout(
+                    proto::ListRequest {
+                        prefix: prefix.to_vec(),
+                        after: after.unwrap_or_default().to_vec(),
+                        limit,
+                        versions,
+                    },
+                    timeout,
+                );
+                async move { kv.list(request).await }
+            })
+            .await?;
+        Ok(ListPage {
+            keys: reply
+                .keys
+                .into_iter()
+                .map(|k| (Bytes::from(k.key), k.version.map(Version::from)))
+                .collect(),
+            next: (!reply.next.is_empty()).then(|| Bytes::from(reply.next)),
+        })
+    }
+
+    /// Watches the changes of `options.prefix` (see [`Watch`]).
+    ///
+    /// # Errors
+    /// See [`ClientError`]; [`ClientError::Compacted`] when `from` is no longer
+    /// complete in the log.
+    pub async fn watch(&self, options: WatchOptions) -> Result<Watch<'_>, ClientError> {
+        let mut watch = Watch {
+            client: self,
+            options,
+            stream: None,
+            pending: std::collections::VecDeque::new(),
+        };
+        watch.open().await?;
+        Ok(watch)
+    }
+
+    async fn open_watch(
+        &self,
+        options: &WatchOptions,
+    ) -> Result<tonic::Streaming<proto::WatchBatch>, ClientError> {
+        self.call(|mut kv, _timeout| {
+            // No grpc-timeout: the stream lives as long as the watch.
+            let request = tonic::Request::new(proto::WatchRequest {
+                prefix: options.prefix.to_vec(),
+                exact: options.exact,
+                from_seq: options.from_seq,
+                values: options.values,
+            });
+            async move { kv.watch(request).await }
+        })
+        .await
+    }
+
+    /// Starts a snapshot of the cluster: the stream of its chunks (see
+    /// [`crate::snapshot::save`], which writes them to a file).
+    ///
+    /// # Errors
+    /// See [`ClientError`].
+    pub async fn snapshot(&self) -> Result<tonic::Streaming<proto::SnapshotChunk>, ClientError> {
+        self.call(|mut kv, _timeout| {
+            let request = tonic::Request::new(proto::SnapshotRequest {});
+            async move { kv.snapshot(request).await }
+        })
+        .await
     }
 
     /// The active master's view of the cluster. A standby answers Status
@@ -660,6 +954,18 @@ impl Peer {
 /// Decides what a failed attempt means (see the module documentation).
 fn classify(address: &str, status: Status) -> Failure {
     match status.code() {
+        Code::FailedPrecondition
+            if status
+                .metadata()
+                .contains_key(crate::wire::CURRENT_VERSION_METADATA) =>
+        {
+            let current = status
+                .metadata()
+                .get(crate::wire::CURRENT_VERSION_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            Failure::Fatal(ClientError::ConditionFailed { current })
+        }
         Code::FailedPrecondition => match status.metadata().get(LEADER_METADATA) {
             Some(leader) => Failure::NotLeader(leader.to_str().unwrap_or_default().to_owned()),
             // Without the hint this is not "I am a standby" but a real
@@ -682,6 +988,14 @@ fn classify(address: &str, status: Status) -> Failure {
         }
         Code::InvalidArgument => {
             Failure::Fatal(ClientError::InvalidArgument(status.message().to_owned()))
+        }
+        Code::OutOfRange => {
+            let complete_from = status
+                .metadata()
+                .get(crate::wire::COMPACTED_BELOW_METADATA)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0);
+            Failure::Fatal(ClientError::Compacted { complete_from })
         }
         Code::NotFound => Failure::Fatal(ClientError::NotFound(status.message().to_owned())),
         _ => Failure::Fatal(ClientError::Other {
@@ -896,6 +1210,47 @@ mod tests {
         ) -> Result<Response<proto::DrainReply>, Status> {
             self.maybe_hang().await;
             self.answer(|_| proto::DrainReply::default())
+        }
+
+        async fn delete(
+            &self,
+            _: Request<proto::DeleteRequest>,
+        ) -> Result<Response<proto::DeleteReply>, Status> {
+            self.maybe_hang().await;
+            self.answer(|epoch| proto::DeleteReply {
+                version: Some(proto::Version { epoch, seq: 1 }),
+                deduplicated: false,
+            })
+        }
+
+        async fn list(
+            &self,
+            _: Request<proto::ListRequest>,
+        ) -> Result<Response<proto::ListReply>, Status> {
+            self.maybe_hang().await;
+            self.answer(|_| proto::ListReply::default())
+        }
+
+        type WatchStream = tokio_stream::Empty<Result<proto::WatchBatch, Status>>;
+
+        async fn watch(
+            &self,
+            _: Request<proto::WatchRequest>,
+        ) -> Result<Response<Self::WatchStream>, Status> {
+            Err(Status::unimplemented(
+                "the failover fakes serve unary calls only",
+            ))
+        }
+
+        type SnapshotStream = tokio_stream::Empty<Result<proto::SnapshotChunk, Status>>;
+
+        async fn snapshot(
+            &self,
+            _: Request<proto::SnapshotRequest>,
+        ) -> Result<Response<Self::SnapshotStream>, Status> {
+            Err(Status::unimplemented(
+                "the failover fakes serve unary calls only",
+            ))
         }
 
         type PipelineStream = tokio_stream::Empty<Result<proto::KvResults, Status>>;

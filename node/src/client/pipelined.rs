@@ -162,6 +162,7 @@ impl PipelinedClient {
             client_id: number.client,
             client_seq: number.seq,
             client_answered_below: number.answered_below(),
+            condition: None,
         });
         match self.call(op).await? {
             Outcome::Write(reply) => Ok(reply.version.map(Version::from).unwrap_or_default()),

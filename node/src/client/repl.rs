@@ -14,9 +14,13 @@ use std::process::ExitCode;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _};
 
-use super::Client;
-use super::cli::{describe_compact, describe_drain, write_status_table};
+use super::cli::{
+    describe_change, describe_compact, describe_delete, describe_drain, describe_key,
+    write_status_table,
+};
+use super::{Client, WatchOptions};
 use crate::text::{TokenizeError, escape, tokenize};
+use crate::version::{Expect, Version};
 
 /// One REPL command, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,12 +30,33 @@ pub enum Command {
         /// The key, as bytes.
         key: Vec<u8>,
     },
-    /// `WRITE key value` / `SET` / `PUT`.
+    /// `WRITE key value [IF VERSION v | IF ABSENT]` / `SET` / `PUT`.
     Write {
         /// The key, as bytes.
         key: Vec<u8>,
         /// The value, as bytes.
         value: Vec<u8>,
+        /// The condition, if any.
+        expect: Option<Expect>,
+    },
+    /// `DELETE key [IF VERSION v]` / `DEL`.
+    Delete {
+        /// The key, as bytes.
+        key: Vec<u8>,
+        /// Only if the key is at this version.
+        if_version: Option<Version>,
+    },
+    /// `KEYS [prefix]`.
+    Keys {
+        /// The prefix (empty: every key).
+        prefix: Vec<u8>,
+    },
+    /// `WATCH [prefix [count]]`.
+    Watch {
+        /// The prefix (empty: every key).
+        prefix: Vec<u8>,
+        /// Stop after this many changes (else at Ctrl-C).
+        count: Option<u64>,
     },
     /// `STATUS`.
     Status,
@@ -65,10 +90,17 @@ pub enum ParseError {
     /// A slave id must be text (it is a string in the protocol).
     #[error("slave id must be valid UTF-8")]
     SlaveIdNotUtf8,
+    /// A version that is not `EPOCH.SEQ`.
+    #[error("{0}")]
+    BadVersion(String),
+    /// A count that is not a positive number.
+    #[error("the count must be a positive number")]
+    BadCount,
 }
 
 const USAGE_READ: &str = "READ key";
-const USAGE_WRITE: &str = "WRITE key value";
+const USAGE_WRITE: &str = "WRITE key value [IF VERSION v | IF ABSENT]";
+const USAGE_DELETE: &str = "DELETE key [IF VERSION v]";
 const USAGE_DRAIN: &str = "DRAIN slave_id";
 
 /// Text printed by `HELP`.
@@ -76,6 +108,12 @@ pub const HELP: &str = "\
 Commands (case-insensitive):
   READ key           show the value of key (alias: GET)
   WRITE key value    store value under key (aliases: SET, PUT)
+  WRITE key value IF VERSION v   only if key is at version v (e.g. 1.7)
+  WRITE key value IF ABSENT      only if key does not exist
+  DELETE key         remove key (alias: DEL); DELETE key IF VERSION v
+  KEYS [prefix]      list the keys starting with prefix, with versions
+  WATCH [prefix [n]] print changes of keys starting with prefix as they
+                     happen (n of them, or until Ctrl-C)
   STATUS             show the cluster: role, epoch, slaves, replication
   COMPACT            compact the write-ahead log now
   DRAIN slave_id     move every key off a slave before removing it
@@ -98,11 +136,44 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
     let command = match (upper.as_str(), args) {
         ("READ" | "GET", [key]) => Command::Read { key: key.clone() },
         ("READ" | "GET", _) => return Err(ParseError::Usage(USAGE_READ)),
-        ("WRITE" | "SET" | "PUT", [key, value]) => Command::Write {
+        ("WRITE" | "SET" | "PUT", [key, value, condition @ ..]) => Command::Write {
             key: key.clone(),
             value: value.clone(),
+            expect: parse_condition(condition, true, USAGE_WRITE)?,
         },
         ("WRITE" | "SET" | "PUT", _) => return Err(ParseError::Usage(USAGE_WRITE)),
+        ("DELETE" | "DEL", [key, condition @ ..]) => Command::Delete {
+            key: key.clone(),
+            if_version: match parse_condition(condition, false, USAGE_DELETE)? {
+                Some(Expect::Version(v)) => Some(v),
+                _ => None,
+            },
+        },
+        ("DELETE" | "DEL", _) => return Err(ParseError::Usage(USAGE_DELETE)),
+        ("KEYS", []) => Command::Keys { prefix: Vec::new() },
+        ("KEYS", [prefix]) => Command::Keys {
+            prefix: prefix.clone(),
+        },
+        ("KEYS", _) => return Err(ParseError::Usage("KEYS [prefix]")),
+        ("WATCH", []) => Command::Watch {
+            prefix: Vec::new(),
+            count: None,
+        },
+        ("WATCH", [prefix]) => Command::Watch {
+            prefix: prefix.clone(),
+            count: None,
+        },
+        ("WATCH", [prefix, count]) => Command::Watch {
+            prefix: prefix.clone(),
+            count: Some(
+                std::str::from_utf8(count)
+                    .ok()
+                    .and_then(|c| c.parse().ok())
+                    .filter(|c| *c > 0)
+                    .ok_or(ParseError::BadCount)?,
+            ),
+        },
+        ("WATCH", _) => return Err(ParseError::Usage("WATCH [prefix [count]]")),
         ("DRAIN", [id]) => Command::Drain {
             slave_id: String::from_utf8(id.clone()).map_err(|_| ParseError::SlaveIdNotUtf8)?,
         },
@@ -117,6 +188,29 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
         _ => return Err(ParseError::Unknown(escape(name))),
     };
     Ok(command)
+}
+
+/// The optional `IF VERSION v` / `IF ABSENT` after a WRITE or DELETE.
+fn parse_condition(
+    words: &[Vec<u8>],
+    absent_allowed: bool,
+    usage: &'static str,
+) -> Result<Option<Expect>, ParseError> {
+    let upper: Vec<String> = words
+        .iter()
+        .map(|w| String::from_utf8_lossy(w).to_ascii_uppercase())
+        .collect();
+    match upper.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] => Ok(None),
+        ["IF", "ABSENT"] if absent_allowed => Ok(Some(Expect::Absent)),
+        ["IF", "VERSION", _] => {
+            let text = String::from_utf8_lossy(&words[2]);
+            text.parse::<Version>()
+                .map(|v| Some(Expect::Version(v)))
+                .map_err(ParseError::BadVersion)
+        }
+        _ => Err(ParseError::Usage(usage)),
+    }
 }
 
 /// What happened to one line, for the exit code of a script.
@@ -158,10 +252,18 @@ pub async fn execute_line(
             Some((value, version)) => format!("{} (version {version})", escape(&value)),
             None => "(not found)".to_owned(),
         }),
-        Command::Write { key, value } => client
-            .write(&key, &value)
-            .await
-            .map(|version| format!("OK (version {version})")),
+        Command::Write { key, value, expect } => match expect {
+            Some(expect) => client.write_if(&key, &value, expect).await,
+            None => client.write(&key, &value).await,
+        }
+        .map(|version| format!("OK (version {version})")),
+        Command::Delete { key, if_version } => match if_version {
+            Some(v) => client.delete_if(&key, v).await,
+            None => client.delete(&key).await,
+        }
+        .map(describe_delete),
+        Command::Keys { prefix } => list_all(client, &prefix).await,
+        Command::Watch { prefix, count } => return watch(client, prefix, count, out).await,
         Command::Status => client.status().await.map(|s| {
             let mut table = Vec::new();
             // Writing into a Vec cannot fail.
@@ -187,6 +289,60 @@ pub async fn execute_line(
             Ok(Outcome::Failed)
         }
     }
+}
+
+/// Every key starting with `prefix`, one per line with its version (page by
+/// page; `(no keys)` when there is none).
+async fn list_all(client: &Client, prefix: &[u8]) -> Result<String, super::ClientError> {
+    let mut lines = Vec::new();
+    let mut after: Option<bytes::Bytes> = None;
+    loop {
+        let page = client.list(prefix, after.as_deref(), 0, true).await?;
+        lines.extend(page.keys.iter().map(|(k, v)| describe_key(k, *v)));
+        match page.next {
+            Some(next) => after = Some(next),
+            None if lines.is_empty() => return Ok("(no keys)".to_string()),
+            None => return Ok(lines.join("\n")),
+        }
+    }
+}
+
+/// `WATCH`: prints changes as they come, until `count` of them or Ctrl-C.
+async fn watch(
+    client: &Client,
+    prefix: Vec<u8>,
+    count: Option<u64>,
+    out: &mut impl Write,
+) -> std::io::Result<Outcome> {
+    let options = WatchOptions {
+        prefix: prefix.into(),
+        values: true,
+        ..WatchOptions::default()
+    };
+    let mut watch = match client.watch(options).await {
+        Ok(watch) => watch,
+        Err(e) => {
+            writeln!(out, "ERR {e}")?;
+            return Ok(Outcome::Failed);
+        }
+    };
+    let mut seen = 0;
+    while count.is_none_or(|c| seen < c) {
+        let change = tokio::select! {
+            change = watch.next() => change,
+            _ = tokio::signal::ctrl_c() => return Ok(Outcome::Ok),
+        };
+        match change {
+            Ok(change) => writeln!(out, "{}", describe_change(&change, true))?,
+            Err(e) => {
+                writeln!(out, "ERR {e}")?;
+                return Ok(Outcome::Failed);
+            }
+        }
+        out.flush()?;
+        seen += 1;
+    }
+    Ok(Outcome::Ok)
 }
 
 /// Runs commands read line by line from `input` (standard input that is not
@@ -314,6 +470,7 @@ mod tests {
         Command::Write {
             key: key.to_vec(),
             value: value.to_vec(),
+            expect: None,
         }
     }
 
@@ -357,11 +514,60 @@ mod tests {
             ),
             ("READ", Err(ParseError::Usage("READ key"))),
             ("READ a b", Err(ParseError::Usage("READ key"))),
-            ("WRITE a", Err(ParseError::Usage("WRITE key value"))),
-            ("WRITE a b c", Err(ParseError::Usage("WRITE key value"))),
+            ("WRITE a", Err(ParseError::Usage(USAGE_WRITE))),
+            ("WRITE a b c", Err(ParseError::Usage(USAGE_WRITE))),
+            ("WRITE a \"b c\" d", Err(ParseError::Usage(USAGE_WRITE))),
+            ("WRITE a b IF", Err(ParseError::Usage(USAGE_WRITE))),
             (
-                "WRITE a \"b c\" d",
-                Err(ParseError::Usage("WRITE key value")),
+                "write a b if version 3.9",
+                Ok(Command::Write {
+                    key: b"a".to_vec(),
+                    value: b"b".to_vec(),
+                    expect: Some(Expect::Version(Version::new(3, 9))),
+                }),
+            ),
+            (
+                "WRITE a b IF ABSENT",
+                Ok(Command::Write {
+                    key: b"a".to_vec(),
+                    value: b"b".to_vec(),
+                    expect: Some(Expect::Absent),
+                }),
+            ),
+            (
+                "DEL a",
+                Ok(Command::Delete {
+                    key: b"a".to_vec(),
+                    if_version: None,
+                }),
+            ),
+            (
+                "DELETE a IF VERSION 2.1",
+                Ok(Command::Delete {
+                    key: b"a".to_vec(),
+                    if_version: Some(Version::new(2, 1)),
+                }),
+            ),
+            ("DELETE a IF ABSENT", Err(ParseError::Usage(USAGE_DELETE))),
+            ("DELETE", Err(ParseError::Usage(USAGE_DELETE))),
+            ("KEYS", Ok(Command::Keys { prefix: Vec::new() })),
+            (
+                "keys user/",
+                Ok(Command::Keys {
+                    prefix: b"user/".to_vec(),
+                }),
+            ),
+            (
+                "WATCH user/ 3",
+                Ok(Command::Watch {
+                    prefix: b"user/".to_vec(),
+                    count: Some(3),
+                }),
+            ),
+            ("WATCH user/ 0", Err(ParseError::BadCount)),
+            (
+                "WATCH a 1 2",
+                Err(ParseError::Usage("WATCH [prefix [count]]")),
             ),
             ("DRAIN", Err(ParseError::Usage("DRAIN slave_id"))),
             ("DRAIN \"\\xff\"", Err(ParseError::SlaveIdNotUtf8)),
@@ -383,7 +589,10 @@ mod tests {
     fn error_messages_match_the_manual() {
         let msg = |line| parse(line).map(|_| ()).unwrap_err().to_string();
         assert_eq!(msg("FOO x"), "unknown command 'FOO' (try HELP)");
-        assert_eq!(msg("write a"), "usage: WRITE key value");
+        assert_eq!(
+            msg("write a"),
+            "usage: WRITE key value [IF VERSION v | IF ABSENT]"
+        );
         assert_eq!(msg("read \"a"), "unterminated \" quote opened at column 6");
     }
 

@@ -7,6 +7,16 @@
 //! and the older record would then be the key's latest valid one. A record a
 //! client may still retry is kept too (see [`super::sessions`]).
 //!
+//! Tombstones (DELETEs): a tombstone that is the key's latest version and is
+//! in the log for good is dropped with every older record of its key (all of
+//! them are below the live segment, so in the same compaction); the index then
+//! forgets the key ([`super::index::Index::purge`]). Nothing can bring the
+//! value back: replay finds nothing of the key; a slave still holding an older
+//! version is never read (the key is unknown); and a follower that had not read
+//! as far as the tombstone when its segments were replaced notices the gap and
+//! replays the log from scratch (`wal::LogReader::invalidated`). Checked by
+//! `tests/kv_api.rs`.
+//!
 //! Only the active master compacts, one compaction at a time per log
 //! directory (the log's own lock), only below its writer's live segment, and
 //! the term is checked again right before the rename and before the deletes:
@@ -62,6 +72,9 @@ impl Master {
                     sessions.moved(origin, moved.version, moved.pos);
                 }
             }
+            for (key, version) in &stats.purged {
+                index.purge(key, *version);
+            }
         }
         info!(
             segments_before = stats.segments_before,
@@ -85,8 +98,14 @@ impl Master {
         {
             return true;
         }
+        let committed = term.committed();
         lock(&self.index).get(&record.key).is_none_or(|meta| {
-            meta.version <= record.version || meta.version.seq > term.committed()
+            if meta.version > record.version {
+                // Superseded: kept only while the newer version may still go.
+                return meta.version.seq > committed;
+            }
+            // The latest: a tombstone in the log for good goes.
+            !(record.tombstone && meta.deleted && record.version.seq <= committed)
         })
     }
 

@@ -240,9 +240,21 @@ impl Master {
         let mut sessions = lock(&self.sessions);
         reader
             .poll(|record, pos| {
-                index.record(&record.key, record.version, pos, Vec::new());
+                index.record(
+                    &record.key,
+                    record.version,
+                    pos,
+                    Vec::new(),
+                    record.tombstone,
+                );
                 if let Some(origin) = record.origin {
-                    sessions.logged(origin, record.version, record.key.clone(), pos, now);
+                    let logged = super::sessions::Logged {
+                        version: record.version,
+                        key: record.key.clone(),
+                        pos,
+                        tombstone: record.tombstone,
+                    };
+                    sessions.logged(origin, logged, now);
                 }
             })
             .with_context(|| {

@@ -6,7 +6,8 @@ use bytes::Bytes;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::write::{ClientWrite, Written};
+use super::watch::WatchSpec;
+use super::write::{ClientWrite, Mutation, Written};
 use super::{Master, Role, lock};
 use crate::metrics;
 use crate::pipeline;
@@ -14,10 +15,12 @@ use crate::proto::kv_op::Op;
 use crate::proto::kv_result::Result as Outcome;
 use crate::proto::kv_server::Kv;
 use crate::proto::{
-    CompactReply, CompactRequest, DrainReply, DrainRequest, ReadReply, ReadRequest, SlaveStatus,
-    StatusReply, StatusRequest, WriteReply, WriteRequest,
+    CompactReply, CompactRequest, DeleteReply, DeleteRequest, DrainReply, DrainRequest, KeyVersion,
+    ListReply, ListRequest, ReadReply, ReadRequest, SlaveStatus, SnapshotChunk, SnapshotRequest,
+    StatusReply, StatusRequest, WatchBatch, WatchRequest, WriteReply, WriteRequest,
 };
 use crate::proto::{KvBatch, KvOp, KvResult, KvResults};
+use crate::version::Expect;
 
 /// Runs a request, counting it by result and timing it.
 async fn measured<T>(
@@ -38,7 +41,15 @@ async fn measured<T>(
 /// The reply to a WRITE.
 fn reply(written: Written) -> WriteReply {
     WriteReply {
-        version: Some(written.version.into()),
+        version: written.version.map(Into::into),
+        deduplicated: written.deduplicated,
+    }
+}
+
+/// The reply to a DELETE.
+fn deleted(written: Written) -> DeleteReply {
+    DeleteReply {
+        version: written.version.map(Into::into),
         deduplicated: written.deduplicated,
     }
 }
@@ -48,6 +59,7 @@ fn op_key(op: &KvOp) -> Option<Bytes> {
     match &op.op {
         Some(Op::Read(read)) => Some(Bytes::copy_from_slice(&read.key)),
         Some(Op::Write(write)) => Some(Bytes::copy_from_slice(&write.key)),
+        Some(Op::Delete(delete)) => Some(Bytes::copy_from_slice(&delete.key)),
         None => None,
     }
 }
@@ -55,18 +67,38 @@ fn op_key(op: &KvOp) -> Option<Bytes> {
 impl Master {
     /// A WRITE request, unary or pipelined.
     async fn write_request(&self, request: WriteRequest) -> Result<Written, Status> {
-        let client = ClientWrite::from_request(
-            request.client_id,
-            request.client_seq,
-            request.client_answered_below,
-        );
-        Master::write(
-            self,
-            Bytes::from(request.key),
-            Bytes::from(request.value),
-            client,
-        )
-        .await
+        let mutation = Mutation {
+            key: Bytes::from(request.key),
+            value: Some(Bytes::from(request.value)),
+            expect: Expect::from_proto(request.condition)?,
+            client: ClientWrite::from_request(
+                request.client_id,
+                request.client_seq,
+                request.client_answered_below,
+            ),
+        };
+        self.apply(mutation).await
+    }
+
+    /// A DELETE request, unary or pipelined.
+    async fn delete_request(&self, request: DeleteRequest) -> Result<Written, Status> {
+        let expect = Expect::from_proto(request.condition)?;
+        if expect == Some(Expect::Absent) {
+            return Err(Status::invalid_argument(
+                "a DELETE can only be conditional on a version",
+            ));
+        }
+        let mutation = Mutation {
+            key: Bytes::from(request.key),
+            value: None,
+            expect,
+            client: ClientWrite::from_request(
+                request.client_id,
+                request.client_seq,
+                request.client_answered_below,
+            ),
+        };
+        self.apply(mutation).await
     }
 
     /// Runs one pipelined READ or WRITE exactly like the unary call.
@@ -83,6 +115,9 @@ impl Master {
             Some(Op::Write(write)) => measured("write", self.write_request(write))
                 .await
                 .map(|written| Outcome::Write(reply(written))),
+            Some(Op::Delete(delete)) => measured("delete", self.delete_request(delete))
+                .await
+                .map(|written| Outcome::Delete(deleted(written))),
             None => Err(Status::invalid_argument("pipelined op without a request")),
         };
         KvResult {
@@ -95,6 +130,69 @@ impl Master {
 #[tonic::async_trait]
 impl Kv for Master {
     type PipelineStream = ReceiverStream<Result<KvResults, Status>>;
+    type WatchStream = ReceiverStream<Result<WatchBatch, Status>>;
+    type SnapshotStream = ReceiverStream<Result<SnapshotChunk, Status>>;
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteReply>, Status> {
+        let written = measured("delete", self.delete_request(request.into_inner())).await?;
+        Ok(Response::new(deleted(written)))
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
+        let request = request.into_inner();
+        let after = (!request.after.is_empty()).then(|| Bytes::from(request.after));
+        let page = measured(
+            "list",
+            Master::list(
+                self,
+                Bytes::from(request.prefix),
+                after,
+                request.limit as usize,
+            ),
+        )
+        .await?;
+        let keys = page
+            .keys
+            .into_iter()
+            .map(|(key, version)| KeyVersion {
+                key: key.to_vec(),
+                version: request.versions.then(|| version.into()),
+                deleted: false,
+            })
+            .collect();
+        Ok(Response::new(ListReply {
+            keys,
+            next: page.next.map(|k| k.to_vec()).unwrap_or_default(),
+        }))
+    }
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let request = request.into_inner();
+        let spec = WatchSpec {
+            prefix: Bytes::from(request.prefix),
+            exact: request.exact,
+            from_seq: request.from_seq,
+            values: request.values,
+        };
+        Ok(Response::new(
+            measured("watch", Master::watch(self, spec)).await?,
+        ))
+    }
+
+    async fn snapshot(
+        &self,
+        _request: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Ok(Response::new(
+            measured("snapshot", Master::snapshot(self)).await?,
+        ))
+    }
 
     async fn pipeline(
         &self,

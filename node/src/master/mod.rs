@@ -36,7 +36,9 @@ pub mod repair;
 pub mod sessions;
 pub mod slave_link;
 pub mod slaves;
+pub mod snapshot;
 pub mod term;
+pub mod watch;
 pub mod write;
 
 #[cfg(test)]
@@ -69,10 +71,6 @@ use sessions::Sessions;
 use slave_link::{Connector, GrpcConnector};
 use slaves::Registry;
 pub use term::Term;
-
-/// Response metadata key naming the active master in FAILED_PRECONDITION
-/// answers.
-pub const LEADER_METADATA: &str = "dsm-leader";
 
 /// Everything a master-capable process is configured with.
 #[derive(Clone, Debug)]
@@ -144,6 +142,10 @@ pub struct Master {
     index: Mutex<Index>,
     /// Client WRITEs a retry may still ask about (exactly-once).
     sessions: Mutex<Sessions>,
+    /// Orders a key's WRITEs around conditional ones (see [`write`]).
+    ordering: write::KeyOrder,
+    /// Watchers being served (see [`watch`]).
+    watchers: Arc<std::sync::atomic::AtomicUsize>,
     slaves: Arc<Mutex<Registry>>,
     /// Wakes the re-replication task (slave died, write short of quorum,
     /// stale replica found).
@@ -198,6 +200,8 @@ impl Master {
             }),
             index: Mutex::new(Index::default()),
             sessions: Mutex::new(Sessions::default()),
+            ordering: write::KeyOrder::default(),
+            watchers: Arc::default(),
             slaves: Arc::new(Mutex::new(Registry::default())),
             repair: Notify::new(),
             log_end_seq: AtomicU64::new(0),
@@ -248,7 +252,9 @@ impl Master {
         };
         let mut status = Status::failed_precondition(message);
         if let Ok(value) = leader.parse() {
-            status.metadata_mut().insert(LEADER_METADATA, value);
+            status
+                .metadata_mut()
+                .insert(crate::wire::LEADER_METADATA, value);
         }
         status
     }

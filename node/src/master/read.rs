@@ -45,7 +45,10 @@ impl Master {
             .check_key(&key)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let term = self.serving_term()?;
-        let meta = lock(&self.index).get(&key).cloned();
+        let meta = lock(&self.index)
+            .get(&key)
+            .filter(|meta| !meta.deleted)
+            .cloned();
         let Some(meta) = meta else {
             if !broken_read() {
                 term.barrier.ticket().await?;
@@ -86,5 +89,60 @@ impl Master {
         let value = value?;
         term.check_can_ack()?;
         Ok((value, meta.version))
+    }
+}
+
+/// Keys per LIST page at most.
+pub const MAX_LIST_PAGE: usize = 1000;
+/// Keys per LIST page when the request does not say.
+pub const DEFAULT_LIST_PAGE: usize = 100;
+
+/// One page of a LIST.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListPage {
+    /// Keys and their versions, in key order.
+    pub keys: Vec<(Bytes, Version)>,
+    /// Where the next page starts (`after`), when there is one.
+    pub next: Option<Bytes>,
+}
+
+impl Master {
+    /// A LIST: existing keys starting with `prefix`, after `after`, at most
+    /// `limit` (1 to [`MAX_LIST_PAGE`]; 0 means [`DEFAULT_LIST_PAGE`]), from
+    /// the index, vouched for by the term like a READ. Memory is bounded by
+    /// the page.
+    pub async fn list(
+        &self,
+        prefix: Bytes,
+        after: Option<Bytes>,
+        limit: usize,
+    ) -> Result<ListPage, Status> {
+        let limit = match limit {
+            0 => DEFAULT_LIST_PAGE,
+            n if n > MAX_LIST_PAGE => {
+                return Err(Status::invalid_argument(format!(
+                    "a LIST page holds at most {MAX_LIST_PAGE} keys; {n} were asked"
+                )));
+            }
+            n => n,
+        };
+        let max_key = self.config.limits.max_key_bytes;
+        for (what, bytes) in [
+            ("prefix", &prefix),
+            ("cursor", after.as_ref().unwrap_or(&prefix)),
+        ] {
+            if bytes.len() > max_key {
+                return Err(Status::invalid_argument(format!(
+                    "the LIST {what} is {} bytes, over the key limit of {max_key} bytes",
+                    bytes.len()
+                )));
+            }
+        }
+        let term = self.serving_term()?;
+        let (keys, more) = lock(&self.index).list(&prefix, after.as_deref(), limit);
+        term.barrier.ticket().await?;
+        term.check_can_ack()?;
+        let next = more.then(|| keys.last().map(|(k, _)| k.clone())).flatten();
+        Ok(ListPage { keys, next })
     }
 }

@@ -27,23 +27,25 @@ const REPAIR_BATCH: usize = 4096;
 const REPAIR_PARALLELISM: usize = 32;
 
 impl Master {
-    /// One Put to one slave, with the slave timeout. Failures mark the slave
-    /// dead, or depose this term if the slave was fenced by a newer master.
+    /// One Put (of a tombstone when `value` is `None`) to one slave, with the
+    /// slave timeout. Failures mark the slave dead, or depose this term if the
+    /// slave was fenced by a newer master.
     pub(super) async fn put_to(
         &self,
         term: &Term,
         slave: &SlaveHandle,
         key: &Bytes,
-        value: &Bytes,
+        value: Option<&Bytes>,
         version: Version,
         force: bool,
     ) -> Result<bool, Status> {
         let request = PutRequest {
             key: key.to_vec(),
-            value: value.to_vec(),
+            value: value.map(|v| v.to_vec()).unwrap_or_default(),
             version: Some(version.into()),
             epoch: term.epoch,
             force,
+            tombstone: value.is_none(),
         };
         let result = tokio::time::timeout(self.config.slave_timeout, slave.link.put(request)).await;
         match self.settle(term, slave, result) {
@@ -154,24 +156,28 @@ impl Master {
             .collect()
     }
 
-    /// The value of the latest version of `key`, from a holder or the log.
+    /// The value of the latest version of `key` (`None` for a tombstone),
+    /// from a holder or the log.
     async fn latest_value(
         &self,
         term: &Term,
         key: &Bytes,
-    ) -> Option<(Bytes, Version, Vec<SlaveIdx>)> {
+    ) -> Option<(Option<Bytes>, Version, Vec<SlaveIdx>)> {
         let meta = lock(&self.index).get(key).cloned()?;
+        if meta.deleted {
+            return Some((None, meta.version, meta.holders));
+        }
         let holders = self.live_holders(&meta.holders);
         for slave in holders {
             if let Ok(reply) = self.get_from(term, &slave, key).await
                 && reply.found
                 && reply.version.map(Version::from) == Some(meta.version)
             {
-                return Some((Bytes::from(reply.value), meta.version, meta.holders));
+                return Some((Some(Bytes::from(reply.value)), meta.version, meta.holders));
             }
         }
         let value = self.read_log(key, meta.version, meta.pos).await.ok()?;
-        Some((value, meta.version, meta.holders))
+        Some((Some(value), meta.version, meta.holders))
     }
 
     /// Brings `key` back to `r` live, non-draining holders. Returns the
@@ -197,7 +203,7 @@ impl Master {
                 break;
             }
             if self
-                .put_to(term, &target, &key, &value, version, false)
+                .put_to(term, &target, &key, value.as_ref(), version, false)
                 .await
                 .is_ok()
                 && lock(&self.index).add_holder(&key, version, target.idx)
@@ -215,7 +221,7 @@ impl Master {
     pub(super) async fn overwrite_stray(&self, term: &Term, slave: &SlaveHandle, key: Bytes) {
         if let Some((value, version, _)) = self.latest_value(term, &key).await
             && self
-                .put_to(term, slave, &key, &value, version, true)
+                .put_to(term, slave, &key, value.as_ref(), version, true)
                 .await
                 .is_ok()
         {

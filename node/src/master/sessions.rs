@@ -41,17 +41,26 @@ pub const MAX_WINDOW: usize = 4096;
 /// Clients remembered at most.
 pub const MAX_SESSIONS: usize = 100_000;
 
+/// A client WRITE (or DELETE) that is in the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Logged {
+    /// Its version.
+    pub version: Version,
+    /// Its key.
+    pub key: Bytes,
+    /// Its record's position.
+    pub pos: LogPos,
+    /// It was a DELETE.
+    pub tombstone: bool,
+}
+
 /// A WRITE the table knows.
 #[derive(Clone, Debug)]
 enum Entry {
     /// Being applied; the sender flips to `true` (or is dropped) when done.
     InFlight(watch::Receiver<bool>),
-    /// In the log at this version and position.
-    Logged {
-        version: Version,
-        key: Bytes,
-        pos: LogPos,
-    },
+    /// In the log.
+    Logged(Logged),
 }
 
 /// One client's WRITEs.
@@ -74,14 +83,7 @@ pub enum Begin {
     /// again.
     Wait(watch::Receiver<bool>),
     /// A retry of a WRITE already in the log.
-    Logged {
-        /// The original WRITE's version.
-        version: Version,
-        /// Its key.
-        key: Bytes,
-        /// Its record's position.
-        pos: LogPos,
-    },
+    Logged(Logged),
 }
 
 /// Proof that a fresh WRITE is in flight; wakes its waiters when dropped.
@@ -167,11 +169,7 @@ impl Sessions {
                 Ok(Begin::Fresh(Ticket { done }))
             }
             Some(Entry::InFlight(rx)) => Ok(Begin::Wait(rx.clone())),
-            Some(Entry::Logged { version, key, pos }) => Ok(Begin::Logged {
-                version: *version,
-                key: key.clone(),
-                pos: *pos,
-            }),
+            Some(Entry::Logged(logged)) => Ok(Begin::Logged(logged.clone())),
             None if session.writes.len() >= MAX_WINDOW => Err(Refused::WindowFull {
                 client: origin.client,
             }),
@@ -183,25 +181,16 @@ impl Sessions {
         }
     }
 
-    /// Records that `origin` is in the log at `version`, `pos` (after the
-    /// append, or when replaying the log).
-    pub fn logged(
-        &mut self,
-        origin: Origin,
-        version: Version,
-        key: Bytes,
-        pos: LogPos,
-        now: Instant,
-    ) {
+    /// Records that `origin` is in the log (after the append, or when
+    /// replaying the log).
+    pub fn logged(&mut self, origin: Origin, logged: Logged, now: Instant) {
         let session = self.clients.entry(origin.client).or_insert(Session {
             answered_below: 0,
             writes: BTreeMap::new(),
             last_seen: now,
         });
         if origin.seq >= session.answered_below {
-            session
-                .writes
-                .insert(origin.seq, Entry::Logged { version, key, pos });
+            session.writes.insert(origin.seq, Entry::Logged(logged));
         }
     }
 
@@ -222,22 +211,20 @@ impl Sessions {
             .get(&origin.client)
             .and_then(|s| s.writes.get(&origin.seq))
             .is_some_and(|e| match e {
-                Entry::Logged { version: v, .. } => *v == version,
+                Entry::Logged(logged) => logged.version == version,
                 Entry::InFlight(_) => true,
             })
     }
 
     /// A logged WRITE's record moved (compaction).
     pub fn moved(&mut self, origin: Origin, version: Version, to: LogPos) {
-        if let Some(Entry::Logged {
-            version: v, pos, ..
-        }) = self
+        if let Some(Entry::Logged(logged)) = self
             .clients
             .get_mut(&origin.client)
             .and_then(|s| s.writes.get_mut(&origin.seq))
-            && *v == version
+            && logged.version == version
         {
-            *pos = to;
+            logged.pos = to;
         }
     }
 
@@ -305,6 +292,15 @@ mod tests {
         LogPos { file_no: 1, offset }
     }
 
+    fn logged(version: Version, pos: LogPos) -> Logged {
+        Logged {
+            version,
+            key: Bytes::from_static(b"k"),
+            pos,
+            tombstone: false,
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_retry_of_a_logged_write_gets_the_original_version() {
         let mut s = Sessions::default();
@@ -316,22 +312,11 @@ mod tests {
         let Ok(Begin::Wait(mut rx)) = s.begin(origin(1), 1, now) else {
             panic!("a concurrent retry waits");
         };
-        s.logged(
-            origin(1),
-            Version::new(2, 9),
-            Bytes::from_static(b"k"),
-            pos(8),
-            now,
-        );
+        s.logged(origin(1), logged(Version::new(2, 9), pos(8)), now);
         drop(ticket);
         assert!(rx.wait_for(|done| *done).await.is_ok());
         match s.begin(origin(1), 1, now) {
-            Ok(Begin::Logged {
-                version, pos: p, ..
-            }) => {
-                assert_eq!(version, Version::new(2, 9));
-                assert_eq!(p, pos(8));
-            }
+            Ok(Begin::Logged(found)) => assert_eq!(found, logged(Version::new(2, 9), pos(8))),
             other => panic!("{other:?}"),
         }
         assert!(s.retains(origin(1), Version::new(2, 9)));
@@ -360,7 +345,7 @@ mod tests {
     async fn silent_clients_expire_and_each_window_is_bounded() {
         let mut s = Sessions::default();
         let now = Instant::now();
-        s.logged(origin(1), Version::new(1, 1), Bytes::new(), pos(8), now);
+        s.logged(origin(1), logged(Version::new(1, 1), pos(8)), now);
         assert_eq!(s.len(), 1);
         s.expire(now + SESSION_TTL - Duration::from_secs(1));
         assert_eq!(s.len(), 1);

@@ -36,7 +36,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -56,8 +55,9 @@ pub struct Term {
     pub writer: LogWriter,
     /// This term's write quorum size.
     pub replication_factor: u32,
-    /// Highest seq known to be in the log for good (see [`Term::committed`]).
-    committed: AtomicU64,
+    /// Highest seq known to be in the log for good (see [`Term::committed`]);
+    /// watchers wait on it.
+    committed: tokio::sync::watch::Sender<u64>,
     /// Cancelled when the term ends (deposed, log failure, shutdown).
     ended: CancellationToken,
     /// Confirms the term before READs are answered.
@@ -76,7 +76,7 @@ impl Term {
             epoch,
             writer,
             replication_factor: membership.replication_factor,
-            committed: AtomicU64::new(start_seq.saturating_sub(1)),
+            committed: tokio::sync::watch::Sender::new(start_seq.saturating_sub(1)),
             ended: CancellationToken::new(),
             barrier: Barrier::default(),
             membership: tokio::sync::Mutex::new(membership),
@@ -90,12 +90,23 @@ impl Term {
     /// quorum (whose fenced member proves the takeover read it, see the module
     /// doc). What compaction and deduplication may rely on.
     pub fn committed(&self) -> u64 {
-        self.committed.load(Ordering::Acquire)
+        *self.committed.borrow()
+    }
+
+    /// Follows [`committed`](Self::committed) as it grows.
+    pub fn watch_committed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.subscribe()
     }
 
     /// A WRITE of seq `seq` reached its write quorum.
     pub fn note_committed(&self, seq: u64) {
-        self.committed.fetch_max(seq, Ordering::AcqRel);
+        self.committed.send_if_modified(|committed| {
+            let grew = seq > *committed;
+            if grew {
+                *committed = seq;
+            }
+            grew
+        });
     }
 
     /// Fails unless this term may still acknowledge. Only being deposed

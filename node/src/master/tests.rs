@@ -18,12 +18,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
 use super::slave_link::{Connector, InventoryStream, SlaveLink};
-use super::write::ClientWrite;
+use super::write::{ClientWrite, Mutation};
 use super::{Master, MasterConfig, Role, Term};
 use crate::limits::Limits;
 use crate::proto::{GetReply, GetRequest, KeyVersion, PutReply, PutRequest};
 use crate::security::Security;
-use crate::version::Version;
+use crate::version::{Expect, Version};
 use crate::wal::{self, Origin};
 
 /// What a link from one master to one slave does.
@@ -40,7 +40,7 @@ enum LinkState {
 #[derive(Debug, Default)]
 struct SlaveState {
     epoch: u64,
-    values: BTreeMap<Bytes, (Version, Bytes)>,
+    values: BTreeMap<Bytes, (Version, Option<Bytes>)>,
 }
 
 /// The in-memory network: slaves by address, and each master's links.
@@ -150,7 +150,8 @@ impl SlaveLink for MemLink {
         if newer && !request.force {
             return Ok(PutReply { stored: false });
         }
-        s.values.insert(key, (version, Bytes::from(request.value)));
+        let value = (!request.tombstone).then(|| Bytes::from(request.value));
+        s.values.insert(key, (version, value));
         Ok(PutReply { stored: true })
     }
 
@@ -164,8 +165,9 @@ impl SlaveLink for MemLink {
         Ok(match s.values.get(&request.key[..]) {
             Some((version, value)) => GetReply {
                 found: true,
-                value: value.to_vec(),
+                value: value.as_ref().map(|v| v.to_vec()).unwrap_or_default(),
                 version: Some((*version).into()),
+                deleted: value.is_none(),
             },
             None => GetReply::default(),
         })
@@ -187,9 +189,10 @@ impl SlaveLink for MemLink {
         let entries: Vec<KeyVersion> = s
             .values
             .iter()
-            .map(|(k, (v, _))| KeyVersion {
+            .map(|(k, (v, value))| KeyVersion {
                 key: k.to_vec(),
                 version: Some((*v).into()),
+                deleted: value.is_none(),
             })
             .collect();
         Ok(futures::stream::iter([Ok(entries)]).boxed())
@@ -318,10 +321,8 @@ fn bytes(s: &str) -> Bytes {
 }
 
 async fn write(master: &Master, key: &str, value: &str) -> Result<Version, Status> {
-    master
-        .write(bytes(key), bytes(value), None)
-        .await
-        .map(|w| w.version)
+    let written = master.write(bytes(key), bytes(value), None).await?;
+    Ok(written.version.expect("a WRITE always writes a version"))
 }
 
 async fn read(master: &Master, key: &str) -> Result<Option<Bytes>, Status> {
@@ -489,7 +490,11 @@ async fn a_retry_of_a_write_short_of_its_quorum_completes_it_once() {
     let mut reader = wal::LogReader::open(&a.config.log_dir).unwrap();
     let mut versions = Vec::new();
     reader.poll(|r, _| versions.push(r.version)).unwrap();
-    assert_eq!(versions, vec![retry.version], "applied exactly once");
+    assert_eq!(
+        versions,
+        vec![retry.version.unwrap()],
+        "applied exactly once"
+    );
 }
 
 /// A takeover waits until at most `r - 1` members of the previous term are
@@ -582,6 +587,7 @@ async fn compaction_never_drops_the_latest_valid_record_for_an_uncommitted_one()
         key: bytes("k"),
         value: bytes(value),
         origin: None,
+        tombstone: false,
     };
     let older = Version::new(v1.epoch, v1.seq - 1);
     assert!(
@@ -618,10 +624,11 @@ async fn compaction_keeps_a_record_its_client_may_still_retry() {
         .unwrap();
     write(&a, "k", "b").await.unwrap();
     let record = wal::Record {
-        version: first.version,
+        version: first.version.unwrap(),
         key: bytes("k"),
         value: bytes("a"),
         origin: Some(origin),
+        tombstone: false,
     };
     assert!(a.keeps(&a_term, &record));
     // Once the client says it was answered, it may go.
@@ -636,4 +643,148 @@ async fn compaction_keeps_a_record_its_client_may_still_retry() {
     .await
     .unwrap();
     assert!(!a.keeps(&a_term, &record));
+}
+
+fn mutation(key: &str, value: Option<&str>, expect: Option<Expect>) -> Mutation {
+    Mutation {
+        key: bytes(key),
+        value: value.map(bytes),
+        expect,
+        client: None,
+    }
+}
+
+/// The version a refused condition reports (`dsm-current-version`).
+fn current_of(status: &Status) -> Option<String> {
+    status
+        .metadata()
+        .get(crate::wire::CURRENT_VERSION_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Compare-and-set: of many conditional WRITEs expecting one version, sent
+/// at once, exactly one applies; every other is refused with the winner's
+/// version, so a client can retry from what is really there.
+#[tokio::test(start_paused = true)]
+async fn concurrent_compare_and_sets_of_one_version_let_one_win() {
+    let h = Harness::new();
+    let (a, _) = h.first_master().await;
+    let base = write(&a, "counter", "0").await.unwrap();
+    let attempts: Vec<_> = (0..16)
+        .map(|i| {
+            let a = a.clone();
+            let value = format!("from-{i}");
+            tokio::spawn(async move {
+                a.apply(mutation(
+                    "counter",
+                    Some(&value),
+                    Some(Expect::Version(base)),
+                ))
+                .await
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut refused = Vec::new();
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(written) => winners.push(written.version.unwrap()),
+            Err(status) => {
+                assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                refused.push(current_of(&status));
+            }
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one compare-and-set applies");
+    let winner = winners[0].to_string();
+    assert!(
+        refused
+            .iter()
+            .all(|c| c.as_deref() == Some(winner.as_str())),
+        "refusals name the winner {winner}: {refused:?}"
+    );
+    let (value, version) = a.read(bytes("counter")).await.unwrap();
+    assert_eq!(version, winners[0]);
+    assert!(value.starts_with(b"from-"));
+}
+
+/// DELETE: the key is gone for READ and LIST; deleting it again writes
+/// nothing; IF ABSENT holds for a deleted key; a stale IF VERSION is
+/// refused saying the key is absent (what a READ would say).
+#[tokio::test(start_paused = true)]
+async fn a_deleted_key_reads_as_absent_and_conditions_see_the_delete() {
+    let h = Harness::new();
+    let (a, _) = h.first_master().await;
+    let v1 = write(&a, "k", "v1").await.unwrap();
+    write(&a, "other", "x").await.unwrap();
+    let deleted = a.apply(mutation("k", None, None)).await.unwrap();
+    let tombstone = deleted.version.expect("deleting a key writes a tombstone");
+    assert!(tombstone > v1);
+    assert_eq!(read(&a, "k").await.unwrap(), None);
+    let page = a.list(Bytes::new(), None, 0).await.unwrap();
+    assert_eq!(page.keys, vec![(bytes("other"), page.keys[0].1)]);
+    let again = a.apply(mutation("k", None, None)).await.unwrap();
+    assert_eq!(again.version, None, "nothing to delete");
+    let stale = a
+        .apply(mutation("k", Some("v2"), Some(Expect::Version(v1))))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    assert_eq!(current_of(&stale).as_deref(), Some("absent"));
+    let created = a
+        .apply(mutation("k", Some("v2"), Some(Expect::Absent)))
+        .await
+        .unwrap();
+    assert!(created.version.unwrap() > tombstone);
+    let exists = a
+        .apply(mutation("k", Some("v3"), Some(Expect::Absent)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        current_of(&exists),
+        Some(created.version.unwrap().to_string())
+    );
+    assert_eq!(read(&a, "k").await.unwrap(), Some(bytes("v2")));
+}
+
+/// Compaction drops a committed tombstone that is its key's latest version,
+/// and every older record of the key with it; a tombstone not yet committed
+/// stays, and so does the value it would hide.
+#[tokio::test(start_paused = true)]
+async fn compaction_drops_a_committed_tombstone_with_the_values_it_hides() {
+    let h = Harness::new();
+    let (a, a_term) = h.first_master().await;
+    let v1 = write(&a, "k", "v1").await.unwrap();
+    let tombstone = a
+        .apply(mutation("k", None, None))
+        .await
+        .unwrap()
+        .version
+        .unwrap();
+    let record = |version, tombstone| wal::Record {
+        version,
+        key: bytes("k"),
+        value: if tombstone { Bytes::new() } else { bytes("v1") },
+        origin: None,
+        tombstone,
+    };
+    assert!(!a.keeps(&a_term, &record(v1, false)));
+    assert!(!a.keeps(&a_term, &record(tombstone, true)));
+
+    let v2 = write(&a, "k", "v2").await.unwrap();
+    h.net.set_all("a", LinkState::Down);
+    assert!(a.apply(mutation("k", None, None)).await.is_err());
+    let mut reader = wal::LogReader::open(&a.config.log_dir).unwrap();
+    let mut last = None;
+    reader
+        .poll(|r, _| last = Some((r.version, r.tombstone)))
+        .unwrap();
+    let (uncommitted, is_tombstone) = last.expect("the DELETE was logged");
+    assert!(is_tombstone && uncommitted > v2);
+    assert!(a.keeps(&a_term, &record(uncommitted, true)));
+    assert!(
+        a.keeps(&a_term, &record(v2, false)),
+        "v2 stays: its tombstone is not committed"
+    );
 }

@@ -1,5 +1,6 @@
-//! The WRITE path: validate, deduplicate, log (fsync), replicate to `r`
-//! slaves, acknowledge.
+//! The WRITE path (DELETEs and conditional WRITEs included): validate,
+//! deduplicate, check the condition, log (fsync), replicate to `r` slaves,
+//! acknowledge.
 //!
 //! Invariant (persist before acknowledge): a WRITE is appended to the log and
 //! fsynced (group commit) *before* it is sent to any slave, and acknowledged
@@ -14,6 +15,18 @@
 //! making sure the original reached its quorum. Checked by
 //! `master::tests::a_retry_after_failover_is_not_applied_again`.
 //!
+//! Invariant (a condition is checked against the key's latest logged version):
+//! a conditional WRITE or DELETE compares its expectation with the latest
+//! version *in the log* (acknowledged or still replicating), and is appended
+//! before any other WRITE of the key can be: a key's WRITEs hold a shared lock
+//! of the key's stripe from their check to their append, conditional ones the
+//! exclusive lock. A failed condition is an observation, answered only once the
+//! term is confirmed ([`super::barrier`]). Checked by
+//! `master::tests::concurrent_compare_and_sets_of_one_version_let_one_win`.
+//!
+//! A DELETE is a WRITE of a tombstone; deleting a key that does not exist
+//! writes nothing.
+//!
 //! Rule for WRITEs short of a quorum: a WRITE is checked against the live slave
 //! count before it is logged, so the common case fails cleanly with nothing
 //! logged. If slaves die *while* it replicates, the record is already in the
@@ -26,22 +39,26 @@
 //! drops the request's future) cannot stop it between its log append and its
 //! report to the session table.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use tokio::sync::RwLock;
 use tokio::time::Instant;
 use tonic::Status;
 
 use super::index::SlaveIdx;
-use super::sessions::Begin;
+use super::sessions::{Begin, Logged};
 use super::slaves::SlaveHandle;
 use super::{Master, Term, lock, placement};
 use crate::metrics;
-use crate::version::Version;
+use crate::version::{Expect, Version};
 use crate::wal::{LogPos, Origin};
+use crate::wire::CURRENT_VERSION_METADATA;
 
 /// TEST-ONLY (feature `chaos-broken-ack`, flag `--chaos-broken-ack`):
 /// when set, a WRITE is acknowledged as soon as it is logged and replicated
@@ -49,6 +66,9 @@ use crate::wal::{LogPos, Origin};
 /// the acknowledgement still finds the previous version).
 #[cfg(feature = "chaos-broken-ack")]
 pub static BROKEN_ACK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Stripes of the per-key locks (keys hash to one).
+const STRIPES: usize = 256;
 
 /// Who sent a WRITE, when the client numbered it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,13 +92,91 @@ impl ClientWrite {
     }
 }
 
-/// What a WRITE did.
+/// A change to one key: a WRITE, or a DELETE (`value` is `None`).
+#[derive(Clone, Debug)]
+pub struct Mutation {
+    /// The key.
+    pub key: Bytes,
+    /// The new value; `None` deletes the key.
+    pub value: Option<Bytes>,
+    /// Apply only if the key is in this state.
+    pub expect: Option<Expect>,
+    /// The client's numbering, for exactly-once.
+    pub client: Option<ClientWrite>,
+}
+
+/// What a WRITE or DELETE did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Written {
-    /// Its version.
-    pub version: Version,
-    /// It was a retry of a WRITE already applied: nothing new was written.
+    /// The version it wrote; `None` for a DELETE of a key that did not exist.
+    pub version: Option<Version>,
+    /// It was a retry of one already applied: nothing new was written.
     pub deduplicated: bool,
+}
+
+/// The per-key locks and what is logged but not yet in the index.
+pub struct KeyOrder {
+    stripes: Vec<RwLock<()>>,
+    hasher: RandomState,
+    /// The latest version appended for keys whose WRITE is still
+    /// replicating (so not in the index yet), and whether it deletes.
+    in_flight: std::sync::Mutex<HashMap<Bytes, (Version, bool)>>,
+}
+
+impl Default for KeyOrder {
+    fn default() -> Self {
+        KeyOrder {
+            stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
+            hasher: RandomState::new(),
+            in_flight: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl KeyOrder {
+    fn stripe(&self, key: &[u8]) -> &RwLock<()> {
+        let hash = self.hasher.hash_one(key) as usize;
+        &self.stripes[hash % self.stripes.len()]
+    }
+
+    fn appended(&self, key: &Bytes, version: Version, deleted: bool) {
+        let mut in_flight = lock(&self.in_flight);
+        let entry = in_flight.entry(key.clone()).or_insert((version, deleted));
+        if entry.0 < version {
+            *entry = (version, deleted);
+        }
+    }
+
+    fn recorded(&self, key: &[u8], version: Version) {
+        let mut in_flight = lock(&self.in_flight);
+        if in_flight.get(key).is_some_and(|(v, _)| *v <= version) {
+            in_flight.remove(key);
+        }
+    }
+}
+
+impl std::fmt::Debug for KeyOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyOrder").finish_non_exhaustive()
+    }
+}
+
+/// The refusal of a condition that does not hold.
+fn condition_failed(key: &[u8], current: Option<Version>) -> Status {
+    let (shown, meta) = match current {
+        Some(v) => (format!("is at version {v}"), v.to_string()),
+        None => ("does not exist".to_string(), "absent".to_string()),
+    };
+    let mut status = Status::failed_precondition(format!(
+        "condition not met: key {} {shown}; nothing was changed",
+        crate::text::escape(key)
+    ));
+    if let Ok(value) = meta.parse() {
+        status
+            .metadata_mut()
+            .insert(CURRENT_VERSION_METADATA, value);
+    }
+    status
 }
 
 impl Master {
@@ -90,30 +188,39 @@ impl Master {
         value: Bytes,
         client: Option<ClientWrite>,
     ) -> Result<Written, Status> {
-        self.config
-            .limits
-            .check_write(&key, &value)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.apply(Mutation {
+            key,
+            value: Some(value),
+            expect: None,
+            client,
+        })
+        .await
+    }
+
+    /// A WRITE, DELETE or conditional one (module doc).
+    pub async fn apply(&self, mutation: Mutation) -> Result<Written, Status> {
+        let limits = &self.config.limits;
+        match &mutation.value {
+            Some(value) => limits.check_write(&mutation.key, value),
+            None => limits.check_key(&mutation.key),
+        }
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let term = self.serving_term()?;
-        let Some(client) = client else {
-            let master = self
-                .me
-                .upgrade()
-                .ok_or_else(|| Status::unavailable("shutting down"))?;
-            return spawned(async move { master.write_fresh(&term, key, value, None).await }).await;
+        let master = self
+            .me
+            .upgrade()
+            .ok_or_else(|| Status::unavailable("shutting down"))?;
+        let Some(client) = mutation.client else {
+            return spawned(async move { master.apply_fresh(&term, mutation).await }).await;
         };
         loop {
             let begun =
                 lock(&self.sessions).begin(client.origin, client.answered_below, Instant::now());
             match begun.map_err(|e| Status::failed_precondition(e.to_string()))? {
                 Begin::Fresh(ticket) => {
-                    let master = self
-                        .me
-                        .upgrade()
-                        .ok_or_else(|| Status::unavailable("shutting down"))?;
-                    let origin = client.origin;
+                    let mutation = mutation.clone();
                     return spawned(async move {
-                        let result = master.write_fresh(&term, key, value, Some(origin)).await;
+                        let result = master.apply_fresh(&term, mutation).await;
                         drop(ticket);
                         result
                     })
@@ -122,51 +229,107 @@ impl Master {
                 Begin::Wait(mut done) => {
                     let _ = done.wait_for(|done| *done).await;
                 }
-                Begin::Logged { version, key, pos } => {
+                Begin::Logged(logged) => {
                     metrics::DEDUPLICATED_WRITES.inc();
-                    return self.complete_retry(&term, key, version, pos).await;
+                    return self.complete_retry(&term, logged).await;
                 }
             }
         }
     }
 
-    /// A WRITE seen for the first time.
-    async fn write_fresh(
-        &self,
-        term: &Arc<Term>,
-        key: Bytes,
-        value: Bytes,
-        origin: Option<Origin>,
-    ) -> Result<Written, Status> {
-        let r = term.replication_factor as usize;
-        let candidates = placement::write_order(&lock(&self.slaves).placeable());
-        if candidates.len() < r {
+    /// The key's latest version in the log, with whether it deletes: what a
+    /// condition is checked against.
+    fn latest_logged(&self, key: &[u8]) -> Option<(Version, bool)> {
+        let indexed = lock(&self.index)
+            .get(key)
+            .map(|meta| (meta.version, meta.deleted));
+        let in_flight = lock(&self.ordering.in_flight).get(key).copied();
+        indexed.max(in_flight)
+    }
+
+    /// A WRITE or DELETE seen for the first time.
+    async fn apply_fresh(&self, term: &Arc<Term>, mutation: Mutation) -> Result<Written, Status> {
+        let Mutation {
+            key,
+            value,
+            expect,
+            client,
+        } = mutation;
+        let origin = client.map(|c| c.origin);
+        let abandon = || {
             if let Some(origin) = origin {
                 lock(&self.sessions).abandon(origin);
             }
+        };
+        let r = term.replication_factor as usize;
+        let candidates = placement::write_order(&lock(&self.slaves).placeable());
+        if candidates.len() < r {
+            abandon();
             return Err(Status::unavailable(format!(
                 "only {} slave(s) are live; a WRITE needs {r} (replication factor); nothing was written",
                 candidates.len()
             )));
         }
+        // A DELETE of a key that does not exist has nothing to do; knowing
+        // that is an observation, like a condition.
+        let observe = expect.is_some() || value.is_none();
+        let stripe = self.ordering.stripe(&key);
+        let (shared, exclusive) = if observe {
+            (None, Some(stripe.write().await))
+        } else {
+            (Some(stripe.read().await), None)
+        };
+        if observe {
+            let current = self
+                .latest_logged(&key)
+                .and_then(|(v, deleted)| (!deleted).then_some(v));
+            let refused = match expect {
+                Some(expect) if !expect.holds(current) => Some(condition_failed(&key, current)),
+                _ => None,
+            };
+            if refused.is_some() || (value.is_none() && current.is_none()) {
+                drop(exclusive);
+                abandon();
+                term.barrier.ticket().await?;
+                term.check_can_ack()?;
+                return match refused {
+                    Some(status) => Err(status),
+                    None => Ok(Written {
+                        version: None,
+                        deduplicated: false,
+                    }),
+                };
+            }
+        }
         fail::fail_point!(crate::faults::BEFORE_LOG_APPEND, |_| {
             crate::faults::crash(crate::faults::BEFORE_LOG_APPEND)
         });
-        let appended = term.writer.append(key.clone(), value.clone(), origin).await;
+        let tombstone = value.is_none();
+        let appended = match &value {
+            Some(value) => term.writer.append(key.clone(), value.clone(), origin).await,
+            None => term.writer.append_delete(key.clone(), origin).await,
+        };
         let (version, pos) = match appended {
             Ok(done) => done,
             Err(e) => {
-                if let Some(origin) = origin {
-                    lock(&self.sessions).abandon(origin);
-                }
+                abandon();
                 return Err(term.log_append_failed(e));
             }
         };
+        self.ordering.appended(&key, version, tombstone);
+        drop(shared);
+        drop(exclusive);
         // Retries wait (the session entry stays in flight) until this attempt
         // has its outcome, then see it as logged.
         let note_logged = || {
             if let Some(origin) = origin {
-                lock(&self.sessions).logged(origin, version, key.clone(), pos, Instant::now());
+                let logged = Logged {
+                    version,
+                    key: key.clone(),
+                    pos,
+                    tombstone,
+                };
+                lock(&self.sessions).logged(origin, logged, Instant::now());
             }
         };
         fail::fail_point!(crate::faults::AFTER_FSYNC_BEFORE_REPLICATION, |_| {
@@ -182,36 +345,40 @@ impl Master {
             let term = term.clone();
             tokio::spawn(async move {
                 let acked = me
-                    .replicate(&term, &key, &value, version, &candidates)
+                    .replicate(&term, &key, value.as_ref(), version, &candidates)
                     .await;
-                lock(&me.index).record(&key, version, pos, acked);
+                lock(&me.index).record(&key, version, pos, acked, tombstone);
+                me.ordering.recorded(&key, version);
                 me.repair.notify_one();
             });
             return Ok(Written {
-                version,
+                version: Some(version),
                 deduplicated: false,
             });
         }
         let acked = self
-            .replicate(term, &key, &value, version, &candidates)
+            .replicate(term, &key, value.as_ref(), version, &candidates)
             .await;
         note_logged();
-        self.settle_write(term, &key, version, pos, acked, false)
+        self.settle_write(term, &key, version, pos, tombstone, acked, false)
     }
 
     /// Records where a WRITE landed and decides its answer.
+    #[allow(clippy::too_many_arguments)]
     fn settle_write(
         &self,
         term: &Term,
         key: &Bytes,
         version: Version,
         pos: LogPos,
+        tombstone: bool,
         acked: Vec<SlaveIdx>,
         deduplicated: bool,
     ) -> Result<Written, Status> {
         let r = term.replication_factor as usize;
         let reached = acked.len();
-        lock(&self.index).record(key, version, pos, acked);
+        lock(&self.index).record(key, version, pos, acked, tombstone);
+        self.ordering.recorded(key, version);
         if reached < r {
             self.repair.notify_one();
             term.check_can_ack()?;
@@ -226,7 +393,7 @@ impl Master {
             crate::faults::crash(crate::faults::AFTER_QUORUM_BEFORE_REPLY)
         });
         Ok(Written {
-            version,
+            version: Some(version),
             deduplicated,
         })
     }
@@ -234,15 +401,15 @@ impl Master {
     /// A retry of a WRITE already in the log: answered with its version once
     /// it is known to be in the log for good; a WRITE of this term that has
     /// not reached its quorum yet is sent to the slaves again first.
-    async fn complete_retry(
-        &self,
-        term: &Arc<Term>,
-        key: Bytes,
-        version: Version,
-        pos: LogPos,
-    ) -> Result<Written, Status> {
-        let done = Written {
+    async fn complete_retry(&self, term: &Arc<Term>, logged: Logged) -> Result<Written, Status> {
+        let Logged {
             version,
+            key,
+            pos,
+            tombstone,
+        } = logged;
+        let done = Written {
+            version: Some(version),
             deduplicated: true,
         };
         if version.seq <= term.committed() {
@@ -254,21 +421,26 @@ impl Master {
             // it in the log, so it is there for good too.
             return Ok(done);
         }
-        let value = self.read_log(&key, version, pos).await?;
+        let value = if tombstone {
+            None
+        } else {
+            Some(self.read_log(&key, version, pos).await?)
+        };
         let candidates = placement::write_order(&lock(&self.slaves).placeable());
         let acked = self
-            .replicate(term, &key, &value, version, &candidates)
+            .replicate(term, &key, value.as_ref(), version, &candidates)
             .await;
-        self.settle_write(term, &key, version, pos, acked, true)
+        self.settle_write(term, &key, version, pos, tombstone, acked, true)
     }
 
-    /// Sends the value to the first `r` candidates in parallel, replacing
-    /// each one that fails by the next candidate. Returns who stored it.
+    /// Sends the value (`None`: a tombstone) to the first `r` candidates in
+    /// parallel, replacing each one that fails by the next candidate. Returns
+    /// who stored it.
     pub(super) async fn replicate(
         &self,
         term: &Term,
         key: &Bytes,
-        value: &Bytes,
+        value: Option<&Bytes>,
         version: Version,
         candidates: &[Arc<SlaveHandle>],
     ) -> Vec<SlaveIdx> {

@@ -298,6 +298,7 @@ mod tests {
                 version: Some(Version::new(1, 1).into()),
                 epoch: 1,
                 force: false,
+                tombstone: false,
             };
             assert!(client.put(put).await.unwrap().into_inner().stored);
             drop(client);

@@ -40,10 +40,8 @@ use super::store::Store;
 use crate::proto;
 use crate::proto::control_client::ControlClient;
 use crate::security::{self, ClientTls};
+use crate::wire::LEADER_METADATA;
 
-/// Response metadata naming the active master on a FAILED_PRECONDITION
-/// answer from a standby.
-pub const LEADER_METADATA: &str = "dsm-leader";
 /// First backoff step after a round in which no master accepted us.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// Longest backoff step.

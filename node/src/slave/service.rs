@@ -23,11 +23,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::store::{PutOutcome, Store, StoreError};
+use super::store::{Held, PutOutcome, Store, StoreError};
 use crate::pipeline;
 use crate::proto;
 use crate::proto::replica_server::{Replica, ReplicaServer};
 use crate::version::Version;
+use crate::wire::EPOCH_METADATA;
 
 /// Largest key a slave accepts (the master's user-facing limit is lower).
 pub const MAX_KEY_BYTES: usize = 64 * 1024;
@@ -40,8 +41,6 @@ pub const MAX_VALUE_BYTES: usize = 64 * 1024 * 1024;
 pub const MAX_MESSAGE_BYTES: usize = MAX_VALUE_BYTES + MAX_KEY_BYTES + 4096;
 /// Entries per streamed [`proto::InventoryChunk`].
 pub const INVENTORY_CHUNK: usize = 1024;
-/// Response metadata carrying the slave's fenced epoch on a stale-epoch refusal.
-pub const EPOCH_METADATA: &str = "dsm-epoch";
 
 /// Implementation of the `Replica` service over a [`Store`].
 #[derive(Clone, Debug)]
@@ -147,15 +146,13 @@ impl ReplicaService {
             .version
             .ok_or_else(|| Status::invalid_argument("version is required"))?
             .into();
+        if req.tombstone && !req.value.is_empty() {
+            return Err(Status::invalid_argument("a tombstone carries no value"));
+        }
+        let value = (!req.tombstone).then(|| Bytes::from(req.value));
         let outcome = self
             .store
-            .put_fenced(
-                req.epoch,
-                Bytes::from(req.key),
-                Bytes::from(req.value),
-                version,
-                req.force,
-            )
+            .put_fenced(req.epoch, Bytes::from(req.key), value, version, req.force)
             .await
             .map_err(store_status)?;
         match outcome {
@@ -181,16 +178,25 @@ impl ReplicaService {
             .map_err(store_status)?
             .map_err(|fenced| stale_epoch(req.epoch, fenced))?;
         Ok(match found {
-            Some((value, version)) => proto::GetReply {
+            Some(Held {
+                version,
+                value: Some(value),
+            }) => proto::GetReply {
                 found: true,
                 value: value.into(),
                 version: Some(version.into()),
+                deleted: false,
             },
-            None => proto::GetReply {
+            Some(Held {
+                version,
+                value: None,
+            }) => proto::GetReply {
                 found: false,
                 value: Vec::new(),
-                version: None,
+                version: Some(version.into()),
+                deleted: true,
             },
+            None => proto::GetReply::default(),
         })
     }
 
@@ -293,9 +299,10 @@ impl Replica for ReplicaService {
                     .map(|entries| proto::InventoryChunk {
                         entries: entries
                             .into_iter()
-                            .map(|(key, version)| proto::KeyVersion {
+                            .map(|(key, version, deleted)| proto::KeyVersion {
                                 key: key.into(),
                                 version: Some(version.into()),
+                                deleted,
                             })
                             .collect(),
                     })
@@ -347,6 +354,7 @@ mod tests {
             version: Some(version.into()),
             epoch,
             force,
+            tombstone: false,
         }
     }
 

@@ -3,6 +3,8 @@
 //!
 //! Layout (`<data_dir>/slave.redb`):
 //! - table `values`: key bytes → `epoch u64 BE | seq u64 BE | value bytes`;
+//!   a tombstone (a DELETE) has the top bit of `seq` set and no value bytes
+//!   (seqs never reach 2^63);
 //! - table `meta`: `"epoch"` → fenced epoch (u64 BE), `"id"` → slave id (UTF-8).
 //!
 //! All mutations go through one writer thread that drains a channel and
@@ -57,6 +59,17 @@ const META_ID: &str = "id";
 const DB_FILE: &str = "slave.redb";
 /// Bytes of the version header in front of every stored value.
 const HEADER: usize = 16;
+/// Set in the stored seq of a tombstone.
+const TOMBSTONE: u64 = 1 << 63;
+
+/// What the store holds for a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// The version held.
+    pub version: Version,
+    /// The value, or `None` for a tombstone (the key was deleted at `version`).
+    pub value: Option<Bytes>,
+}
 
 /// Commands waiting in the writer's channel. Bounded so that a flood of puts
 /// backs up into the gRPC layer instead of into memory.
@@ -149,7 +162,8 @@ pub enum PutOutcome {
 enum Command {
     Put {
         key: Bytes,
-        value: Bytes,
+        /// `None`: a tombstone.
+        value: Option<Bytes>,
         version: Version,
         force: bool,
         /// Fencing token of the sender, if the put must be checked against it.
@@ -168,7 +182,7 @@ impl Command {
     /// Bytes the command adds to a batch (for [`MAX_BATCH_BYTES`]).
     fn size(&self) -> usize {
         match self {
-            Command::Put { key, value, .. } => key.len() + value.len(),
+            Command::Put { key, value, .. } => key.len() + value.as_ref().map_or(0, Bytes::len),
             _ => 0,
         }
     }
@@ -307,7 +321,8 @@ impl Store {
         self.inner.epoch.load(Ordering::Acquire)
     }
 
-    /// Returns the stored value of `key` and its version, if any.
+    /// Returns the stored value of `key` and its version, if any (a key
+    /// deleted here has none).
     ///
     /// Sees every put that has been acknowledged. Blocking (a redb read):
     /// call it from a blocking context for large values.
@@ -317,7 +332,7 @@ impl Store {
         match table.get(key).map_err(db_err)? {
             Some(v) => {
                 let (version, value) = decode_record(key, v.value())?;
-                Ok(Some((Bytes::copy_from_slice(value), version)))
+                Ok(value.map(|value| (Bytes::copy_from_slice(value), version)))
             }
             None => Ok(None),
         }
@@ -332,7 +347,7 @@ impl Store {
         &self,
         epoch: u64,
         key: &[u8],
-    ) -> Result<Result<Option<(Bytes, Version)>, u64>, StoreError> {
+    ) -> Result<Result<Option<Held>, u64>, StoreError> {
         loop {
             let txn = self.inner.db.begin_read().map_err(db_err)?;
             let fenced = {
@@ -355,7 +370,10 @@ impl Store {
             return match table.get(key).map_err(db_err)? {
                 Some(v) => {
                     let (version, value) = decode_record(key, v.value())?;
-                    Ok(Ok(Some((Bytes::copy_from_slice(value), version))))
+                    Ok(Ok(Some(Held {
+                        version,
+                        value: value.map(Bytes::copy_from_slice),
+                    })))
                 }
                 None => Ok(Ok(None)),
             };
@@ -376,7 +394,9 @@ impl Store {
         version: Version,
         force: bool,
     ) -> Result<bool, StoreError> {
-        let outcome = self.submit_put(key, value, version, force, None).await?;
+        let outcome = self
+            .submit_put(key, Some(value), version, force, None)
+            .await?;
         Ok(outcome == PutOutcome::Stored)
     }
 
@@ -384,12 +404,13 @@ impl Store {
     /// of the master that sent it, in the same transaction that applies it:
     /// an `epoch` below the fenced epoch is refused
     /// ([`PutOutcome::StaleEpoch`]); a higher one raises the fenced epoch
-    /// first (a newer master is legitimate).
+    /// first (a newer master is legitimate). A `value` of `None` stores a
+    /// tombstone: the key was deleted at `version`.
     pub async fn put_fenced(
         &self,
         epoch: u64,
         key: Bytes,
-        value: Bytes,
+        value: Option<Bytes>,
         version: Version,
         force: bool,
     ) -> Result<PutOutcome, StoreError> {
@@ -400,7 +421,7 @@ impl Store {
     async fn submit_put(
         &self,
         key: Bytes,
-        value: Bytes,
+        value: Option<Bytes>,
         version: Version,
         force: bool,
         epoch: Option<u64>,
@@ -451,8 +472,9 @@ impl Store {
         Ok(self.len()? == 0)
     }
 
-    /// Returns up to `limit` keys with their versions, in key order, starting
-    /// after `after` (from the first key when `None`).
+    /// Returns up to `limit` keys with their versions (and whether each is a
+    /// tombstone), in key order, starting after `after` (from the first key
+    /// when `None`).
     ///
     /// Each call is its own read transaction: a scan made of several calls
     /// sees every key that existed throughout it, and may or may not see keys
@@ -461,7 +483,7 @@ impl Store {
         &self,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Bytes, Version)>, StoreError> {
+    ) -> Result<Vec<(Bytes, Version, bool)>, StoreError> {
         use std::ops::Bound;
         let txn = self.inner.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(VALUES).map_err(db_err)?;
@@ -476,8 +498,8 @@ impl Store {
         for entry in range.take(limit) {
             let (k, v) = entry.map_err(db_err)?;
             let key = k.value();
-            let (version, _) = decode_record(key, v.value())?;
-            out.push((Bytes::copy_from_slice(key), version));
+            let (version, value) = decode_record(key, v.value())?;
+            out.push((Bytes::copy_from_slice(key), version, value.is_none()));
         }
         Ok(out)
     }
@@ -527,7 +549,7 @@ pub struct Inventory {
 }
 
 impl Iterator for Inventory {
-    type Item = Result<Vec<(Bytes, Version)>, StoreError>;
+    type Item = Result<Vec<(Bytes, Version, bool)>, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
@@ -545,7 +567,7 @@ impl Iterator for Inventory {
                 if chunk.len() < self.chunk_size {
                     self.done = true;
                 }
-                self.cursor = chunk.last().map(|(k, _)| k.clone());
+                self.cursor = chunk.last().map(|(k, _, _)| k.clone());
                 Some(Ok(chunk))
             }
             Err(e) => {
@@ -698,7 +720,7 @@ impl Writer {
                                             PutOutcome::Superseded { current }
                                         }
                                         _ => {
-                                            let record = encode_record(version, &value);
+                                            let record = encode_record(version, value.as_deref());
                                             values.insert(&key[..], &record[..]).map_err(db_err)?;
                                             dirty = true;
                                             PutOutcome::Stored
@@ -759,15 +781,27 @@ fn db_err<E: Into<redb::Error>>(e: E) -> StoreError {
     StoreError::Db(e.into())
 }
 
-fn encode_record(version: Version, value: &[u8]) -> Vec<u8> {
-    let mut record = Vec::with_capacity(HEADER + value.len());
+/// A stored record: the version header, then the value (none for a
+/// tombstone, flagged in the seq's top bit).
+fn encode_record(version: Version, value: Option<&[u8]>) -> Vec<u8> {
+    let value_len = value.map_or(0, <[u8]>::len);
+    let mut record = Vec::with_capacity(HEADER + value_len);
     record.extend_from_slice(&version.epoch.to_be_bytes());
-    record.extend_from_slice(&version.seq.to_be_bytes());
-    record.extend_from_slice(value);
+    let seq = if value.is_none() {
+        version.seq | TOMBSTONE
+    } else {
+        version.seq
+    };
+    record.extend_from_slice(&seq.to_be_bytes());
+    record.extend_from_slice(value.unwrap_or_default());
     record
 }
 
-fn decode_record<'a>(key: &[u8], record: &'a [u8]) -> Result<(Version, &'a [u8]), StoreError> {
+/// The version and value of a stored record (`None`: a tombstone).
+fn decode_record<'a>(
+    key: &[u8],
+    record: &'a [u8],
+) -> Result<(Version, Option<&'a [u8]>), StoreError> {
     if record.len() < HEADER {
         return Err(StoreError::Corrupt(format!(
             "record of key {} is {} bytes, shorter than its {HEADER}-byte version header",
@@ -777,7 +811,19 @@ fn decode_record<'a>(key: &[u8], record: &'a [u8]) -> Result<(Version, &'a [u8])
     }
     let (header, value) = record.split_at(HEADER);
     let (epoch, seq) = header.split_at(8);
-    Ok((Version::new(decode_u64(epoch)?, decode_u64(seq)?), value))
+    let seq = decode_u64(seq)?;
+    let version = Version::new(decode_u64(epoch)?, seq & !TOMBSTONE);
+    if seq & TOMBSTONE != 0 {
+        if !value.is_empty() {
+            return Err(StoreError::Corrupt(format!(
+                "tombstone of key {} carries {} value bytes",
+                String::from_utf8_lossy(key),
+                value.len()
+            )));
+        }
+        return Ok((version, None));
+    }
+    Ok((version, Some(value)))
 }
 
 fn decode_u64(bytes: &[u8]) -> Result<u64, StoreError> {
@@ -939,7 +985,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
         let put = |epoch, value: &str, seq| {
-            store.put_fenced(epoch, b("k"), b(value), Version::new(epoch, seq), false)
+            store.put_fenced(
+                epoch,
+                b("k"),
+                Some(b(value)),
+                Version::new(epoch, seq),
+                false,
+            )
         };
         assert_eq!(put(2, "a", 1).await.unwrap(), PutOutcome::Stored);
         // A newer master's put raises the fenced epoch as it applies.
@@ -971,7 +1023,10 @@ mod tests {
         );
         assert_eq!(
             store.get_fenced(1, b"k").await.unwrap(),
-            Ok(Some((b("v"), Version::new(1, 1))))
+            Ok(Some(Held {
+                version: Version::new(1, 1),
+                value: Some(b("v"))
+            }))
         );
         assert_eq!(store.get_fenced(3, b"nope").await.unwrap(), Ok(None));
         assert_eq!(store.epoch(), 3, "a newer master's read fences older ones");
@@ -1143,9 +1198,10 @@ mod tests {
             vec![10, 10, 5]
         );
         let all: Vec<_> = chunks.into_iter().flatten().collect();
-        for (i, (k, v)) in all.iter().enumerate() {
+        for (i, (k, v, deleted)) in all.iter().enumerate() {
             assert_eq!(k, &Bytes::from(format!("k{i:02}")));
             assert_eq!(*v, Version::new(1, i as u64));
+            assert!(!deleted);
         }
     }
 

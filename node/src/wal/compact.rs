@@ -33,6 +33,63 @@ use crate::version::Version;
 
 /// File locked for the whole of a compaction.
 pub const COMPACT_LOCK_FILE: &str = "compact.lock";
+/// File where compactions record how far they dropped records (see
+/// [`Dropped`]).
+pub const DROPPED_FILE: &str = "compacted";
+
+/// How far compactions have dropped records, over the log's whole life: a
+/// reader that has delivered every record up to a seq at or above these
+/// missed nothing that matters when its segments are replaced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Highest seq of any record dropped (superseded or purged).
+    pub any: u64,
+    /// Highest seq of a tombstone dropped (the key then vanishes from the
+    /// log: a reader that never saw the tombstone would keep an older value).
+    pub tombstone: u64,
+}
+
+impl Dropped {
+    /// Reads the marks of `dir` (zero when no compaction dropped anything).
+    pub fn load(dir: &Path) -> Result<Dropped> {
+        let path = dir.join(DROPPED_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Dropped::default()),
+            Err(e) => return Err(WalError::io(&path, e)),
+        };
+        let mut numbers = text.split_ascii_whitespace().map(str::parse::<u64>);
+        match (numbers.next(), numbers.next()) {
+            (Some(Ok(any)), Some(Ok(tombstone))) => Ok(Dropped { any, tombstone }),
+            _ => Err(WalError::BadEpochs {
+                path,
+                line: 1,
+                reason: format!("expected `ANY TOMBSTONE` (two numbers), found {text:?}"),
+            }),
+        }
+    }
+
+    /// Raises the marks of `dir` to at least `self`, durably.
+    fn record(self, dir: &Path) -> Result<()> {
+        let old = Dropped::load(dir)?;
+        let new = Dropped {
+            any: old.any.max(self.any),
+            tombstone: old.tombstone.max(self.tombstone),
+        };
+        if new == old {
+            return Ok(());
+        }
+        let path = dir.join(DROPPED_FILE);
+        let tmp = dir.join(format!("{DROPPED_FILE}.tmp"));
+        let io_err = |e| WalError::io(&tmp, e);
+        let mut file = std::fs::File::create(&tmp).map_err(io_err)?;
+        file.write_all(format!("{} {}\n", new.any, new.tombstone).as_bytes())
+            .map_err(io_err)?;
+        file.sync_all().map_err(io_err)?;
+        std::fs::rename(&tmp, &path).map_err(|e| WalError::io(&path, e))?;
+        sync_dir(dir)
+    }
+}
 
 /// What a compaction did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -53,6 +110,9 @@ pub struct CompactStats {
     /// Every kept record and its new position, in log order, so the caller
     /// can update its index (only where the index still holds that version).
     pub moved: Vec<Moved>,
+    /// Tombstones dropped, with their versions: the log holds nothing of
+    /// these keys any more unless a newer record follows.
+    pub purged: Vec<(Bytes, Version)>,
 }
 
 /// A record compaction kept, and where it is now.
@@ -66,6 +126,33 @@ pub struct Moved {
     pub origin: Option<Origin>,
     /// Its new position.
     pub pos: LogPos,
+}
+
+/// The directory's compaction lock: while it is held, no compaction runs on
+/// the log (in any process), so records stay where they are. Released when
+/// dropped.
+#[derive(Debug)]
+pub struct CompactionLock {
+    _file: std::fs::File,
+}
+
+impl CompactionLock {
+    /// Takes the lock without waiting; [`WalError::CompactionRunning`] when a
+    /// compaction (or another holder) has it.
+    pub fn try_take(dir: &Path) -> Result<CompactionLock> {
+        let path = dir.join(COMPACT_LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| WalError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(CompactionLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(WalError::CompactionRunning { path }),
+            Err(std::fs::TryLockError::Error(e)) => Err(WalError::io(&path, e)),
+        }
+    }
 }
 
 /// Number of segments numbered below `live`: what [`compact`] would rewrite.
@@ -85,7 +172,10 @@ pub fn sealed_segments(dir: &Path, live: SegmentNo) -> Result<usize> {
 /// in the log *for good*: written by a master that reached its write quorum (or
 /// read by a later master's takeover). A newer version that merely exists in the
 /// log might still be invalidated by a takeover that did not see it; dropping
-/// the older record for it could lose the latest acknowledged value.
+/// the older record for it could lose the latest acknowledged value. It may also
+/// return false for a tombstone that is itself in the log for good: every older
+/// record of its key is below the live segment too, so it goes in the same
+/// compaction (the tombstones dropped are listed in [`CompactStats::purged`]).
 ///
 /// `still_current` is called right before the rename and before the deletes;
 /// an error from it (the caller's term is over) stops the compaction there.
@@ -101,20 +191,7 @@ pub fn compact(
     keep: impl Fn(&Record) -> bool,
     still_current: impl Fn() -> Result<()>,
 ) -> Result<CompactStats> {
-    let lock_path = dir.join(COMPACT_LOCK_FILE);
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| WalError::io(&lock_path, e))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(WalError::CompactionRunning { path: lock_path });
-        }
-        Err(std::fs::TryLockError::Error(e)) => return Err(WalError::io(&lock_path, e)),
-    }
+    let lock = CompactionLock::try_take(dir)?;
     // The lock is released when `lock` is dropped, at the end of this call.
     let segments = list_segments(dir)?;
     let sealed: Vec<(SegmentNo, PathBuf)> = segments
@@ -178,6 +255,7 @@ fn rewrite(
     let mut last_seq: Option<u64> = None;
     // Whether the rewrite would differ from a single sealed segment as it is.
     let mut changed = false;
+    let mut dropped = Dropped::default();
     let mut buf = Vec::new();
     for (no, path) in sealed {
         let mut seg = Segment::open(*no, path.clone()).map_err(|e| WalError::io(path, e))?;
@@ -198,6 +276,11 @@ fn rewrite(
                     last_seq = Some(record.version.seq);
                     stats.records_read += 1;
                     if !keep(&record) {
+                        dropped.any = dropped.any.max(record.version.seq);
+                        if record.tombstone {
+                            dropped.tombstone = dropped.tombstone.max(record.version.seq);
+                            stats.purged.push((record.key, record.version));
+                        }
                         changed = true;
                         continue;
                     }
@@ -207,6 +290,7 @@ fn rewrite(
                         &record.key,
                         &record.value,
                         record.origin,
+                        record.tombstone,
                         &mut buf,
                     );
                     out.write_all(&buf).map_err(tmp_err)?;
@@ -260,6 +344,9 @@ fn rewrite(
     drop(file);
     stats.bytes_after = offset;
     still_current()?;
+    // Recorded before any record disappears, so that a reader that finds its
+    // segments replaced also finds how far records went.
+    dropped.record(dir)?;
     std::fs::rename(tmp, first_path).map_err(tmp_err)?;
     // The rename must be durable before the originals go, or a crash could
     // lose both.

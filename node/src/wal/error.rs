@@ -43,6 +43,9 @@ pub enum FrameError {
     /// The record kind byte is not one this version knows.
     #[error("unknown record kind {0}")]
     UnknownKind(u8),
+    /// A Delete record (a tombstone) that carries a value.
+    #[error("a tombstone record carries {0} value bytes")]
+    TombstoneValue(usize),
     /// The key length runs past the end of the payload.
     #[error("key length {key_len} exceeds the {available} bytes left in the payload")]
     KeyTooLong {

@@ -5,6 +5,8 @@
 //! payload = u8 kind | u64 epoch | u64 seq | [origin] | u32 key_len | key | value
 //! kind    = 1: a WRITE without an origin
 //!           2: a WRITE with its origin = u64 client id | u64 client seq
+//!           3: a DELETE (a tombstone: the value is empty) without an origin
+//!           4: a DELETE with its origin
 //! ```
 //!
 //! The value is "the rest of the payload", so it needs no length of its own and
@@ -34,6 +36,8 @@ pub(crate) const MIN_PAYLOAD: u32 = 1 + 8 + 8 + 4;
 
 const KIND_WRITE: u8 = 1;
 const KIND_WRITE_WITH_ORIGIN: u8 = 2;
+const KIND_DELETE: u8 = 3;
+const KIND_DELETE_WITH_ORIGIN: u8 = 4;
 /// Bytes an origin adds to a payload.
 const ORIGIN_LEN: u64 = 16;
 
@@ -43,7 +47,8 @@ pub(crate) fn payload_len(key: &[u8], value: &[u8], origin: Option<Origin>) -> u
     u64::from(MIN_PAYLOAD) + origin + key.len() as u64 + value.len() as u64
 }
 
-/// Appends the frame of a Write record to `out`.
+/// Appends the frame of a record to `out`: a Write, or a Delete (a
+/// tombstone, whose `value` must be empty).
 ///
 /// The caller has checked `payload_len(key, value, origin) <= MAX_RECORD_BYTES`,
 /// which also bounds the key length to a u32.
@@ -52,17 +57,20 @@ pub(crate) fn encode(
     key: &[u8],
     value: &[u8],
     origin: Option<Origin>,
+    tombstone: bool,
     out: &mut Vec<u8>,
 ) {
+    debug_assert!(!tombstone || value.is_empty());
     let len = payload_len(key, value, origin);
     debug_assert!(len <= u64::from(MAX_RECORD_BYTES));
     let start = out.len();
     out.extend_from_slice(&(len as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]); // CRC, filled in below
-    out.push(if origin.is_some() {
-        KIND_WRITE_WITH_ORIGIN
-    } else {
-        KIND_WRITE
+    out.push(match (tombstone, origin.is_some()) {
+        (false, false) => KIND_WRITE,
+        (false, true) => KIND_WRITE_WITH_ORIGIN,
+        (true, false) => KIND_DELETE,
+        (true, true) => KIND_DELETE_WITH_ORIGIN,
     });
     out.extend_from_slice(&version.epoch.to_le_bytes());
     out.extend_from_slice(&version.seq.to_le_bytes());
@@ -145,13 +153,17 @@ fn decode_payload(p: &[u8]) -> Result<Record, FrameError> {
         max: MAX_RECORD_BYTES,
     };
     let (&kind, rest) = p.split_first().ok_or_else(too_short)?;
-    if kind != KIND_WRITE && kind != KIND_WRITE_WITH_ORIGIN {
-        return Err(FrameError::UnknownKind(kind));
-    }
+    let (tombstone, with_origin) = match kind {
+        KIND_WRITE => (false, false),
+        KIND_WRITE_WITH_ORIGIN => (false, true),
+        KIND_DELETE => (true, false),
+        KIND_DELETE_WITH_ORIGIN => (true, true),
+        other => return Err(FrameError::UnknownKind(other)),
+    };
     let (epoch, rest) = take_u64(rest).ok_or_else(too_short)?;
     let (seq, mut rest) = take_u64(rest).ok_or_else(too_short)?;
     let mut origin = None;
-    if kind == KIND_WRITE_WITH_ORIGIN {
+    if with_origin {
         let (client, after) = take_u64(rest).ok_or_else(too_short)?;
         let (client_seq, after) = take_u64(after).ok_or_else(too_short)?;
         origin = Some(Origin {
@@ -171,11 +183,15 @@ fn decode_payload(p: &[u8]) -> Result<Record, FrameError> {
         });
     }
     let (key, value) = rest.split_at(key_len as usize);
+    if tombstone && !value.is_empty() {
+        return Err(FrameError::TombstoneValue(value.len()));
+    }
     Ok(Record {
         version: Version::new(epoch, seq),
         key: Bytes::copy_from_slice(key),
         value: Bytes::copy_from_slice(value),
         origin,
+        tombstone,
     })
 }
 
@@ -190,8 +206,33 @@ mod tests {
 
     fn frame(epoch: u64, seq: u64, key: &[u8], value: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        encode(Version::new(epoch, seq), key, value, None, &mut out);
+        encode(Version::new(epoch, seq), key, value, None, false, &mut out);
         out
+    }
+
+    #[test]
+    fn a_tombstone_round_trips_and_carries_no_value() {
+        let mut bytes = Vec::new();
+        let origin = Some(Origin { client: 3, seq: 4 });
+        encode(Version::new(1, 2), b"gone", b"", origin, true, &mut bytes);
+        match parse(&bytes) {
+            Parsed::Record(r, _) => {
+                assert!(r.tombstone);
+                assert_eq!(r.origin, origin);
+                assert_eq!(&r.key[..], b"gone");
+                assert!(r.value.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        // A tombstone frame with a value is damage, not a record.
+        let mut bytes = Vec::new();
+        encode(Version::new(1, 2), b"gone", b"", None, true, &mut bytes);
+        let mut payload = bytes[HEADER_LEN..].to_vec();
+        payload.push(b'x');
+        assert!(matches!(
+            parse(&with_crc(&payload)),
+            Parsed::Bad(FrameError::TombstoneValue(1))
+        ));
     }
 
     #[test]
@@ -206,6 +247,7 @@ mod tests {
             b"key",
             b"value",
             Some(origin),
+            false,
             &mut bytes,
         );
         match parse(&bytes) {

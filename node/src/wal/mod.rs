@@ -68,7 +68,10 @@ use bytes::Bytes;
 
 use crate::version::Version;
 
-pub use compact::{COMPACT_LOCK_FILE, CompactStats, Moved, compact, sealed_segments};
+pub use compact::{
+    COMPACT_LOCK_FILE, CompactStats, CompactionLock, DROPPED_FILE, Dropped, Moved, compact,
+    sealed_segments,
+};
 pub use epochs::{EpochHistory, LEGACY_EPOCHS_FILE, TERMS_DIR};
 pub use error::{FrameError, Result, WalError};
 pub use frame::{MAGIC, MAX_RECORD_BYTES};
@@ -87,6 +90,8 @@ pub struct Record {
     /// Which client WRITE this is, when the client numbered it: what lets any
     /// later master recognise a retry of it.
     pub origin: Option<Origin>,
+    /// A DELETE: the key has no value from this version on (`value` is empty).
+    pub tombstone: bool,
 }
 
 /// A client WRITE's identity: the client's id and the WRITE's number among

@@ -140,9 +140,11 @@ impl LogReader {
                 return Ok(delivered);
             };
             if !seg.still_linked()? {
-                // Compaction replaced or deleted our segment after we opened it.
+                // Compaction replaced or deleted our segment after we opened it,
+                // and may have merged segments we had not read yet.
                 *rewind_to = Some(seg.file_no);
                 *cur = None;
+                check_gap(dir, last, invalidated)?;
                 continue;
             }
             match Segment::open(next_no, next_path.clone()) {
@@ -150,6 +152,7 @@ impl LogReader {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     *rewind_to = Some(next_no);
                     *cur = None;
+                    check_gap(dir, last, invalidated)?;
                 }
                 Err(e) => return Err(WalError::io(&next_path, e)),
             }
@@ -199,15 +202,31 @@ impl LogReader {
         self.fence.history()
     }
 
-    /// Whether a record already delivered has since become invalid: a deposed
-    /// master wrote it after its successor had read the log's end but before the
-    /// successor's line reached the epochs file, and this reader saw it in that
-    /// window. The caller's state then holds a write that never committed and must
-    /// be rebuilt from a fresh reader. Never happens to the reader of the master
-    /// that took over (it appends the line itself after reading).
+    /// Whether what this reader delivered can no longer be trusted, and the
+    /// caller's state must be rebuilt from a fresh reader:
+    /// - a record already delivered has since become invalid: a deposed master
+    ///   wrote it after its successor had read the log's end but before the
+    ///   successor's cut was recorded, and this reader saw it in that window;
+    /// - or compaction replaced segments this reader had not read yet and
+    ///   dropped a tombstone it never delivered (it would keep a deleted value).
     pub fn invalidated(&self) -> bool {
         self.invalidated
     }
+}
+
+/// After compaction took segments away before this reader had read them: a
+/// tombstone dropped past what it delivered would leave it holding a value
+/// that was deleted, so the caller must rebuild from a fresh replay.
+fn check_gap(dir: &Path, last: &Option<Version>, invalidated: &mut bool) -> Result<()> {
+    let seen = last.map_or(0, |v| v.seq);
+    if !*invalidated && super::Dropped::load(dir)?.tombstone > seen {
+        *invalidated = true;
+        tracing::warn!(
+            seen,
+            "compaction dropped a tombstone this reader had not read; rebuild from a fresh replay"
+        );
+    }
+    Ok(())
 }
 
 /// Decides whether to deliver `record`, updating the reader's bookkeeping.

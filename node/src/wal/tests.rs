@@ -539,7 +539,7 @@ fn segment_image(records: &[(Vec<u8>, Vec<u8>)]) -> (Vec<u8>, Vec<u64>) {
     let mut starts = Vec::new();
     for (i, (k, v)) in records.iter().enumerate() {
         starts.push(bytes.len() as u64);
-        frame::encode(Version::new(1, i as u64 + 1), k, v, None, &mut bytes);
+        frame::encode(Version::new(1, i as u64 + 1), k, v, None, false, &mut bytes);
     }
     (bytes, starts)
 }
@@ -726,7 +726,7 @@ async fn a_reopened_reader_sees_what_its_old_handle_cannot() {
 
     let path = segment_path(dir.path(), segment_no(1, 1).unwrap());
     let mut bytes = std::fs::read(&path).unwrap();
-    frame::encode(Version::new(1, 3), b"c", b"3", None, &mut bytes);
+    frame::encode(Version::new(1, 3), b"c", b"3", None, false, &mut bytes);
     let fresh = path.with_extension("new");
     std::fs::write(&fresh, &bytes).unwrap();
     std::fs::rename(&fresh, &path).unwrap();

@@ -78,6 +78,7 @@ struct Request {
     key: Bytes,
     value: Bytes,
     origin: Option<Origin>,
+    tombstone: bool,
     reply: oneshot::Sender<Result<(Version, LogPos)>>,
 }
 
@@ -212,6 +213,26 @@ impl LogWriter {
         value: Bytes,
         origin: Option<Origin>,
     ) -> Result<(Version, LogPos)> {
+        self.submit(key, value, origin, false).await
+    }
+
+    /// Appends a Delete record (a tombstone) for `key`, like
+    /// [`append`](Self::append).
+    pub async fn append_delete(
+        &self,
+        key: Bytes,
+        origin: Option<Origin>,
+    ) -> Result<(Version, LogPos)> {
+        self.submit(key, Bytes::new(), origin, true).await
+    }
+
+    async fn submit(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        origin: Option<Origin>,
+        tombstone: bool,
+    ) -> Result<(Version, LogPos)> {
         let len = frame::payload_len(&key, &value, origin);
         if len > u64::from(MAX_RECORD_BYTES) {
             return Err(WalError::TooLarge {
@@ -225,6 +246,7 @@ impl LogWriter {
                 key,
                 value,
                 origin,
+                tombstone,
                 reply,
             })
             .await
@@ -380,7 +402,14 @@ impl Worker {
                 file_no: self.active.file_no,
                 offset: self.active.len + self.buf.len() as u64,
             };
-            frame::encode(version, &req.key, &req.value, req.origin, &mut self.buf);
+            frame::encode(
+                version,
+                &req.key,
+                &req.value,
+                req.origin,
+                req.tombstone,
+                &mut self.buf,
+            );
             assigned.push((version, pos));
         }
         let io_err = |e| WalError::io(&self.active.path, e);
