@@ -72,6 +72,7 @@ pub fn limits(data: &[u8]) {
     let limits = Limits {
         max_key_bytes: usize::from(u16::from_le_bytes([*k0, *k1]) % 2048),
         max_value_bytes: usize::from(u16::from_le_bytes([*v0, *v1])),
+        ..Limits::default()
     };
     let at = usize::from(*split).min(rest.len());
     let (key, value) = rest.split_at(at);

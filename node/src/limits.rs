@@ -11,14 +11,22 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// Values above this are refused even if configured, because a value must
 /// fit in one log record and one gRPC message.
 pub const HARD_MAX_VALUE_BYTES: usize = 32 * 1024 * 1024;
+/// Largest gRPC message a client accepts or sends: one value at the hard
+/// limit with its key and framing, whatever the server is configured for.
+pub const CLIENT_MAX_MESSAGE_BYTES: usize = HARD_MAX_VALUE_BYTES + 64 * 1024;
 
-/// Size limits enforced by the master on every request.
+/// Default most WATCH streams one master serves at once.
+pub const DEFAULT_MAX_WATCHERS: usize = 1000;
+
+/// Limits enforced by the master on every request.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Largest key accepted, in bytes.
     pub max_key_bytes: usize,
     /// Largest value accepted, in bytes.
     pub max_value_bytes: usize,
+    /// Most WATCH streams served at once.
+    pub max_watchers: usize,
 }
 
 impl Default for Limits {
@@ -26,6 +34,7 @@ impl Default for Limits {
         Limits {
             max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_watchers: DEFAULT_MAX_WATCHERS,
         }
     }
 }
@@ -101,6 +110,7 @@ mod tests {
         let limits = Limits {
             max_key_bytes: 4,
             max_value_bytes: 8,
+            ..Limits::default()
         };
         let cases: &[(&[u8], &[u8], Option<&str>)] = &[
             (b"k", b"", None),

@@ -17,7 +17,10 @@ use dsm::chaos::ChaosArgs;
 use dsm::client::ClientArgs;
 use dsm::client::cli::ConnectArgs;
 use dsm::commit_window::DEFAULT_COMMIT_WINDOW;
-use dsm::limits::{DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES, HARD_MAX_VALUE_BYTES, Limits};
+use dsm::limits::{
+    DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES, DEFAULT_MAX_WATCHERS, HARD_MAX_VALUE_BYTES,
+    Limits,
+};
 use dsm::local::{LocalArgs, shutdown_signal};
 use dsm::master::{Master, MasterConfig, placement};
 use dsm::metrics::MetricsListen;
@@ -160,6 +163,10 @@ struct MasterArgs {
     /// Largest value accepted, in bytes (at most 32 MiB).
     #[arg(long, env = "DSM_MAX_VALUE_BYTES", default_value_t = DEFAULT_MAX_VALUE_BYTES)]
     max_value_bytes: usize,
+    /// Most WATCH streams this master serves at once; more are refused
+    /// (RESOURCE_EXHAUSTED) until one closes.
+    #[arg(long, env = "DSM_MAX_WATCHERS", default_value_t = DEFAULT_MAX_WATCHERS)]
+    max_watchers: usize,
     /// Size at which the log rolls over to a new segment, in bytes.
     #[arg(long, env = "DSM_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
     segment_bytes: u64,
@@ -292,6 +299,7 @@ async fn run_master(args: MasterArgs, prefer_active: bool) -> anyhow::Result<()>
         limits: Limits {
             max_key_bytes: args.max_key_bytes,
             max_value_bytes: args.max_value_bytes,
+            max_watchers: args.max_watchers,
         },
         segment_bytes: args.segment_bytes,
         compact_segments: args.compact_segments.max(1),

@@ -79,9 +79,10 @@ fn register(metric: Box<dyn prometheus::core::Collector>) {
 
 // ---- master and backup -------------------------------------------------
 
-/// Client requests handled, by operation (read, write, status, compact,
-/// drain) and result (ok, not_found, invalid, unavailable, not_leader,
-/// error).
+/// Client requests handled, by operation (read, write, delete, list, watch,
+/// snapshot, status, compact, drain) and result (ok, not_found, invalid,
+/// unavailable, not_leader, condition_failed, compacted, limit, error). A
+/// WATCH or snapshot counts once, when its stream starts.
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "dsm_requests_total",
@@ -226,6 +227,20 @@ pub static CLIENT_SESSIONS: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
         "dsm_client_sessions",
         "Clients whose WRITE retries this master can still recognise.",
+    )
+});
+
+/// WATCH streams open on this master.
+pub static WATCHERS: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("dsm_watchers", "WATCH streams open on this master."));
+
+/// WATCH streams this master ended with an error, by reason (slow: its
+/// stream stayed full; compacted: it fell behind a compaction).
+pub static WATCHERS_CUT_OFF: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "dsm_watchers_cut_off_total",
+        "WATCH streams ended by this master because the watcher fell behind, by reason.",
+        &["reason"],
     )
 });
 
@@ -419,7 +434,11 @@ pub fn register_all() {
     for role in ["active", "standby"] {
         let _ = ROLE.with_label_values(&[role]).get();
     }
-    for op in ["read", "write", "delete", "list"] {
+    let _ = WATCHERS.get();
+    for reason in ["slow", "compacted"] {
+        let _ = WATCHERS_CUT_OFF.with_label_values(&[reason]).get();
+    }
+    for op in ["read", "write", "delete", "list", "watch", "snapshot"] {
         let _ = REQUEST_DURATION.with_label_values(&[op]).get_sample_count();
         for result in [
             "ok",
@@ -428,6 +447,8 @@ pub fn register_all() {
             "unavailable",
             "not_leader",
             "condition_failed",
+            "compacted",
+            "limit",
             "error",
         ] {
             let _ = REQUESTS.with_label_values(&[op, result]).get();

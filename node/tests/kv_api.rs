@@ -9,7 +9,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use common::{Cluster, Options, bounded, run_dsm};
+use common::{Cluster, Options, WAIT, bounded, http_get, run_dsm};
 use dsm::client::{Client, ClientError, WatchOptions};
 use dsm::version::{Expect, Version};
 
@@ -457,6 +457,142 @@ async fn a_snapshot_restores_every_key_into_a_new_cluster() {
             !fresh_dir.join("terms").exists(),
             "nothing is restored from a damaged snapshot"
         );
+    })
+    .await;
+}
+
+/// The value of one sample (`name{labels}`) in a Prometheus text page.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Watchers are bounded: over `--max-watchers` a WATCH is refused naming the
+/// limit, and a watcher that stops reading is cut off with an error saying
+/// why, while WRITEs and a watcher that keeps up go on; its place is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_are_bounded_and_a_stalled_one_is_cut_off_without_stopping_writes() {
+    use dsm::proto::WatchRequest;
+    use dsm::proto::kv_client::KvClient;
+
+    bounded(async {
+        let cluster = Cluster::start(Options {
+            extra_master_args: vec!["--max-watchers=2".into()],
+            ..Options::default()
+        })
+        .await;
+        let mut kv = KvClient::connect(format!("http://{}", cluster.master.address))
+            .await
+            .expect("connect");
+        let everything = WatchRequest {
+            values: true,
+            ..WatchRequest::default()
+        };
+        // Never read from: its stream fills up.
+        let mut stalled = kv
+            .watch(everything.clone())
+            .await
+            .expect("watch")
+            .into_inner();
+
+        // A watcher that keeps up, in its own task, until it sees "end".
+        let endpoints = (
+            cluster.master.address.clone(),
+            cluster.backup.address.clone(),
+        );
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let keeping_up = tokio::spawn(async move {
+            let client = Client::new(dsm::client::ClientConfig {
+                endpoints: vec![endpoints.0, endpoints.1],
+                timeout: Duration::from_secs(2),
+                retry_for: Duration::from_secs(30),
+            });
+            let mut watch = client
+                .watch(WatchOptions::default())
+                .await
+                .expect("the second watcher is within the limit");
+            let _ = ready_tx.send(());
+            let mut seen = Vec::new();
+            loop {
+                let change = watch
+                    .next()
+                    .await
+                    .expect("a watcher that reads is not cut off");
+                if &change.key[..] == b"end" {
+                    return seen;
+                }
+                seen.push(change.version);
+            }
+        });
+        ready_rx.await.expect("second watcher started");
+
+        let refused = kv
+            .watch(everything.clone())
+            .await
+            .expect_err("over the limit");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("--max-watchers"),
+            "{}",
+            refused.message()
+        );
+
+        let client = cluster.client();
+        let value = vec![b'v'; 64 * 1024];
+        let cut_off = "dsm_watchers_cut_off_total{reason=\"slow\"}";
+        let started = std::time::Instant::now();
+        let mut acked = Vec::new();
+        loop {
+            for _ in 0..10 {
+                let key = format!("big-{}", acked.len());
+                acked.push(
+                    client
+                        .write(key.as_bytes(), &value)
+                        .await
+                        .expect("writes go on"),
+                );
+            }
+            let (_, page) = http_get(&cluster.master.metrics_address, "/metrics");
+            if sample(&page, cut_off).is_some_and(|n| n >= 1.0) {
+                break;
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "the stalled watcher was never cut off\n{}",
+                cluster.logs()
+            );
+        }
+        // Its buffered batches, then the error that ended it.
+        let error = loop {
+            match stalled.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stalled watch ended without saying why"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(error.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            error.message().contains("did not keep up"),
+            "{}",
+            error.message()
+        );
+
+        // Its place is free again.
+        let mut again = kv
+            .watch(everything)
+            .await
+            .expect("a freed place")
+            .into_inner();
+        client.write(b"end", b"").await.expect("write");
+        assert!(again.message().await.expect("stream").is_some());
+        let seen = keeping_up.await.expect("watcher task");
+        for version in &acked {
+            assert!(
+                seen.contains(version),
+                "the watcher that kept up missed {version}"
+            );
+        }
     })
     .await;
 }

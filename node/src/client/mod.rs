@@ -29,6 +29,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::limits::CLIENT_MAX_MESSAGE_BYTES;
 use crate::proto;
 use crate::proto::kv_client::KvClient;
 use crate::security::{self, BearerToken, ClientSecurity, ClientTls};
@@ -809,7 +810,9 @@ impl Client {
                 let outcome = tokio::time::timeout(
                     self.timeout,
                     attempt(
-                        KvClient::with_interceptor(channel, self.security.token.clone()),
+                        KvClient::with_interceptor(channel, self.security.token.clone())
+                            .max_decoding_message_size(CLIENT_MAX_MESSAGE_BYTES)
+                            .max_encoding_message_size(CLIENT_MAX_MESSAGE_BYTES),
                         self.timeout,
                     ),
                 )

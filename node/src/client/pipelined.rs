@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::ClientError;
-use crate::limits::HARD_MAX_VALUE_BYTES;
+use crate::limits::CLIENT_MAX_MESSAGE_BYTES;
 use crate::pipeline::{Pipe, Protocol};
 use crate::proto::kv_client::KvClient;
 use crate::proto::kv_op::Op;
@@ -109,8 +109,8 @@ impl PipelinedClient {
                 .connect_lazy(),
             security.token.clone(),
         )
-        .max_decoding_message_size(HARD_MAX_VALUE_BYTES + 64 * 1024)
-        .max_encoding_message_size(HARD_MAX_VALUE_BYTES + 64 * 1024);
+        .max_decoding_message_size(CLIENT_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(CLIENT_MAX_MESSAGE_BYTES);
         Ok(PipelinedClient {
             address: address.to_owned(),
             timeout,

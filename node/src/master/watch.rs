@@ -29,16 +29,20 @@ use tonic::Status;
 use tracing::debug;
 
 use super::{Master, Term};
+use crate::metrics;
 use crate::proto::{Change, WatchBatch};
 use crate::wal::{Dropped, LogReader, Record};
 use crate::wire::COMPACTED_BELOW_METADATA;
 
-/// Watchers one master serves at most.
-pub const MAX_WATCHERS: usize = 1000;
 /// A watcher whose stream stays full this long is cut off.
 pub const SLOW_WATCHER: Duration = Duration::from_secs(5);
 /// Changes per streamed batch at most.
 const BATCH: usize = 256;
+/// Key and value bytes one watcher reads from the log at a time: with its
+/// stream's few batches, what a watcher holds in memory.
+const READ_AHEAD: usize = 4 << 20;
+/// Batches waiting in a watcher's stream (one place is kept for its error).
+const STREAM_DEPTH: usize = 4;
 /// Shortest pause between two reads of the log by one watcher, so that a
 /// busy log is read in batches.
 const MIN_POLL: Duration = Duration::from_millis(5);
@@ -70,14 +74,15 @@ impl WatchSpec {
 struct Slot(Arc<AtomicUsize>);
 
 impl Slot {
-    fn take(count: &Arc<AtomicUsize>) -> Result<Slot, Status> {
+    fn take(count: &Arc<AtomicUsize>, limit: usize) -> Result<Slot, Status> {
         let taken = count.fetch_add(1, Ordering::AcqRel);
-        if taken >= MAX_WATCHERS {
+        if taken >= limit {
             count.fetch_sub(1, Ordering::AcqRel);
             return Err(Status::resource_exhausted(format!(
-                "this master serves {MAX_WATCHERS} watchers, the limit; close one or watch a wider prefix"
+                "this master serves {limit} watchers, the limit (--max-watchers); close one or watch a wider prefix"
             )));
         }
+        metrics::WATCHERS.inc();
         Ok(Slot(count.clone()))
     }
 }
@@ -85,6 +90,7 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        metrics::WATCHERS.dec();
     }
 }
 
@@ -116,7 +122,7 @@ impl Master {
             )));
         }
         let term = self.serving_term()?;
-        let slot = Slot::take(&self.watchers)?;
+        let slot = Slot::take(&self.watchers, self.config.limits.max_watchers)?;
         let dir = self.config.log_dir.clone();
         let from = match spec.from_seq {
             0 => term.committed() + 1,
@@ -129,11 +135,14 @@ impl Master {
         if from <= dropped.any {
             return Err(compacted(from, dropped));
         }
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(STREAM_DEPTH);
         let dir = self.config.log_dir.clone();
+        // A batch holds at most one largest value's worth of bytes beyond its
+        // first change, so it always fits in a message.
+        let batch_bytes = self.config.limits.max_value_bytes + self.config.limits.max_key_bytes;
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(status) = follow(&dir, &term, &spec, from, &tx).await {
+            if let Err(status) = follow(&dir, &term, &spec, from, batch_bytes, &tx).await {
                 let _ = tx.try_send(Err(status));
             }
         });
@@ -148,6 +157,7 @@ async fn follow(
     term: &Term,
     spec: &WatchSpec,
     from: u64,
+    batch_bytes: usize,
     tx: &mpsc::Sender<Result<WatchBatch, Status>>,
 ) -> Result<(), Status> {
     let open_dir = dir.to_path_buf();
@@ -162,33 +172,49 @@ async fn follow(
     let mut next = from;
     send(tx, Vec::new(), from - 1).await?;
     loop {
-        let (back, fresh) = tokio::task::spawn_blocking(move || {
+        let (back, polled) = tokio::task::spawn_blocking(move || {
             let mut fresh = Vec::new();
-            let result = reader.poll(|record, _| {
+            let mut bytes = 0;
+            // Bounded: a watcher far behind reads the log a piece at a time.
+            let result = reader.poll_at_most(READ_AHEAD, |record, _| {
+                bytes += record.key.len() + record.value.len();
                 if record.version.seq >= from {
                     fresh.push(record.clone());
                 }
             });
-            (reader, result.map(|_| fresh))
+            (reader, result.map(|_| (bytes >= READ_AHEAD, fresh)))
         })
         .await
         .map_err(|e| Status::internal(format!("watch task failed: {e}")))?;
         reader = back;
-        held.extend(fresh.map_err(|e| Status::internal(format!("cannot read the log: {e}")))?);
+        let (more, fresh) =
+            polled.map_err(|e| Status::internal(format!("cannot read the log: {e}")))?;
+        held.extend(fresh);
         if reader.invalidated() {
             let dropped = Dropped::load(dir).unwrap_or_default();
+            metrics::WATCHERS_CUT_OFF
+                .with_label_values(&["compacted"])
+                .inc();
             return Err(compacted(next, dropped));
         }
         let upto = term.committed();
         let mut batch = Vec::new();
+        let mut bytes = 0;
         while held.front().is_some_and(|r| r.version.seq <= upto) {
             let Some(record) = held.pop_front() else {
                 break;
             };
-            next = record.version.seq + 1;
             if !spec.wants(&record.key) {
+                next = record.version.seq + 1;
                 continue;
             }
+            let size = record.key.len() + if spec.values { record.value.len() } else { 0 };
+            if !batch.is_empty() && (batch.len() == BATCH || bytes + size > batch_bytes) {
+                send(tx, std::mem::take(&mut batch), next - 1).await?;
+                bytes = 0;
+            }
+            next = record.version.seq + 1;
+            bytes += size;
             batch.push(Change {
                 key: record.key.to_vec(),
                 version: Some(record.version.into()),
@@ -199,12 +225,14 @@ async fn follow(
                     Vec::new()
                 },
             });
-            if batch.len() == BATCH {
-                send(tx, std::mem::take(&mut batch), next - 1).await?;
-            }
         }
         if !batch.is_empty() {
             send(tx, batch, next - 1).await?;
+        }
+        if more && held.len() < BATCH {
+            // More of the log is there to read already, and what was read is
+            // sent (not waiting for its commit).
+            continue;
         }
         tokio::time::sleep(MIN_POLL).await;
         tokio::select! {
@@ -237,6 +265,7 @@ async fn send(
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
+            metrics::WATCHERS_CUT_OFF.with_label_values(&["slow"]).inc();
             return Err(Status::resource_exhausted(format!(
                 "this watcher did not keep up (its stream stayed full for {SLOW_WATCHER:?}); re-read, then watch again"
             )));

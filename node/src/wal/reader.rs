@@ -69,7 +69,19 @@ impl LogReader {
     ///   them are not delivered again.
     ///
     /// Records passed to `f` have strictly increasing seqs.
-    pub fn poll(&mut self, mut f: impl FnMut(&Record, LogPos)) -> Result<usize> {
+    pub fn poll(&mut self, f: impl FnMut(&Record, LogPos)) -> Result<usize> {
+        self.poll_at_most(usize::MAX, f)
+    }
+
+    /// [`poll`](Self::poll), returning once the records delivered hold
+    /// `bytes` of keys and values (at least one record is delivered): the next
+    /// call goes on from there. Memory stays bounded for a reader far behind
+    /// the end of the log (a WATCH from an old position).
+    pub fn poll_at_most(
+        &mut self,
+        bytes: usize,
+        mut f: impl FnMut(&Record, LogPos),
+    ) -> Result<usize> {
         let LogReader {
             dir,
             fence,
@@ -82,6 +94,7 @@ impl LogReader {
             check_delivered(fence, last, invalidated);
         }
         let mut delivered = 0;
+        let mut delivered_bytes = 0usize;
         loop {
             let segments = list_segments(dir)?;
             if cur.is_none() {
@@ -115,6 +128,11 @@ impl LogReader {
                         if accept(fence, last, invalidated, &record)? {
                             f(&record, pos);
                             delivered += 1;
+                            delivered_bytes = delivered_bytes
+                                .saturating_add(record.key.len() + record.value.len());
+                            if delivered_bytes >= bytes {
+                                return Ok(delivered);
+                            }
                         }
                     }
                     Next::End => break,
