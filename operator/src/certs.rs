@@ -36,7 +36,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::pem::Pem;
 
 use crate::error::{Error, Result};
-use crate::objects::{Names, Seat};
+use crate::names::{Names, Seat};
 
 /// How long the generated CA is valid: long enough never to be in the way. Rotating it is
 /// a deliberate act (docs/SECURITY.md).

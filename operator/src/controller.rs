@@ -21,8 +21,8 @@ use tracing::{error, info, warn};
 use crate::crd::DsmCluster;
 use crate::leader::LeaderElection;
 use crate::metrics::{self, Metrics};
+use crate::names::{LABEL_MANAGED_BY, MANAGER};
 use crate::node::GrpcNodes;
-use crate::objects::{LABEL_MANAGED_BY, MANAGER};
 use crate::reconcile::{Context, error_policy, reconcile};
 
 /// How the operator runs (from its command line).

@@ -22,8 +22,8 @@ use kube::api::ObjectMeta;
 use crate::crd::{DsmCluster, DsmClusterSpec, DsmClusterStatus};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::names::{ANNOTATION_SPEC_HASH, LABEL_ROLE, Names, Role, Seat};
 use crate::node::{DrainReply, NodeApi, NodeCredentials, StatusReply};
-use crate::objects::{ANNOTATION_SPEC_HASH, LABEL_ROLE, Names, Role, Seat};
 use crate::reconcile::Context;
 
 /// A DsmCluster named `test` in namespace `testns`, as the API server would return it.

@@ -20,8 +20,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use crate::crd::DsmCluster;
+use crate::names::{ANNOTATION_SPEC_HASH, LABEL_ROLE, Names, Role, Seat};
 use crate::node::StatusReply;
-use crate::objects::{ANNOTATION_SPEC_HASH, LABEL_ROLE, Names, Role, Seat};
 
 /// What the reconciler saw of the cluster before deciding.
 #[derive(Clone, Debug, Default)]

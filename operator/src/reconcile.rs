@@ -44,9 +44,10 @@ use crate::certs::{self, CaPems, MemberPems};
 use crate::crd::{DsmCluster, DsmClusterStatus, GROUP, SpecError, TlsClientAuth};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::names::{MANAGER, Names, Seat};
 use crate::netpol;
 use crate::node::{self, NodeApi, NodeCredentials};
-use crate::objects::{self, MANAGER, Names, Seat};
+use crate::objects;
 use crate::plan::{Observed, Plan, SeatAction, plan};
 use crate::status::{self, condition_status};
 
@@ -621,7 +622,7 @@ mod tests {
     use crate::fixtures::{
         Call, FakeNodes, active_status, crash_looping, ready_slave_set, seat_pod, test_cluster,
     };
-    use crate::objects::Role;
+    use crate::names::Role;
     use k8s_openapi::jiff::SignedDuration;
 
     /// Runs one reconcile against a mocked API server and returns the calls it made.

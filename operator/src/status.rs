@@ -20,7 +20,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::crd::{DsmCluster, DsmClusterStatus, Endpoints, SpecError};
-use crate::objects::{Names, Seat};
+use crate::names::{Names, Seat};
 use crate::plan::{Observed, Plan, pod_ready};
 
 /// Phase while the cluster has never been ready.
@@ -431,7 +431,7 @@ mod tests {
     use crate::fixtures::{
         REFUSED_CONFIG_LOG, active_status, crash_looping, ready_slave_set, seat_pod, test_cluster,
     };
-    use crate::objects::Role;
+    use crate::names::Role;
     use crate::plan::plan;
     use k8s_openapi::api::core::v1::{
         ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,

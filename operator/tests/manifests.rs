@@ -11,8 +11,9 @@ use std::process::Command;
 
 use dsm_operator::certs;
 use dsm_operator::crd::{AccessMode, DsmCluster, DsmClusterSpec, TlsClientAuth};
+use dsm_operator::names::{Names, Role, Seat};
 use dsm_operator::netpol;
-use dsm_operator::objects::{self, Names, Role, Seat};
+use dsm_operator::objects;
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
