@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::names::{ANNOTATION_SPEC_HASH, LABEL_ROLE, Names, Role, Seat};
 use crate::node::{DrainReply, NodeApi, NodeCredentials, StatusReply};
+use crate::plan::Observed;
 use crate::reconcile::Context;
 
 /// A DsmCluster named `test` in namespace `testns`, as the API server would return it.
@@ -80,6 +81,24 @@ pub fn ready_slave_set(replicas: i32, ready: i32) -> StatefulSet {
             update_revision: Some("rev1".to_string()),
             ..StatefulSetStatus::default()
         }),
+    }
+}
+
+/// The desired spec hashes of the master and backup pods, in the order `plan` takes
+/// them, that the pods of [`healthy`] carry.
+pub const POD_HASHES: [&str; 2] = ["m1", "b1"];
+
+/// A healthy cluster as observed: the master active at `epoch`, the backup standby, both
+/// ready and up to date with [`POD_HASHES`]; three slaves, all ready.
+pub fn healthy(names: &Names, epoch: u64) -> Observed {
+    Observed {
+        slave_set: Some(ready_slave_set(3, 3)),
+        pods: vec![
+            seat_pod(names, Seat::Master, POD_HASHES[0], Role::Active, true),
+            seat_pod(names, Seat::Backup, POD_HASHES[1], Role::Standby, true),
+        ],
+        master: Some(active_status(names, epoch)),
+        backup: None,
     }
 }
 

@@ -296,7 +296,9 @@ pub fn plan(dc: &DsmCluster, names: &Names, observed: &Observed, hashes: [&str; 
 mod tests {
     use super::*;
     use crate::crd::DsmClusterSpec;
-    use crate::fixtures::{active_status, ready_slave_set, seat_pod, test_cluster};
+    use crate::fixtures::{
+        POD_HASHES, active_status, healthy, ready_slave_set, seat_pod, test_cluster,
+    };
     use crate::objects::master_pod_hash;
 
     fn setup(spec: DsmClusterSpec) -> (DsmCluster, Names) {
@@ -305,25 +307,10 @@ mod tests {
         (dc, names)
     }
 
-    const HASHES: [&str; 2] = ["m1", "b1"];
-
-    /// Master active and backup standby, both ready and up to date; three ready slaves.
-    fn healthy(names: &Names) -> Observed {
-        Observed {
-            slave_set: Some(ready_slave_set(3, 3)),
-            pods: vec![
-                seat_pod(names, Seat::Master, "m1", Role::Active, true),
-                seat_pod(names, Seat::Backup, "b1", Role::Standby, true),
-            ],
-            master: Some(active_status(names, 3)),
-            backup: None,
-        }
-    }
-
     #[test]
     fn a_new_cluster_creates_everything_at_the_desired_size() {
         let (dc, names) = setup(DsmClusterSpec::default());
-        let plan = plan(&dc, &names, &Observed::default(), HASHES);
+        let plan = plan(&dc, &names, &Observed::default(), POD_HASHES);
         assert_eq!(plan.slave_replicas, 3);
         assert_eq!(plan.drain, None);
         assert_eq!(plan.master, SeatAction::Apply(Role::Standby));
@@ -333,7 +320,7 @@ mod tests {
     #[test]
     fn a_healthy_cluster_changes_nothing() {
         let (dc, names) = setup(DsmClusterSpec::default());
-        let plan = plan(&dc, &names, &healthy(&names), HASHES);
+        let plan = plan(&dc, &names, &healthy(&names, 3), POD_HASHES);
         assert_eq!(plan.master, SeatAction::Apply(Role::Active));
         assert_eq!(plan.backup, SeatAction::Apply(Role::Standby));
         assert!(plan.rollout.is_empty(), "{:?}", plan.rollout);
@@ -344,7 +331,7 @@ mod tests {
         let mut spec = DsmClusterSpec::default();
         spec.slaves.replicas = 1;
         let (dc, names) = setup(spec);
-        let plan = plan(&dc, &names, &healthy(&names), HASHES);
+        let plan = plan(&dc, &names, &healthy(&names, 3), POD_HASHES);
         assert_eq!(plan.drain.as_deref(), Some("test-slave-2"));
         assert_eq!(plan.slave_replicas, 2, "one slave at a time");
     }
@@ -356,7 +343,7 @@ mod tests {
         // Admission forbids this; if it slips through, the quorum wins.
         spec.replication.factor = Some(3);
         let (dc, names) = setup(spec);
-        let plan = plan(&dc, &names, &healthy(&names), HASHES);
+        let plan = plan(&dc, &names, &healthy(&names, 3), POD_HASHES);
         assert_eq!(plan.drain, None);
         assert_eq!(plan.slave_replicas, 3);
     }
@@ -364,12 +351,12 @@ mod tests {
     #[test]
     fn failover_moves_the_active_label() {
         let (dc, names) = setup(DsmClusterSpec::default());
-        let mut observed = healthy(&names);
+        let mut observed = healthy(&names, 3);
         let mut backup = active_status(&names, 3);
         backup.epoch = 2;
         observed.master = None;
         observed.backup = Some(backup);
-        let plan = plan(&dc, &names, &observed, HASHES);
+        let plan = plan(&dc, &names, &observed, POD_HASHES);
         assert_eq!(plan.master, SeatAction::Apply(Role::Standby));
         assert_eq!(plan.backup, SeatAction::Apply(Role::Active));
         assert_eq!(observed.active_seat(), Some((Seat::Backup, 2)));
@@ -378,16 +365,16 @@ mod tests {
     #[test]
     fn roles_stay_when_no_node_answers() {
         let (dc, names) = setup(DsmClusterSpec::default());
-        let mut observed = healthy(&names);
+        let mut observed = healthy(&names, 3);
         observed.master = None;
-        let plan = plan(&dc, &names, &observed, HASHES);
+        let plan = plan(&dc, &names, &observed, POD_HASHES);
         assert_eq!(plan.master, SeatAction::Apply(Role::Active));
     }
 
     #[test]
     fn image_rollout_replaces_the_standby_before_the_active_master() {
         let (dc, names) = setup(DsmClusterSpec::default());
-        let observed = healthy(&names);
+        let observed = healthy(&names, 3);
         let next = ["m2", "b2"];
         let first = plan(&dc, &names, &observed, next);
         assert_eq!(first.backup, SeatAction::Replace);
@@ -574,7 +561,7 @@ mod tests {
     #[test]
     fn masters_wait_for_slaves_to_roll_out() {
         let (dc, names) = setup(DsmClusterSpec::default());
-        let mut observed = healthy(&names);
+        let mut observed = healthy(&names, 3);
         observed.slave_set = Some(ready_slave_set(3, 2));
         let plan = plan(&dc, &names, &observed, ["m2", "b2"]);
         assert_eq!(plan.master, SeatAction::Wait);
@@ -584,7 +571,7 @@ mod tests {
     #[test]
     fn the_active_master_waits_for_a_ready_standby() {
         let (dc, names) = setup(DsmClusterSpec::default());
-        let mut observed = healthy(&names);
+        let mut observed = healthy(&names, 3);
         observed.pods[1] = seat_pod(&names, Seat::Backup, "b1", Role::Standby, false);
         let plan = plan(&dc, &names, &observed, ["m2", "b1"]);
         assert_eq!(plan.master, SeatAction::Wait);
@@ -595,9 +582,9 @@ mod tests {
         let mut spec = DsmClusterSpec::default();
         spec.backup.enabled = false;
         let (dc, names) = setup(spec);
-        let plan = plan(&dc, &names, &healthy(&names), HASHES);
+        let plan = plan(&dc, &names, &healthy(&names, 3), POD_HASHES);
         assert_eq!(plan.backup, SeatAction::Remove);
-        let empty = super::plan(&dc, &names, &Observed::default(), HASHES);
+        let empty = super::plan(&dc, &names, &Observed::default(), POD_HASHES);
         assert_eq!(empty.backup, SeatAction::Absent);
     }
 
@@ -606,7 +593,7 @@ mod tests {
         let mut spec = DsmClusterSpec::default();
         spec.backup.enabled = false;
         let (dc, names) = setup(spec);
-        let mut observed = healthy(&names);
+        let mut observed = healthy(&names, 3);
         observed.pods.truncate(1);
         let plan = plan(&dc, &names, &observed, ["m2", "b2"]);
         assert_eq!(plan.master, SeatAction::Replace);

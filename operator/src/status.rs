@@ -429,7 +429,8 @@ mod tests {
     use super::*;
     use crate::crd::DsmClusterSpec;
     use crate::fixtures::{
-        REFUSED_CONFIG_LOG, active_status, crash_looping, ready_slave_set, seat_pod, test_cluster,
+        POD_HASHES, REFUSED_CONFIG_LOG, crash_looping, healthy, ready_slave_set, seat_pod,
+        test_cluster,
     };
     use crate::names::Role;
     use crate::plan::plan;
@@ -437,23 +438,9 @@ mod tests {
         ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
     };
 
-    const HASHES: [&str; 2] = ["m1", "b1"];
-
-    fn healthy(names: &Names) -> Observed {
-        Observed {
-            slave_set: Some(ready_slave_set(3, 3)),
-            pods: vec![
-                seat_pod(names, Seat::Master, "m1", Role::Active, true),
-                seat_pod(names, Seat::Backup, "b1", Role::Standby, true),
-            ],
-            master: Some(active_status(names, 7)),
-            backup: None,
-        }
-    }
-
     fn status_of(dc: &DsmCluster, observed: &Observed) -> DsmClusterStatus {
         let names = Names::of(dc).expect("names");
-        let plan = plan(dc, &names, observed, HASHES);
+        let plan = plan(dc, &names, observed, POD_HASHES);
         compute(dc, &names, observed, &plan, Timestamp::UNIX_EPOCH)
     }
 
@@ -471,7 +458,7 @@ mod tests {
     fn a_healthy_cluster_is_running_and_names_its_master() {
         let dc = test_cluster(DsmClusterSpec::default());
         let names = Names::of(&dc).expect("names");
-        let status = status_of(&dc, &healthy(&names));
+        let status = status_of(&dc, &healthy(&names, 7));
         assert_eq!(status.phase, PHASE_RUNNING);
         assert_eq!(status.active_master.as_deref(), Some("test-master"));
         assert_eq!(status.epoch, Some(7));
@@ -500,9 +487,9 @@ mod tests {
     fn a_dying_slave_makes_a_running_cluster_degraded() {
         let dc = test_cluster(DsmClusterSpec::default());
         let names = Names::of(&dc).expect("names");
-        let running = status_of(&dc, &healthy(&names));
+        let running = status_of(&dc, &healthy(&names, 7));
         let dc = dc.with_status(running);
-        let mut observed = healthy(&names);
+        let mut observed = healthy(&names, 7);
         observed.slave_set = Some(ready_slave_set(3, 2));
         let status = status_of(&dc, &observed);
         assert_eq!(status.phase, PHASE_DEGRADED);
@@ -516,9 +503,9 @@ mod tests {
     fn losing_the_master_makes_a_running_cluster_unavailable() {
         let dc = test_cluster(DsmClusterSpec::default());
         let names = Names::of(&dc).expect("names");
-        let running = status_of(&dc, &healthy(&names));
+        let running = status_of(&dc, &healthy(&names, 7));
         let dc = dc.with_status(running);
-        let mut observed = healthy(&names);
+        let mut observed = healthy(&names, 7);
         observed.master = None;
         observed.pods[0] = seat_pod(&names, Seat::Master, "m1", Role::Active, false);
         let status = status_of(&dc, &observed);
@@ -531,11 +518,11 @@ mod tests {
     fn an_unchanged_cluster_keeps_its_transition_times() {
         let dc = test_cluster(DsmClusterSpec::default());
         let names = Names::of(&dc).expect("names");
-        let first = status_of(&dc, &healthy(&names));
+        let first = status_of(&dc, &healthy(&names, 7));
         let dc = dc.with_status(first.clone());
-        let plan = plan(&dc, &names, &healthy(&names), HASHES);
+        let plan = plan(&dc, &names, &healthy(&names, 7), POD_HASHES);
         let later = Timestamp::from_second(1_000_000).expect("timestamp");
-        let second = compute(&dc, &names, &healthy(&names), &plan, later);
+        let second = compute(&dc, &names, &healthy(&names, 7), &plan, later);
         assert_eq!(first, second);
     }
 
@@ -551,9 +538,9 @@ mod tests {
     /// active master still runs the old one and waits for the standby to be ready.
     fn standby_replaced(names: &Names, standby: Pod) -> (Observed, Plan, DsmCluster) {
         let dc = test_cluster(DsmClusterSpec::default());
-        let running = status_of(&dc, &healthy(names));
+        let running = status_of(&dc, &healthy(names, 7));
         let dc = dc.with_status(running);
-        let mut observed = healthy(names);
+        let mut observed = healthy(names, 7);
         observed.pods[1] = standby;
         let plan = plan(&dc, names, &observed, ["m2", "b2"]);
         (observed, plan, dc)
@@ -634,9 +621,9 @@ mod tests {
     fn a_slave_that_cannot_pull_its_image_degrades_a_running_cluster() {
         let dc = test_cluster(DsmClusterSpec::default());
         let names = Names::of(&dc).expect("names");
-        let running = status_of(&dc, &healthy(&names));
+        let running = status_of(&dc, &healthy(&names, 7));
         let dc = dc.with_status(running);
-        let mut observed = healthy(&names);
+        let mut observed = healthy(&names, 7);
         observed.slave_set = Some(ready_slave_set(3, 2));
         let mut slave = seat_pod(&names, Seat::Master, "m1", Role::Standby, false);
         slave.metadata.name = Some("test-slave-2".to_string());
@@ -751,7 +738,7 @@ mod tests {
     fn paused_keeps_observations_and_says_so() {
         let dc = test_cluster(DsmClusterSpec::default());
         let names = Names::of(&dc).expect("names");
-        let running = status_of(&dc, &healthy(&names));
+        let running = status_of(&dc, &healthy(&names, 7));
         let dc = dc.with_status(running);
         let status = paused(&dc, Timestamp::UNIX_EPOCH);
         assert_eq!(status.phase, PHASE_PAUSED);
