@@ -12,7 +12,7 @@
 //! 1. apply the ConfigMap, the log PVC, the Services, the PodDisruptionBudget and the
 //!    NetworkPolicies; with TLS, create the CA and issue or renew the member certificate
 //!    (unless the user brings their own Secret); read what dialling the nodes takes (CA,
-//!    token) from the cluster's Secrets;
+//!    token) from the cluster's Secrets (both in `reconcile/access.rs`);
 //! 2. read the slave StatefulSet and the cluster's pods, and ask both master-capable
 //!    nodes for `Kv.Status`;
 //! 3. [`plan`] the changes; drain a slave through the active master if scaling down;
@@ -32,7 +32,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
@@ -40,16 +40,19 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
-use crate::certs::{self, CaPems, MemberPems};
-use crate::crd::{DsmCluster, DsmClusterStatus, GROUP, SpecError, TlsClientAuth};
+use crate::crd::{DsmCluster, DsmClusterStatus, GROUP, SpecError};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::names::{MANAGER, Names, Seat};
 use crate::netpol;
-use crate::node::{self, NodeApi, NodeCredentials};
+use crate::node::{self, NodeApi};
 use crate::objects;
 use crate::plan::{Observed, Plan, SeatAction, plan};
 use crate::status::{self, condition_status};
+
+mod access;
+
+use access::{Access, node_access};
 
 /// How soon to look again while something is changing (pods starting, a rollout).
 const REQUEUE_BUSY: Duration = Duration::from_secs(5);
@@ -75,11 +78,6 @@ pub struct Context {
     /// masters; `None` (running outside the cluster) lets any namespace's operator pod in.
     pub operator_namespace: Option<String>,
 }
-
-/// What dialling a cluster's nodes takes, or why it cannot be done yet (a Secret the
-/// user provides is missing or incomplete). Without credentials the node calls are
-/// skipped, as if the nodes were unreachable: an observation, not a reconcile failure.
-type Access = std::result::Result<NodeCredentials, String>;
 
 /// Reconciles one DsmCluster. See the module documentation for the order of steps.
 ///
@@ -351,133 +349,6 @@ async fn drain(
             ))
         }
     }
-}
-
-/// Makes sure the TLS Secrets exist (issuing them when the operator does), and reads
-/// what dialling the nodes takes: the CA, a client certificate when the masters demand
-/// one, a read-write token when they demand tokens.
-///
-/// # Errors
-/// API failures, and a CA Secret of the operator's that is unusable (it is never
-/// replaced: every member trusts it). Problems with Secrets the user provides are not
-/// errors but an `Err` [`Access`] saying what is missing.
-async fn node_access(
-    secrets: &Api<Secret>,
-    dc: &DsmCluster,
-    names: &Names,
-    events: &mut Vec<Event>,
-) -> Result<Access> {
-    let mut credentials = NodeCredentials::default();
-    if let Some(name) = objects::member_tls_secret(dc, names) {
-        let member = if dc.spec.tls.secret_name.is_some() {
-            let Some(secret) = secrets.get_opt(&name).await.map_err(Error::Kube)? else {
-                return Ok(Err(format!(
-                    "the TLS Secret {name} (spec.tls.secretName) does not exist"
-                )));
-            };
-            match MemberPems::from_secret(&secret) {
-                Ok(member) => member,
-                Err(why) => return Ok(Err(format!("the TLS Secret {name}: {why}"))),
-            }
-        } else {
-            ensure_tls_secrets(secrets, dc, names, Timestamp::now(), events).await?
-        };
-        if dc.spec.tls.client_auth == Some(TlsClientAuth::Required) {
-            credentials.identity = Some((member.cert, member.key));
-        }
-        credentials.ca = Some(member.ca);
-    }
-    if let Some(name) = &dc.spec.auth.secret_name {
-        let Some(secret) = secrets.get_opt(name).await.map_err(Error::Kube)? else {
-            return Ok(Err(format!(
-                "the auth Secret {name} (spec.auth.secretName) does not exist"
-            )));
-        };
-        let tokens = certs::secret_text(&secret, objects::TOKENS).unwrap_or_default();
-        let Some(token) = node::first_token(&tokens) else {
-            return Ok(Err(format!(
-                "the auth Secret {name} has no token under `{}`",
-                objects::TOKENS
-            )));
-        };
-        match node::bearer(token) {
-            Ok(value) => credentials.token = Some(value),
-            Err(why) => return Ok(Err(format!("the auth Secret {name}: {why}"))),
-        }
-    }
-    Ok(Ok(credentials))
-}
-
-/// Creates the CA Secret if it does not exist, and issues the member certificate Secret
-/// when it does not exist or must be renewed ([`certs::reissue_reason`]); returns the
-/// member Secret's contents. An existing CA is never replaced, and a valid member
-/// Secret is left exactly as it is.
-async fn ensure_tls_secrets(
-    secrets: &Api<Secret>,
-    dc: &DsmCluster,
-    names: &Names,
-    now: Timestamp,
-    events: &mut Vec<Event>,
-) -> Result<MemberPems> {
-    // `create`, not apply: it fails rather than overwrite a CA that appeared meanwhile.
-    let create = PostParams {
-        field_manager: Some(MANAGER.to_string()),
-        ..PostParams::default()
-    };
-    let ca_name = names.tls_ca();
-    let ca = match secrets.get_opt(&ca_name).await.map_err(Error::Kube)? {
-        Some(secret) => CaPems::from_secret(&secret, &ca_name)?,
-        None => {
-            let ca = certs::generate_ca(names, now)?;
-            secrets
-                .create(&create, &objects::tls_ca_secret(dc, names, &ca)?)
-                .await
-                .map_err(Error::Kube)?;
-            info!(secret = %ca_name, "generated the cluster CA");
-            events.push(event(
-                EventType::Normal,
-                "GeneratedCA",
-                "IssueCertificate",
-                format!("generated the cluster CA in Secret {ca_name}"),
-            ));
-            ca
-        }
-    };
-    let name = names.tls();
-    // Why the existing certificate is replaced; `None` when there is none yet.
-    let renewal = match secrets.get_opt(&name).await.map_err(Error::Kube)? {
-        None => None,
-        Some(secret) => Some(match MemberPems::from_secret(&secret) {
-            Ok(member) => match certs::reissue_reason(&member, &ca, names, now) {
-                None => return Ok(member),
-                Some(why) => why,
-            },
-            Err(why) => why,
-        }),
-    };
-    let member = certs::issue_member(&ca, names, now)?;
-    let secret = objects::tls_secret(dc, names, &member)?;
-    let note = match renewal {
-        None => {
-            secrets
-                .create(&create, &secret)
-                .await
-                .map_err(Error::Kube)?;
-            format!("issued the member certificate in Secret {name}")
-        }
-        Some(why) => {
-            apply(secrets, &secret).await?;
-            format!("renewed the member certificate in Secret {name}: {why}")
-        }
-    };
-    info!(secret = %name, "{note}");
-    events.push(event(
-        EventType::Normal,
-        "IssuedCertificate",
-        "IssueCertificate",
-        note,
-    ));
-    Ok(member)
 }
 
 fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {

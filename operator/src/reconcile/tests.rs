@@ -2,6 +2,7 @@
 //! exact requests made, the status written and the Events published.
 
 use super::*;
+use crate::certs::{self, CaPems, MemberPems};
 use crate::crd::DsmClusterSpec;
 use crate::fixtures::{
     Call, FakeNodes, active_status, crash_looping, ready_slave_set, seat_pod, test_cluster,
