@@ -132,7 +132,8 @@ pub fn seat_pod(names: &Names, seat: Seat, hash: &str, role: Role, ready: bool) 
 }
 
 /// The log tail a master leaves in `lastState.terminated.message` when it refuses its
-/// configuration (what the issue's crash-looping standby said).
+/// configuration: here a standby restarted after a scale from 3 to 5 slaves with the
+/// replication factor still pinned at 2, which crash-loops on it.
 pub const REFUSED_CONFIG_LOG: &str = "2026-01-01T00:00:00Z  INFO dsm: starting backup\n\
 error: --replication-factor 2 is not a majority of --slaves 5: two writes could reach disjoint slaves; use at least 3\n";
 

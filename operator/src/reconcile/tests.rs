@@ -246,7 +246,8 @@ async fn an_invalid_factor_rolls_nothing_out_and_says_why() {
     let dc = test_cluster(DsmClusterSpec::default());
     let (sts, pods, nodes) = running(&dc, 3, 3);
     let status = status_after(&dc, sts.clone(), pods.clone(), nodes.clone()).await;
-    // What the user did: five slaves, factor still pinned at 2.
+    // Scaled to five slaves with the factor still pinned at 2, a majority of the three
+    // before but not of five.
     let mut spec = DsmClusterSpec::default();
     spec.slaves.replicas = 5;
     spec.replication.factor = Some(2);
