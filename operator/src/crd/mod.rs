@@ -605,9 +605,9 @@ pub enum SpecError {
 }
 
 /// The YAML of the CustomResourceDefinition, as `dsm-operator crd` prints it.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&DsmCluster::crd())
+    serde_saphyr::to_string(&DsmCluster::crd())
 }
 
 #[cfg(test)]

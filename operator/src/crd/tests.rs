@@ -157,7 +157,7 @@ fn admission_accepts_an_empty_spec_and_the_shipped_examples() {
     for entry in std::fs::read_dir(&examples).expect("manifests/examples") {
         let path = entry.expect("entry").path();
         let text = std::fs::read_to_string(&path).expect("example");
-        let example: serde_json::Value = serde_yaml::from_str(&text).expect("YAML");
+        let example: serde_json::Value = serde_saphyr::from_str(&text).expect("YAML");
         assert_eq!(
             admit(&example, None),
             Vec::<String>::new(),
