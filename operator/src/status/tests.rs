@@ -18,6 +18,16 @@ fn status_of(dc: &DsmCluster, observed: &Observed) -> DsmClusterStatus {
     compute(dc, &names, observed, &plan, Timestamp::UNIX_EPOCH)
 }
 
+/// A default cluster that has been running: its status is that of [`healthy`], which is
+/// also the observation returned for a test to change.
+fn running() -> (DsmCluster, Names, Observed) {
+    let dc = test_cluster(DsmClusterSpec::default());
+    let names = Names::of(&dc).expect("names");
+    let status = status_of(&dc, &healthy(&names, 7));
+    let observed = healthy(&names, 7);
+    (dc.with_status(status), names, observed)
+}
+
 #[test]
 fn a_new_cluster_is_creating_not_degraded() {
     let dc = test_cluster(DsmClusterSpec::default());
@@ -59,11 +69,7 @@ fn a_healthy_cluster_is_running_and_names_its_master() {
 
 #[test]
 fn a_dying_slave_makes_a_running_cluster_degraded() {
-    let dc = test_cluster(DsmClusterSpec::default());
-    let names = Names::of(&dc).expect("names");
-    let running = status_of(&dc, &healthy(&names, 7));
-    let dc = dc.with_status(running);
-    let mut observed = healthy(&names, 7);
+    let (dc, _, mut observed) = running();
     observed.slave_set = Some(ready_slave_set(3, 2));
     let status = status_of(&dc, &observed);
     assert_eq!(status.phase, PHASE_DEGRADED);
@@ -75,11 +81,7 @@ fn a_dying_slave_makes_a_running_cluster_degraded() {
 
 #[test]
 fn losing_the_master_makes_a_running_cluster_unavailable() {
-    let dc = test_cluster(DsmClusterSpec::default());
-    let names = Names::of(&dc).expect("names");
-    let running = status_of(&dc, &healthy(&names, 7));
-    let dc = dc.with_status(running);
-    let mut observed = healthy(&names, 7);
+    let (dc, names, mut observed) = running();
     observed.master = None;
     observed.pods[0] = seat_pod(&names, Seat::Master, "m1", Role::Active, false);
     let status = status_of(&dc, &observed);
@@ -111,10 +113,7 @@ fn condition_of<'a>(status: &'a DsmClusterStatus, type_: &str) -> &'a Condition 
 /// Mid-rollout to a new master spec (hashes `m2`/`b2`): the standby was replaced, the
 /// active master still runs the old one and waits for the standby to be ready.
 fn standby_replaced(names: &Names, standby: Pod) -> (Observed, Plan, DsmCluster) {
-    let dc = test_cluster(DsmClusterSpec::default());
-    let running = status_of(&dc, &healthy(names, 7));
-    let dc = dc.with_status(running);
-    let mut observed = healthy(names, 7);
+    let (dc, _, mut observed) = running();
     observed.pods[1] = standby;
     let plan = plan(&dc, names, &observed, ["m2", "b2"]);
     (observed, plan, dc)
@@ -193,11 +192,7 @@ fn a_crash_looping_master_of_a_new_cluster_is_degraded_not_creating() {
 
 #[test]
 fn a_slave_that_cannot_pull_its_image_degrades_a_running_cluster() {
-    let dc = test_cluster(DsmClusterSpec::default());
-    let names = Names::of(&dc).expect("names");
-    let running = status_of(&dc, &healthy(&names, 7));
-    let dc = dc.with_status(running);
-    let mut observed = healthy(&names, 7);
+    let (dc, names, mut observed) = running();
     observed.slave_set = Some(ready_slave_set(3, 2));
     let mut slave = seat_pod(&names, Seat::Master, "m1", Role::Standby, false);
     slave.metadata.name = Some("test-slave-2".to_string());
@@ -310,10 +305,7 @@ fn the_error_line_of_a_log_tail_is_the_one_shown() {
 
 #[test]
 fn paused_keeps_observations_and_says_so() {
-    let dc = test_cluster(DsmClusterSpec::default());
-    let names = Names::of(&dc).expect("names");
-    let running = status_of(&dc, &healthy(&names, 7));
-    let dc = dc.with_status(running);
+    let (dc, _, _) = running();
     let status = paused(&dc, Timestamp::UNIX_EPOCH);
     assert_eq!(status.phase, PHASE_PAUSED);
     assert_eq!(status.ready_slaves, 3);
