@@ -18,7 +18,7 @@
 //! 3. [`plan`] the changes; drain a slave through the active master if scaling down;
 //! 4. apply the StatefulSet, create, relabel or replace the master-capable pods, apply
 //!    or remove the client and the ServiceMonitor;
-//! 5. write the [`status`](crate::status) if it changed, and publish Events for what
+//! 5. write the [`status`] if it changed, and publish Events for what
 //!    happened (failover, drain, pod replacement, degradation and recovery).
 
 use std::fmt::Debug;
