@@ -21,8 +21,8 @@ use tracing::{error, info, warn};
 use crate::crd::DsmCluster;
 use crate::leader::LeaderElection;
 use crate::metrics::{self, Metrics};
+use crate::names::{LABEL_MANAGED_BY, MANAGER};
 use crate::node::GrpcNodes;
-use crate::objects::{LABEL_MANAGED_BY, MANAGER};
 use crate::reconcile::{Context, error_policy, reconcile};
 
 /// How the operator runs (from its command line).
@@ -116,7 +116,7 @@ fn configured_namespace(kubeconfig: Option<&Kubeconfig>, config: &Config) -> Opt
 
 /// Where the leader Lease lives: `--lease-namespace`, else the operator's own namespace
 /// (`--namespace`, POD_NAMESPACE in a pod), else the namespace the Kubernetes
-/// configuration names (`configured`, see [`configured_namespace`]). Never a guessed
+/// configuration names (`configured`, see `configured_namespace`). Never a guessed
 /// `default`: run from a laptop with a kubeconfig naming no namespace, the operator would
 /// look for its Lease where the shipped RBAC does not let it, and never lead.
 ///

@@ -22,8 +22,9 @@ use kube::api::ObjectMeta;
 use crate::crd::{DsmCluster, DsmClusterSpec, DsmClusterStatus};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::names::{ANNOTATION_SPEC_HASH, LABEL_ROLE, Names, Role, Seat};
 use crate::node::{DrainReply, NodeApi, NodeCredentials, StatusReply};
-use crate::objects::{ANNOTATION_SPEC_HASH, LABEL_ROLE, Names, Role, Seat};
+use crate::plan::Observed;
 use crate::reconcile::Context;
 
 /// A DsmCluster named `test` in namespace `testns`, as the API server would return it.
@@ -83,6 +84,24 @@ pub fn ready_slave_set(replicas: i32, ready: i32) -> StatefulSet {
     }
 }
 
+/// The desired spec hashes of the master and backup pods, in the order `plan` takes
+/// them, that the pods of [`healthy`] carry.
+pub const POD_HASHES: [&str; 2] = ["m1", "b1"];
+
+/// A healthy cluster as observed: the master active at `epoch`, the backup standby, both
+/// ready and up to date with [`POD_HASHES`]; three slaves, all ready.
+pub fn healthy(names: &Names, epoch: u64) -> Observed {
+    Observed {
+        slave_set: Some(ready_slave_set(3, 3)),
+        pods: vec![
+            seat_pod(names, Seat::Master, POD_HASHES[0], Role::Active, true),
+            seat_pod(names, Seat::Backup, POD_HASHES[1], Role::Standby, true),
+        ],
+        master: Some(active_status(names, epoch)),
+        backup: None,
+    }
+}
+
 /// A master-capable pod as the API server reports it, with the given spec hash and role.
 pub fn seat_pod(names: &Names, seat: Seat, hash: &str, role: Role, ready: bool) -> Pod {
     Pod {
@@ -113,7 +132,8 @@ pub fn seat_pod(names: &Names, seat: Seat, hash: &str, role: Role, ready: bool) 
 }
 
 /// The log tail a master leaves in `lastState.terminated.message` when it refuses its
-/// configuration (what the issue's crash-looping standby said).
+/// configuration: here a standby restarted after a scale from 3 to 5 slaves with the
+/// replication factor still pinned at 2, which crash-loops on it.
 pub const REFUSED_CONFIG_LOG: &str = "2026-01-01T00:00:00Z  INFO dsm: starting backup\n\
 error: --replication-factor 2 is not a majority of --slaves 5: two writes could reach disjoint slaves; use at least 3\n";
 

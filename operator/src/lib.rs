@@ -3,6 +3,7 @@
 //!
 //! A tour of the modules:
 //! - [`crd`]: the `DsmCluster` custom resource, its defaults and schema validation.
+//! - [`names`]: the names, labels and addresses of a cluster's objects.
 //! - [`objects`]: the Kubernetes objects a spec produces, as pure functions.
 //! - [`netpol`]: the NetworkPolicies that limit who may connect to the nodes.
 //! - [`certs`]: the cluster CA and member certificate the operator issues and renews.
@@ -23,6 +24,7 @@ pub mod crd;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod names;
 pub mod netpol;
 pub mod node;
 pub mod objects;

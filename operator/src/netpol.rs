@@ -30,10 +30,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::DsmCluster;
 use crate::error::Result;
-use crate::objects::{
+use crate::names::{
     BACKUP_PORT, LABEL_CLIENT, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME, LABEL_OPERATOR,
-    MASTER_PORT, METRICS_PORT, Names, SLAVE_PORT, labels, meta,
+    MASTER_PORT, METRICS_PORT, Names, SLAVE_PORT, labels,
 };
+use crate::objects::meta;
 
 /// The label Kubernetes sets on every namespace to its name.
 const NAMESPACE_NAME: &str = "kubernetes.io/metadata.name";
@@ -169,7 +170,8 @@ mod tests {
     use super::*;
     use crate::crd::DsmClusterSpec;
     use crate::fixtures::test_cluster;
-    use crate::objects::{Role, Seat, client_deployment, master_pod, slave_set};
+    use crate::names::{Role, Seat};
+    use crate::objects::{client_deployment, master_pod, slave_set};
     use k8s_openapi::api::core::v1::PodTemplateSpec;
 
     /// Whether a selector (labels and `In` expressions only, as here) selects `labels`.

@@ -11,8 +11,9 @@ use std::process::Command;
 
 use dsm_operator::certs;
 use dsm_operator::crd::{AccessMode, DsmCluster, DsmClusterSpec, TlsClientAuth};
+use dsm_operator::names::{Names, Role, Seat};
 use dsm_operator::netpol;
-use dsm_operator::objects::{self, Names, Role, Seat};
+use dsm_operator::objects;
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
@@ -44,26 +45,26 @@ fn cluster(name: &str, spec: DsmClusterSpec) -> DsmCluster {
 fn objects_yaml(dc: &DsmCluster) -> String {
     let names = Names::of(dc).expect("names");
     let docs = [
-        serde_yaml::to_string(&objects::config_map(dc, &names).expect("cm")),
-        serde_yaml::to_string(&objects::log_pvc(dc, &names).expect("pvc")),
-        serde_yaml::to_string(
+        serde_saphyr::to_string(&objects::config_map(dc, &names).expect("cm")),
+        serde_saphyr::to_string(&objects::log_pvc(dc, &names).expect("pvc")),
+        serde_saphyr::to_string(
             &objects::master_pod(dc, &names, Seat::Master, Role::Active).expect("pod"),
         ),
-        serde_yaml::to_string(
+        serde_saphyr::to_string(
             &objects::master_pod(dc, &names, Seat::Backup, Role::Standby).expect("pod"),
         ),
-        serde_yaml::to_string(&objects::seat_service(dc, &names, Seat::Master).expect("svc")),
-        serde_yaml::to_string(&objects::seat_service(dc, &names, Seat::Backup).expect("svc")),
-        serde_yaml::to_string(&objects::leader_service(dc, &names).expect("svc")),
-        serde_yaml::to_string(&objects::slaves_service(dc, &names).expect("svc")),
-        serde_yaml::to_string(
+        serde_saphyr::to_string(&objects::seat_service(dc, &names, Seat::Master).expect("svc")),
+        serde_saphyr::to_string(&objects::seat_service(dc, &names, Seat::Backup).expect("svc")),
+        serde_saphyr::to_string(&objects::leader_service(dc, &names).expect("svc")),
+        serde_saphyr::to_string(&objects::slaves_service(dc, &names).expect("svc")),
+        serde_saphyr::to_string(
             &objects::slave_set(dc, &names, dc.spec.slaves.replicas).expect("sts"),
         ),
-        serde_yaml::to_string(&objects::client_deployment(dc, &names).expect("client")),
-        serde_yaml::to_string(&objects::pod_disruption_budget(dc, &names).expect("pdb")),
-        serde_yaml::to_string(&objects::service_monitor(dc, &names).expect("sm")),
-        serde_yaml::to_string(&netpol::slaves_policy(dc, &names).expect("policy")),
-        serde_yaml::to_string(
+        serde_saphyr::to_string(&objects::client_deployment(dc, &names).expect("client")),
+        serde_saphyr::to_string(&objects::pod_disruption_budget(dc, &names).expect("pdb")),
+        serde_saphyr::to_string(&objects::service_monitor(dc, &names).expect("sm")),
+        serde_saphyr::to_string(&netpol::slaves_policy(dc, &names).expect("policy")),
+        serde_saphyr::to_string(
             &netpol::masters_policy(dc, &names, Some("dsm-system")).expect("policy"),
         ),
     ];
@@ -71,10 +72,10 @@ fn objects_yaml(dc: &DsmCluster) -> String {
     if dc.spec.tls.enabled && dc.spec.tls.secret_name.is_none() {
         let ca = certs::generate_ca(&names, Timestamp::now()).expect("CA");
         let member = certs::issue_member(&ca, &names, Timestamp::now()).expect("member");
-        docs.push(serde_yaml::to_string(
+        docs.push(serde_saphyr::to_string(
             &objects::tls_ca_secret(dc, &names, &ca).expect("secret"),
         ));
-        docs.push(serde_yaml::to_string(
+        docs.push(serde_saphyr::to_string(
             &objects::tls_secret(dc, &names, &member).expect("secret"),
         ));
     }
