@@ -27,6 +27,7 @@ use dsm::metrics::MetricsListen;
 use dsm::security::{MemberTlsArgs, Security, TokenArgs};
 use dsm::slave::store::StoreOptions;
 use dsm::slave::{Slave, SlaveConfig};
+use dsm::snapshot::Restored;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -109,6 +110,10 @@ enum SnapshotCommand {
         /// The log directory to create; it must not hold a log already.
         #[arg(long, env = "DSM_LOG_DIR")]
         log_dir: PathBuf,
+        /// When the directory already holds a log, change nothing and exit
+        /// 0 (for an init container that runs at every pod start).
+        #[arg(long)]
+        if_empty: bool,
     },
 }
 
@@ -455,15 +460,26 @@ async fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
                 tokio::task::spawn_blocking(move || dsm::snapshot::read(&file, |_| {})).await??;
             println!("{summary}");
         }
-        SnapshotCommand::Restore { file, log_dir } => {
+        SnapshotCommand::Restore {
+            file,
+            log_dir,
+            if_empty,
+        } => {
             let dir = log_dir.clone();
-            let summary =
-                tokio::task::spawn_blocking(move || dsm::snapshot::restore(&file, &dir)).await??;
-            println!(
-                "restored {} keys into {} (start a master on it, with empty slaves)\n{summary}",
-                summary.keys,
-                log_dir.display()
-            );
+            let restored =
+                tokio::task::spawn_blocking(move || dsm::snapshot::restore(&file, &dir, if_empty))
+                    .await??;
+            match restored {
+                Restored::Built(summary) => println!(
+                    "restored {} keys into {} (start a master on it, with empty slaves)\n{summary}",
+                    summary.keys,
+                    log_dir.display()
+                ),
+                Restored::AlreadyHeld => println!(
+                    "{} already holds a log; nothing restored (--if-empty)",
+                    log_dir.display()
+                ),
+            }
         }
     }
     Ok(())

@@ -21,7 +21,7 @@
 //! start empty: the new master copies every key to them from the log.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -234,28 +234,32 @@ fn trailer_bytes(digest: Digest) -> Vec<u8> {
 pub fn read(path: &Path, mut each: impl FnMut(wal::Record)) -> anyhow::Result<Summary> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let file_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut input = BufReader::new(file);
-    let mut bytes = Vec::new();
-    input
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read {}", path.display()))?;
     let name = path.display();
-    let rest = bytes
+    let mut input = Chunked::new(file);
+    let read_err = |e: std::io::Error| anyhow::anyhow!("cannot read {name}: {e}");
+    input.fill(MAGIC.len() + HEADER_LEN).map_err(read_err)?;
+    let start = input.pending();
+    let rest = start
         .strip_prefix(&MAGIC[..])
         .with_context(|| format!("{name} is not a DSM snapshot (no DSMSNAP1 magic)"))?;
     if rest.len() < HEADER_LEN {
         bail!("{name} is cut short: its header is incomplete");
     }
-    let (header, mut rest) = rest.split_at(HEADER_LEN);
+    let header = &rest[..HEADER_LEN];
     let number = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
     let format = u32::from_le_bytes(header[..4].try_into().unwrap_or_default());
     if format != FORMAT {
         bail!("{name} is snapshot format {format}; this dsm reads format {FORMAT}");
     }
     let position = Version::new(number(&header[4..12]), number(&header[12..20]));
+    input.consume(MAGIC.len() + HEADER_LEN);
     let mut digest = Digest::default();
     loop {
-        if let Some(trailer) = rest.strip_prefix(&END[..]) {
+        input.fill(END.len()).map_err(read_err)?;
+        if input.pending().starts_with(&END[..]) {
+            // The trailer ends the file: read to the end to see that it does.
+            input.fill(END.len() + TRAILER_LEN + 1).map_err(read_err)?;
+            let trailer = &input.pending()[END.len()..];
             if trailer.len() != TRAILER_LEN {
                 bail!(
                     "{name} has a damaged trailer ({} bytes, not {TRAILER_LEN})",
@@ -279,11 +283,15 @@ pub fn read(path: &Path, mut each: impl FnMut(wal::Record)) -> anyhow::Result<Su
                 file_bytes,
             });
         }
-        match frame::parse(rest) {
+        match frame::parse(input.pending()) {
             frame::Parsed::Record(record, len) => {
                 digest.add(&record.key, record.version, &record.value);
-                rest = &rest[len..];
+                input.consume(len);
                 each(record);
+            }
+            frame::Parsed::Incomplete { .. } if !input.at_end() => {
+                let more = input.pending().len() + READ_CHUNK;
+                input.fill(more).map_err(read_err)?;
             }
             frame::Parsed::Incomplete { .. } => {
                 bail!(
@@ -298,15 +306,84 @@ pub fn read(path: &Path, mut each: impl FnMut(wal::Record)) -> anyhow::Result<Su
     }
 }
 
-/// `dsm snapshot restore`: builds the log directory `dir` (which must not
-/// hold a log yet) from the snapshot at `path` (module doc).
-///
-/// # Errors
-/// A bad snapshot file (see [`read`]), a directory that already holds a log,
-/// or a write that fails.
-pub fn restore(path: &Path, dir: &Path) -> anyhow::Result<Summary> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let occupied = std::fs::read_dir(dir)
+/// Bytes read from a snapshot file at a time.
+const READ_CHUNK: usize = 1 << 20;
+
+/// A file read a chunk at a time, so that memory holds one entry and a chunk
+/// whatever the snapshot's size.
+struct Chunked {
+    file: File,
+    buf: Vec<u8>,
+    /// Start of the bytes not consumed yet.
+    start: usize,
+    eof: bool,
+}
+
+impl Chunked {
+    fn new(file: File) -> Chunked {
+        Chunked {
+            file,
+            buf: Vec::new(),
+            start: 0,
+            eof: false,
+        }
+    }
+
+    /// The bytes read and not consumed yet.
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.buf.len());
+    }
+
+    /// Whether the whole file has been read.
+    fn at_end(&self) -> bool {
+        self.eof
+    }
+
+    /// Reads until at least `n` bytes are pending, or the file ends.
+    fn fill(&mut self, n: usize) -> std::io::Result<()> {
+        if self.start > 0 && self.start == self.buf.len() || self.start > READ_CHUNK {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        while !self.eof && self.pending().len() < n {
+            let have = self.buf.len();
+            self.buf.resize(have + READ_CHUNK, 0);
+            let got = self.file.read(&mut self.buf[have..]);
+            self.buf.truncate(have + *got.as_ref().unwrap_or(&0));
+            match got {
+                Ok(got) => self.eof = got == 0,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Lock file that makes restores into one directory take turns.
+const RESTORE_LOCK_FILE: &str = "restore.lock";
+/// Present while a restore is writing: a directory that holds it is not a
+/// log yet (a restore died midway), and no master starts on it.
+pub const RESTORING_FILE: &str = "restoring";
+
+/// What [`restore`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Restored {
+    /// The log was built from the snapshot.
+    Built(Summary),
+    /// The directory held a log already and `if_empty` was set: nothing
+    /// changed (an init container run again after its first success).
+    AlreadyHeld,
+}
+
+/// Whether `dir` holds a log (segments or terms), ignoring what an
+/// unfinished restore left.
+fn holds_log(dir: &Path) -> anyhow::Result<bool> {
+    Ok(std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .filter_map(Result::ok)
         .any(|e| {
@@ -315,17 +392,95 @@ pub fn restore(path: &Path, dir: &Path) -> anyhow::Result<Summary> {
             name.starts_with("kv_store.")
                 || name == wal::TERMS_DIR
                 || name == wal::LEGACY_EPOCHS_FILE
-        });
-    if occupied {
+        }))
+}
+
+/// Refuses a log directory a restore did not finish writing.
+///
+/// # Errors
+/// When `dir` holds the [`RESTORING_FILE`] mark.
+pub fn check_not_restoring(dir: &Path) -> anyhow::Result<()> {
+    if dir.join(RESTORING_FILE).exists() {
+        bail!(
+            "{} holds a snapshot restore that did not finish; run `dsm snapshot restore` again before starting a master on it",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Removes what an unfinished restore wrote (segments, terms), so that it
+/// can start over.
+fn clear_unfinished(dir: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let path = entry.path();
+        if name == wal::TERMS_DIR {
+            std::fs::remove_dir_all(&path)
+        } else if name.starts_with("kv_store.") {
+            std::fs::remove_file(&path)
+        } else {
+            continue;
+        }
+        .with_context(|| {
+            format!(
+                "cannot remove {} left by an unfinished restore",
+                path.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// `dsm snapshot restore`: builds the log directory `dir` from the snapshot
+/// at `path` (module doc).
+///
+/// Restores into one directory take turns (a lock file) and a restore is
+/// marked in progress until its last step, so concurrent or repeated runs
+/// (two master pods' init containers) are safe: one builds the log; with
+/// `if_empty` the others find it and change nothing; a run that died midway
+/// is started over, and no master starts on its leftovers
+/// ([`check_not_restoring`]).
+///
+/// # Errors
+/// A bad snapshot file (see [`read`]) — nothing is restored then; a
+/// directory that already holds a log (unless `if_empty`); a write that fails.
+pub fn restore(path: &Path, dir: &Path, if_empty: bool) -> anyhow::Result<Restored> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let lock_path = dir.join(RESTORE_LOCK_FILE);
+    let lock = File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    let marker = dir.join(RESTORING_FILE);
+    if marker.exists() {
+        clear_unfinished(dir)?;
+    } else if holds_log(dir)? {
+        if if_empty {
+            return Ok(Restored::AlreadyHeld);
+        }
         bail!(
             "{} already holds a log; restore into an empty directory (and start the cluster's slaves empty)",
             dir.display()
         );
     }
+    // Check the whole file before anything is written.
+    read(path, |_| {})?;
+    File::create(&marker).with_context(|| format!("cannot create {}", marker.display()))?;
+    wal::sync_dir(dir)?;
+    let summary = write_restored_log(path, dir)?;
+    std::fs::remove_file(&marker).with_context(|| format!("cannot remove {}", marker.display()))?;
+    wal::sync_dir(dir)?;
+    Ok(Restored::Built(summary))
+}
+
+/// The restored log: one segment of epoch 1, epoch 1 claimed, its cut.
+fn write_restored_log(path: &Path, dir: &Path) -> anyhow::Result<Summary> {
     let segment = wal::segment_path(dir, wal::segment_no(1, 1).unwrap_or(1));
-    let tmp = segment.with_extension("restoring");
     let mut out = BufWriter::new(
-        File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
+        File::create(&segment).with_context(|| format!("cannot create {}", segment.display()))?,
     );
     out.write_all(SEGMENT_MAGIC)?;
     let mut seq = 0u64;
@@ -348,15 +503,160 @@ pub fn restore(path: &Path, dir: &Path) -> anyhow::Result<Summary> {
             written = Err(e.into());
         }
     })?;
-    written.with_context(|| format!("cannot write {}", tmp.display()))?;
+    written.with_context(|| format!("cannot write {}", segment.display()))?;
     let file = out
         .into_inner()
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", tmp.display(), e.error()))?;
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", segment.display(), e.error()))?;
     file.sync_all()?;
     drop(file);
-    std::fs::rename(&tmp, &segment)?;
-    File::open(dir).and_then(|d| d.sync_all())?;
     crate::master::term::claim_next_epoch(dir, "dsm snapshot restore", 0)?;
     EpochHistory::record_cut(dir, 1, 1)?;
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    /// A snapshot file of `entries` at position 3.40, as `save` writes it.
+    fn snapshot_file(dir: &Path, entries: &[(&str, &str)]) -> PathBuf {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(header_bytes(Version::new(3, 40)));
+        let mut digest = Digest::default();
+        for (i, (key, value)) in entries.iter().enumerate() {
+            let version = Version::new(3, 10 + i as u64);
+            digest.add(key.as_bytes(), version, value.as_bytes());
+            frame::encode(
+                version,
+                key.as_bytes(),
+                value.as_bytes(),
+                None,
+                false,
+                &mut bytes,
+            );
+        }
+        bytes.extend(trailer_bytes(digest));
+        let path = dir.join("test.snap");
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn replayed(dir: &Path) -> Vec<(Bytes, Bytes, Version)> {
+        let mut reader = wal::LogReader::open(dir).unwrap();
+        let mut out = Vec::new();
+        reader
+            .poll(|r, _| out.push((r.key.clone(), r.value.clone(), r.version)))
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_restored_log_holds_every_entry_as_epoch_one() {
+        let work = tempfile::tempdir().unwrap();
+        let big = "x".repeat(3 * READ_CHUNK);
+        let file = snapshot_file(work.path(), &[("a", "1"), ("b", &big), ("c", "")]);
+        let summary = read(&file, |_| {}).unwrap();
+        assert_eq!((summary.keys, summary.position), (3, Version::new(3, 40)));
+        let dir = work.path().join("log");
+        let Restored::Built(built) = restore(&file, &dir, false).unwrap() else {
+            panic!("an empty directory is restored into");
+        };
+        assert_eq!(built, summary);
+        let log = replayed(&dir);
+        let keys: Vec<_> = log.iter().map(|(k, _, v)| (k.clone(), *v)).collect();
+        assert_eq!(
+            keys,
+            vec![
+                (Bytes::from("a"), Version::new(1, 1)),
+                (Bytes::from("b"), Version::new(1, 2)),
+                (Bytes::from("c"), Version::new(1, 3)),
+            ]
+        );
+        assert_eq!(log[1].1.len(), big.len());
+        check_not_restoring(&dir).unwrap();
+        let again = restore(&file, &dir, false).unwrap_err().to_string();
+        assert!(again.contains("already holds a log"), "{again}");
+        assert_eq!(restore(&file, &dir, true).unwrap(), Restored::AlreadyHeld);
+    }
+
+    /// Two init containers restoring into one volume at once: one builds
+    /// the log, the other finds it; the log holds each entry once.
+    #[test]
+    fn concurrent_restores_build_the_log_once() {
+        let work = tempfile::tempdir().unwrap();
+        let entries: Vec<(String, String)> = (0..2000)
+            .map(|i| (format!("k{i:04}"), format!("v{i}")))
+            .collect();
+        let refs: Vec<(&str, &str)> = entries
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let file = snapshot_file(work.path(), &refs);
+        let dir = work.path().join("log");
+        let outcomes: Vec<Restored> = std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..2)
+                .map(|_| scope.spawn(|| restore(&file, &dir, true).unwrap()))
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let built = outcomes
+            .iter()
+            .filter(|o| matches!(o, Restored::Built(_)))
+            .count();
+        assert_eq!(built, 1, "{outcomes:?}");
+        assert_eq!(replayed(&dir).len(), 2000);
+    }
+
+    /// A restore that died midway leaves its mark: no master starts on the
+    /// directory, and the next restore starts over.
+    #[test]
+    fn an_unfinished_restore_is_refused_then_redone() {
+        let work = tempfile::tempdir().unwrap();
+        let file = snapshot_file(work.path(), &[("a", "1"), ("b", "2")]);
+        let dir = work.path().join("log");
+        std::fs::create_dir_all(&dir).unwrap();
+        // What a crash after the segment was written leaves.
+        std::fs::write(dir.join(RESTORING_FILE), b"").unwrap();
+        let segment = wal::segment_path(&dir, wal::segment_no(1, 1).unwrap());
+        std::fs::write(&segment, b"half a segment").unwrap();
+        let refused = check_not_restoring(&dir).unwrap_err().to_string();
+        assert!(refused.contains("did not finish"), "{refused}");
+        assert!(matches!(
+            restore(&file, &dir, true).unwrap(),
+            Restored::Built(_)
+        ));
+        check_not_restoring(&dir).unwrap();
+        assert_eq!(replayed(&dir).len(), 2);
+    }
+
+    #[test]
+    fn damaged_files_are_refused_by_name_and_nothing_is_restored() {
+        let work = tempfile::tempdir().unwrap();
+        let file = snapshot_file(work.path(), &[("a", "1"), ("b", "2")]);
+        let good = std::fs::read(&file).unwrap();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("not a DSM snapshot", b"hello".to_vec()),
+            ("cut short", good[..good.len() - 25].to_vec()),
+            ("damaged trailer", [&good[..], b"extra"].concat()),
+            ("checksum", {
+                let mut bad = good.clone();
+                let at = bad.len() - 3;
+                bad[at] ^= 1;
+                bad
+            }),
+        ];
+        for (want, bytes) in cases {
+            let path = work.path().join("bad.snap");
+            std::fs::write(&path, &bytes).unwrap();
+            let error = read(&path, |_| {}).unwrap_err().to_string();
+            assert!(error.contains(want), "{want}: {error}");
+            assert!(error.contains("bad.snap"), "{error}");
+            let dir = work.path().join("log-from-bad");
+            assert!(restore(&path, &dir, false).is_err());
+            check_not_restoring(&dir).unwrap();
+            assert!(!holds_log(&dir).unwrap(), "{want}: something was restored");
+        }
+    }
 }

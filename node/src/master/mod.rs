@@ -190,6 +190,7 @@ impl Master {
             .map_err(anyhow::Error::msg)?;
         std::fs::create_dir_all(&config.log_dir)
             .with_context(|| format!("cannot create log directory {}", config.log_dir.display()))?;
+        crate::snapshot::check_not_restoring(&config.log_dir)?;
         Ok(Arc::new_cyclic(|me| Master {
             me: me.clone(),
             lease: LeaseFile::new(&config.log_dir, &config.id),

@@ -204,7 +204,7 @@ pub fn log_bytes(dir: &Path) -> Result<u64> {
 
 /// Makes a directory entry change (create, rename, unlink) durable: without it a
 /// crash can forget a file whose contents were fsynced.
-fn sync_dir(dir: &Path) -> Result<()> {
+pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| WalError::io(dir, e))
