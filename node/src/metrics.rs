@@ -81,7 +81,8 @@ fn register(metric: Box<dyn prometheus::core::Collector>) {
 
 /// Client requests handled, by operation (read, write, delete, list, watch,
 /// snapshot, status, compact, drain) and result (ok, not_found, invalid,
-/// unavailable, not_leader, condition_failed, compacted, limit, error). A
+/// unavailable, not_leader, condition_failed, compacted, limit, refused,
+/// error). A
 /// WATCH or snapshot counts once, when its stream starts.
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -449,6 +450,7 @@ pub fn register_all() {
             "condition_failed",
             "compacted",
             "limit",
+            "refused",
             "error",
         ] {
             let _ = REQUESTS.with_label_values(&[op, result]).get();

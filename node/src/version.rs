@@ -21,9 +21,7 @@ impl Expect {
     ///
     /// # Errors
     /// A condition that gives neither a version nor `absent = true`.
-    pub fn from_proto(
-        condition: Option<proto::Condition>,
-    ) -> Result<Option<Expect>, tonic::Status> {
+    pub fn from_proto(condition: Option<proto::Condition>) -> Result<Option<Expect>, &'static str> {
         use proto::condition::Expect as Wire;
         let Some(condition) = condition else {
             return Ok(None);
@@ -31,9 +29,9 @@ impl Expect {
         match condition.expect {
             Some(Wire::Version(v)) => Ok(Some(Expect::Version(v.into()))),
             Some(Wire::Absent(true)) => Ok(Some(Expect::Absent)),
-            Some(Wire::Absent(false)) | None => Err(tonic::Status::invalid_argument(
-                "a condition must give a version or absent = true",
-            )),
+            Some(Wire::Absent(false)) | None => {
+                Err("a condition must give a version or absent = true")
+            }
         }
     }
 

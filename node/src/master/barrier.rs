@@ -23,10 +23,11 @@ use std::sync::Mutex;
 
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
+
+use super::error::MasterError;
 
 /// The answer every READ of one round gets.
-type Answer = Result<(), Status>;
+type Answer = Result<(), MasterError>;
 
 /// READs waiting for the next confirmation round.
 #[derive(Debug, Default)]
@@ -42,8 +43,8 @@ struct State {
     closed: bool,
 }
 
-fn term_ended() -> Status {
-    Status::unavailable(
+fn term_ended() -> MasterError {
+    MasterError::unavailable(
         "this master's term ended before the READ could be confirmed; retry against the active master",
     )
 }
@@ -128,7 +129,7 @@ mod tests {
                             // Each round waits until the test releases it.
                             let _ = release.wait_for(|r| *r >= n).await;
                             if n == 1 {
-                                Err(Status::unavailable("round 1 failed"))
+                                Err(MasterError::unavailable("round 1 failed"))
                             } else {
                                 Ok(())
                             }

@@ -28,9 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 use tracing::{info, warn};
 
+use super::error::MasterError;
 use super::{Master, Term, lock, term};
 use crate::proto::CompactReply;
 use crate::wal::{self, Record, WalError};
@@ -38,12 +38,12 @@ use crate::wal::{self, Record, WalError};
 impl Master {
     /// Compacts the segments below the live one, keeping what may still be
     /// needed (module doc).
-    pub async fn compact(&self) -> Result<CompactReply, Status> {
+    pub async fn compact(&self) -> Result<CompactReply, MasterError> {
         let term = self.serving_term()?;
         let master = self
             .me
             .upgrade()
-            .ok_or_else(|| Status::unavailable("shutting down"))?;
+            .ok_or_else(|| MasterError::unavailable("shutting down"))?;
         let dir = self.config.log_dir.clone();
         let live = term.writer.live_segment();
         let job_term = term.clone();
@@ -56,12 +56,12 @@ impl Master {
             )
         })
         .await
-        .map_err(|e| Status::internal(format!("compaction task failed: {e}")))?
+        .map_err(|e| MasterError::internal(format!("compaction task failed: {e}")))?
         .map_err(|e| match e {
             WalError::CompactionRunning { .. } | WalError::Deposed(_) => {
-                Status::unavailable(format!("compaction not done: {e}"))
+                MasterError::unavailable(format!("compaction not done: {e}"))
             }
-            e => Status::internal(format!("compaction failed: {e}")),
+            e => MasterError::internal(format!("compaction failed: {e}")),
         })?;
         {
             let mut index = lock(&self.index);
@@ -145,7 +145,7 @@ impl Master {
             if sealed >= self.config.compact_segments
                 && let Err(e) = self.compact().await
             {
-                warn!("automatic compaction failed: {}", e.message());
+                warn!("automatic compaction failed: {e}");
             }
         }
     }

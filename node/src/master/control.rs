@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
+use super::error::MasterError;
 use super::index::SlaveIdx;
 use super::slave_link::SlaveLink;
 use super::{Master, Term, lock, term};
@@ -32,12 +33,10 @@ impl Master {
     /// ([`Master::activate_after_inventory`]) so that the slave gets its answer
     /// at once. A slave already live at the same address in this term (the
     /// takeover made it live) only gets a new heartbeat session.
-    pub(super) async fn register_slave(&self, id: &str, address: &str) -> Result<u64, Status> {
+    pub(super) async fn register_slave(&self, id: &str, address: &str) -> Result<u64, MasterError> {
         let term = self.serving_term()?;
         if id.is_empty() || id.len() > 253 {
-            return Err(Status::invalid_argument(
-                "slave id must be 1 to 253 characters",
-            ));
+            return Err(MasterError::invalid("slave id must be 1 to 253 characters"));
         }
         if let Some(session) = lock(&self.slaves).current_session(id, address) {
             return Ok(session);
@@ -52,13 +51,13 @@ impl Master {
         let fenced = tokio::time::timeout(timeout, link.fence(term.epoch))
             .await
             .map_err(|_| {
-                Status::unavailable(format!(
+                MasterError::unavailable(format!(
                     "slave {id} at {address} did not answer Fence in {timeout:?}"
                 ))
             })??;
         if fenced > term.epoch {
             term.depose(&format!("slave {id} already knows epoch {fenced}"));
-            return Err(Status::failed_precondition("this master was deposed"));
+            return Err(MasterError::refused("this master was deposed"));
         }
         let (idx, session) = {
             let mut slaves = lock(&self.slaves);
@@ -74,7 +73,7 @@ impl Master {
 
     /// Adds `id` at `address` to the term's saved membership (unless it is
     /// there already), then makes sure no successor has claimed an epoch.
-    async fn admit(&self, term: &Term, id: &str, address: &str) -> Result<(), Status> {
+    async fn admit(&self, term: &Term, id: &str, address: &str) -> Result<(), MasterError> {
         let mut membership = term.membership.lock().await;
         if membership.slaves.get(id).map(String::as_str) == Some(address) {
             return Ok(());
@@ -89,12 +88,14 @@ impl Master {
             term::newest_claim(&dir)
         })
         .await
-        .map_err(|e| Status::internal(format!("membership task failed: {e}")))?
-        .map_err(|e| Status::unavailable(format!("cannot record the slave's membership: {e}")))?;
+        .map_err(|e| MasterError::internal(format!("membership task failed: {e}")))?
+        .map_err(|e| {
+            MasterError::unavailable(format!("cannot record the slave's membership: {e}"))
+        })?;
         *membership = updated;
         if newest > epoch {
             term.depose(&format!("another process claimed epoch {newest}"));
-            return Err(Status::failed_precondition(
+            return Err(MasterError::refused(
                 "this master was deposed while admitting the slave; register with the active master",
             ));
         }
@@ -121,10 +122,12 @@ impl Master {
         let read = async {
             let mut inventory = tokio::time::timeout(timeout, link.inventory(term.epoch))
                 .await
-                .map_err(|_| Status::unavailable("the slave did not start its inventory"))??;
+                .map_err(|_| MasterError::unavailable("the slave did not start its inventory"))??;
             while let Some(chunk) = tokio::time::timeout(timeout * 4, inventory.next())
                 .await
-                .map_err(|_| Status::unavailable("the slave stalled while sending its inventory"))?
+                .map_err(|_| {
+                    MasterError::unavailable("the slave stalled while sending its inventory")
+                })?
             {
                 let chunk = chunk?;
                 let mut index = lock(&self.index);

@@ -27,9 +27,9 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 use tracing::{debug, error, info, warn};
 
+use super::error::MasterError;
 use super::lease::{ActiveLock, LeaseRecord, LeaseWatch, Verdict, now_unix_ms};
 use super::slave_link::SlaveLink;
 use super::term::{self, Membership, Term};
@@ -574,11 +574,11 @@ impl Master {
 
     /// One read-barrier round (see [`super::barrier`]): asks `r` live slaves
     /// for their fenced epoch, replacing each one that fails by another.
-    pub(super) async fn confirm_round(&self, term: &Term) -> Result<(), Status> {
+    pub(super) async fn confirm_round(&self, term: &Term) -> Result<(), MasterError> {
         let r = term.replication_factor as usize;
         let candidates = placement::write_order(&lock(&self.slaves).placeable());
         if candidates.len() < r {
-            return Err(Status::unavailable(format!(
+            return Err(MasterError::unavailable(format!(
                 "only {} slave(s) are live; confirming that this master still holds its term takes {r}",
                 candidates.len()
             )));
@@ -602,7 +602,7 @@ impl Master {
                 }
                 Ok(Ok(e)) => {
                     term.depose(&format!("slave {} is fenced with epoch {e}", slave.id));
-                    return Err(Status::unavailable(format!(
+                    return Err(MasterError::unavailable(format!(
                         "this master was deposed (slave {} knows epoch {e}); retry against the active master",
                         slave.id
                     )));
@@ -619,7 +619,7 @@ impl Master {
                 }
             }
         }
-        Err(Status::unavailable(format!(
+        Err(MasterError::unavailable(format!(
             "only {confirmed} of the {r} slaves needed confirmed this master's term; retry"
         )))
     }

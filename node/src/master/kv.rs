@@ -6,6 +6,7 @@ use bytes::Bytes;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::error::MasterError;
 use super::watch::WatchSpec;
 use super::write::{ClientWrite, Mutation, Written};
 use super::{Master, Role, lock};
@@ -25,15 +26,20 @@ use crate::version::Expect;
 /// Runs a request, counting it by result and timing it.
 async fn measured<T>(
     op: &'static str,
-    request: impl Future<Output = Result<T, Status>>,
-) -> Result<T, Status> {
+    request: impl Future<Output = Result<T, MasterError>>,
+) -> Result<T, MasterError> {
     let timer = metrics::REQUEST_DURATION
         .with_label_values(&[op])
         .start_timer();
     let result = request.await;
     timer.observe_duration();
     metrics::REQUESTS
-        .with_label_values(&[op, metrics::result_label(&result)])
+        .with_label_values(&[
+            op,
+            result
+                .as_ref()
+                .map_or_else(MasterError::metric_label, |_| "ok"),
+        ])
         .inc();
     result
 }
@@ -66,11 +72,11 @@ fn op_key(op: &KvOp) -> Option<Bytes> {
 
 impl Master {
     /// A WRITE request, unary or pipelined.
-    async fn write_request(&self, request: WriteRequest) -> Result<Written, Status> {
+    async fn write_request(&self, request: WriteRequest) -> Result<Written, MasterError> {
         let mutation = Mutation {
             key: Bytes::from(request.key),
             value: Some(Bytes::from(request.value)),
-            expect: Expect::from_proto(request.condition)?,
+            expect: Expect::from_proto(request.condition).map_err(MasterError::invalid)?,
             client: ClientWrite::from_request(
                 request.client_id,
                 request.client_seq,
@@ -81,10 +87,10 @@ impl Master {
     }
 
     /// A DELETE request, unary or pipelined.
-    async fn delete_request(&self, request: DeleteRequest) -> Result<Written, Status> {
-        let expect = Expect::from_proto(request.condition)?;
+    async fn delete_request(&self, request: DeleteRequest) -> Result<Written, MasterError> {
+        let expect = Expect::from_proto(request.condition).map_err(MasterError::invalid)?;
         if expect == Some(Expect::Absent) {
-            return Err(Status::invalid_argument(
+            return Err(MasterError::invalid(
                 "a DELETE can only be conditional on a version",
             ));
         }
@@ -118,11 +124,13 @@ impl Master {
             Some(Op::Delete(delete)) => measured("delete", self.delete_request(delete))
                 .await
                 .map(|written| Outcome::Delete(deleted(written))),
-            None => Err(Status::invalid_argument("pipelined op without a request")),
+            None => Err(MasterError::invalid("pipelined op without a request")),
         };
         KvResult {
             id: op.id,
-            result: Some(outcome.unwrap_or_else(|status| Outcome::Error(status.into()))),
+            result: Some(
+                outcome.unwrap_or_else(|error| Outcome::Error(Status::from(error).into())),
+            ),
         }
     }
 }
@@ -203,7 +211,7 @@ impl Kv for Master {
         let master = self
             .me
             .upgrade()
-            .ok_or_else(|| Status::unavailable("shutting down"))?;
+            .ok_or_else(|| MasterError::unavailable("shutting down"))?;
         let stopping = self.stopping.clone();
         Ok(Response::new(pipeline::serve(
             request.into_inner(),

@@ -26,6 +26,7 @@
 pub mod barrier;
 pub mod compaction;
 pub mod control;
+pub mod error;
 pub mod failover;
 pub mod index;
 pub mod kv;
@@ -56,7 +57,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 use tonic::transport::server::TcpIncoming;
 
 use crate::limits::Limits;
@@ -65,6 +65,7 @@ use crate::proto::control_server::ControlServer;
 use crate::proto::kv_server::KvServer;
 use crate::security::Security;
 use crate::wal;
+use error::MasterError;
 use index::Index;
 use lease::LeaseFile;
 use sessions::Sessions;
@@ -228,18 +229,18 @@ impl Master {
 
     /// The active term, or the error to send: FAILED_PRECONDITION naming the
     /// active master when standby, UNAVAILABLE while taking over.
-    pub fn serving_term(&self) -> Result<Arc<Term>, Status> {
+    pub fn serving_term(&self) -> Result<Arc<Term>, MasterError> {
         match self.role() {
             Role::Active(term) if term.is_deposed() => Err(self.not_leader("")),
             Role::Active(term) => Ok(term),
-            Role::TakingOver { epoch, waiting_for } => Err(Status::unavailable(format!(
+            Role::TakingOver { epoch, waiting_for } => Err(MasterError::unavailable(format!(
                 "master is taking over (epoch {epoch}): {waiting_for}"
             ))),
             Role::Standby { leader } => Err(self.not_leader(&leader)),
         }
     }
 
-    fn not_leader(&self, leader: &str) -> Status {
+    fn not_leader(&self, leader: &str) -> MasterError {
         let message = if leader.is_empty() {
             format!(
                 "{} is not the active master (no active master known)",
@@ -251,13 +252,10 @@ impl Master {
                 self.config.advertise
             )
         };
-        let mut status = Status::failed_precondition(message);
-        if let Ok(value) = leader.parse() {
-            status
-                .metadata_mut()
-                .insert(crate::wire::LEADER_METADATA, value);
+        MasterError::NotLeader {
+            message,
+            leader: leader.to_string(),
         }
-        status
     }
 
     /// Runs the process until `cancel` fires: the gRPC server on `listener`

@@ -10,9 +10,9 @@
 //! nemesis (`chaos-broken-read` must be caught).
 
 use bytes::Bytes;
-use tonic::Status;
 use tracing::debug;
 
+use super::error::MasterError;
 use super::{Master, lock, placement};
 use crate::version::Version;
 
@@ -39,11 +39,11 @@ pub(super) fn broken_read() -> bool {
 impl Master {
     /// A READ: the value of the latest acknowledged WRITE of `key`, or
     /// NOT_FOUND, once the term is confirmed.
-    pub async fn read(&self, key: Bytes) -> Result<(Bytes, Version), Status> {
+    pub async fn read(&self, key: Bytes) -> Result<(Bytes, Version), MasterError> {
         self.config
             .limits
             .check_key(&key)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| MasterError::invalid(e.to_string()))?;
         let term = self.serving_term()?;
         let meta = lock(&self.index)
             .get(&key)
@@ -54,7 +54,7 @@ impl Master {
                 term.barrier.ticket().await?;
                 term.check_can_ack()?;
             }
-            return Err(Status::not_found("key not found"));
+            return Err(MasterError::not_found("key not found"));
         };
         // Joined after the index lookup: the round vouches for it.
         let confirmed = term.barrier.ticket();
@@ -82,7 +82,7 @@ impl Master {
             }
             let value = self.read_log(&key, meta.version, meta.pos).await?;
             self.repair.notify_one();
-            Ok::<Bytes, Status>(value)
+            Ok::<Bytes, MasterError>(value)
         };
         let (value, confirmed) = tokio::join!(value, confirmed);
         confirmed?;
@@ -116,11 +116,11 @@ impl Master {
         prefix: Bytes,
         after: Option<Bytes>,
         limit: usize,
-    ) -> Result<ListPage, Status> {
+    ) -> Result<ListPage, MasterError> {
         let limit = match limit {
             0 => DEFAULT_LIST_PAGE,
             n if n > MAX_LIST_PAGE => {
-                return Err(Status::invalid_argument(format!(
+                return Err(MasterError::invalid(format!(
                     "a LIST page holds at most {MAX_LIST_PAGE} keys; {n} were asked"
                 )));
             }
@@ -132,7 +132,7 @@ impl Master {
             ("cursor", after.as_ref().unwrap_or(&prefix)),
         ] {
             if bytes.len() > max_key {
-                return Err(Status::invalid_argument(format!(
+                return Err(MasterError::invalid(format!(
                     "the LIST {what} is {} bytes, over the key limit of {max_key} bytes",
                     bytes.len()
                 )));

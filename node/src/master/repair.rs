@@ -10,9 +10,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status};
+use tonic::Status;
 use tracing::{info, warn};
 
+use super::error::MasterError;
 use super::index::SlaveIdx;
 use super::slaves::SlaveHandle;
 use super::{Master, Term, lock, placement};
@@ -38,7 +39,7 @@ impl Master {
         value: Option<&Bytes>,
         version: Version,
         force: bool,
-    ) -> Result<bool, Status> {
+    ) -> Result<bool, MasterError> {
         let request = PutRequest {
             key: key.to_vec(),
             value: value.map(|v| v.to_vec()).unwrap_or_default(),
@@ -63,7 +64,7 @@ impl Master {
         term: &Term,
         slave: &SlaveHandle,
         key: &Bytes,
-    ) -> Result<GetReply, Status> {
+    ) -> Result<GetReply, MasterError> {
         let request = GetRequest {
             key: key.to_vec(),
             epoch: term.epoch,
@@ -81,33 +82,31 @@ impl Master {
         term: &Term,
         slave: &SlaveHandle,
         result: Result<Result<T, Status>, tokio::time::error::Elapsed>,
-    ) -> Result<T, Status> {
-        let status = match result {
+    ) -> Result<T, MasterError> {
+        let error = match result {
             Ok(Ok(reply)) => return Ok(reply),
-            Ok(Err(status)) => status,
-            Err(_) => Status::deadline_exceeded(format!(
+            Ok(Err(status)) => MasterError::from(status),
+            Err(_) => MasterError::timed_out(format!(
                 "slave {} did not answer within {:?}",
                 slave.id, self.config.slave_timeout
             )),
         };
-        match status.code() {
-            Code::FailedPrecondition => {
+        match &error {
+            MasterError::Refused(why) => {
                 term.depose(&format!(
-                    "slave {} rejected epoch {}: {}",
-                    slave.id,
-                    term.epoch,
-                    status.message()
+                    "slave {} rejected epoch {}: {why}",
+                    slave.id, term.epoch
                 ));
             }
-            Code::InvalidArgument => {}
+            MasterError::Invalid(_) => {}
             _ => {
                 if lock(&self.slaves).mark_dead(slave.idx) {
-                    warn!(slave = %slave.id, "slave removed from the live set: {}", status.message());
+                    warn!(slave = %slave.id, "slave removed from the live set: {error}");
                     self.repair.notify_one();
                 }
             }
         }
-        Err(status)
+        Err(error)
     }
 
     /// The value of `key` at `version` from the log: the source of truth
@@ -118,7 +117,7 @@ impl Master {
         key: &Bytes,
         version: Version,
         pos: LogPos,
-    ) -> Result<Bytes, Status> {
+    ) -> Result<Bytes, MasterError> {
         let dir = self.config.log_dir.clone();
         let key = key.clone();
         let found = tokio::task::spawn_blocking(move || -> Result<Option<Bytes>, wal::WalError> {
@@ -138,10 +137,10 @@ impl Master {
             Ok(value)
         })
         .await
-        .map_err(|e| Status::internal(format!("log read task failed: {e}")))?
-        .map_err(|e| Status::internal(format!("cannot read the log: {e}")))?;
+        .map_err(|e| MasterError::internal(format!("log read task failed: {e}")))?
+        .map_err(|e| MasterError::internal(format!("cannot read the log: {e}")))?;
         found.ok_or_else(|| {
-            Status::data_loss(format!(
+            MasterError::data_loss(format!(
                 "version {version} of the key is missing from the log"
             ))
         })
@@ -278,7 +277,7 @@ impl Master {
     /// leaves the term's membership (a successor no longer counts it when it
     /// fences). A member that has not registered this term holds nothing this
     /// term placed: it only leaves the membership.
-    pub async fn drain(&self, slave_id: &str) -> Result<u64, Status> {
+    pub async fn drain(&self, slave_id: &str) -> Result<u64, MasterError> {
         let term = self.serving_term()?;
         let r = term.replication_factor as usize;
         let registered = {
@@ -289,14 +288,14 @@ impl Master {
                 .filter(|s| s.id != slave_id)
                 .count();
             if remaining < r {
-                return Err(Status::failed_precondition(format!(
+                return Err(MasterError::refused(format!(
                     "cannot drain {slave_id}: {remaining} slave(s) would remain and WRITEs need {r} (replication factor)"
                 )));
             }
             slaves.start_drain(slave_id).is_some()
         };
         if !registered && !term.membership.lock().await.slaves.contains_key(slave_id) {
-            return Err(Status::not_found(format!(
+            return Err(MasterError::not_found(format!(
                 "no slave named {slave_id} is a member of this cluster"
             )));
         }
@@ -309,7 +308,7 @@ impl Master {
                 break;
             }
             if copies == 0 {
-                return Err(Status::unavailable(format!(
+                return Err(MasterError::unavailable(format!(
                     "drain of {slave_id} stalled with {found} key(s) still short of {r} replicas; retry"
                 )));
             }
@@ -325,7 +324,7 @@ impl Master {
     }
 
     /// Removes `slave_id` from the term's saved membership.
-    async fn leave_membership(&self, term: &Term, slave_id: &str) -> Result<(), Status> {
+    async fn leave_membership(&self, term: &Term, slave_id: &str) -> Result<(), MasterError> {
         let mut membership = term.membership.lock().await;
         if !membership.slaves.contains_key(slave_id) {
             return Ok(());
@@ -337,8 +336,8 @@ impl Master {
         let saved = updated.clone();
         tokio::task::spawn_blocking(move || super::term::save_members(&dir, epoch, &saved))
             .await
-            .map_err(|e| Status::internal(format!("membership task failed: {e}")))?
-            .map_err(|e| Status::unavailable(format!("cannot record the membership: {e}")))?;
+            .map_err(|e| MasterError::internal(format!("membership task failed: {e}")))?
+            .map_err(|e| MasterError::unavailable(format!("cannot record the membership: {e}")))?;
         *membership = updated;
         Ok(())
     }

@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::Master;
+use super::error::MasterError;
 use crate::proto::snapshot_chunk::Part;
 use crate::proto::{
     SnapshotChunk, SnapshotEntries, SnapshotEntry, SnapshotHeader, SnapshotTrailer,
@@ -31,21 +32,23 @@ use crate::wal::{self, CompactionLock, LogPos, LogReader, WalError};
 /// the largest message).
 const CHUNK_ENTRIES: usize = 512;
 
-fn log_error(e: WalError) -> Status {
-    Status::internal(format!("cannot read the log for the snapshot: {e}"))
+fn log_error(e: WalError) -> MasterError {
+    MasterError::internal(format!("cannot read the log for the snapshot: {e}"))
 }
 
 impl Master {
     /// Starts a snapshot (module doc).
-    pub async fn snapshot(&self) -> Result<ReceiverStream<Result<SnapshotChunk, Status>>, Status> {
+    pub async fn snapshot(
+        &self,
+    ) -> Result<ReceiverStream<Result<SnapshotChunk, Status>>, MasterError> {
         let term = self.serving_term()?;
         let dir = self.config.log_dir.clone();
         let lock_dir = dir.clone();
         let lock = tokio::task::spawn_blocking(move || CompactionLock::try_take(&lock_dir))
             .await
-            .map_err(|e| Status::internal(format!("snapshot task failed: {e}")))?
+            .map_err(|e| MasterError::internal(format!("snapshot task failed: {e}")))?
             .map_err(|e| match e {
-                WalError::CompactionRunning { .. } => Status::unavailable(
+                WalError::CompactionRunning { .. } => MasterError::unavailable(
                     "a compaction or another snapshot is running on this log; try again in a few seconds",
                 ),
                 e => log_error(e),
@@ -57,8 +60,8 @@ impl Master {
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             let _lock = lock;
-            if let Err(status) = stream(dir, position, chunk_bytes, &tx).await {
-                let _ = tx.send(Err(status)).await;
+            if let Err(error) = stream(dir, position, chunk_bytes, &tx).await {
+                let _ = tx.send(Err(error.into())).await;
             }
         });
         Ok(ReceiverStream::new(rx))
@@ -70,7 +73,7 @@ async fn stream(
     position: Version,
     chunk_bytes: usize,
     tx: &mpsc::Sender<Result<SnapshotChunk, Status>>,
-) -> Result<(), Status> {
+) -> Result<(), MasterError> {
     let scan_dir = dir.clone();
     let latest = tokio::task::spawn_blocking(move || {
         let mut latest: BTreeMap<Bytes, (Version, LogPos, bool)> = BTreeMap::new();
@@ -83,7 +86,7 @@ async fn stream(
         Ok::<_, WalError>(latest)
     })
     .await
-    .map_err(|e| Status::internal(format!("snapshot task failed: {e}")))?
+    .map_err(|e| MasterError::internal(format!("snapshot task failed: {e}")))?
     .map_err(log_error)?;
     let part = |part| Ok(SnapshotChunk { part: Some(part) });
     if tx
@@ -122,7 +125,7 @@ async fn stream(
                 .collect::<Result<Vec<_>, WalError>>()
         })
         .await
-        .map_err(|e| Status::internal(format!("snapshot task failed: {e}")))?
+        .map_err(|e| MasterError::internal(format!("snapshot task failed: {e}")))?
         .map_err(log_error)?;
         let mut entries = Vec::new();
         let mut size = 0;

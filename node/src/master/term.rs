@@ -40,10 +40,10 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 use tracing::warn;
 
 use super::barrier::Barrier;
+use super::error::MasterError;
 use super::lease::ActiveLock;
 use crate::wal::{self, EpochHistory, LogWriter, TERMS_DIR, WalError};
 
@@ -112,9 +112,9 @@ impl Term {
     /// Fails unless this term may still acknowledge. Only being deposed
     /// counts: whether the term still holds is established by fencing (slaves
     /// refuse an older epoch), never by a clock.
-    pub fn check_can_ack(&self) -> Result<(), Status> {
+    pub fn check_can_ack(&self) -> Result<(), MasterError> {
         if self.ended.is_cancelled() {
-            return Err(Status::unavailable(
+            return Err(MasterError::unavailable(
                 "this master was deposed while the request ran; retry against the active master",
             ));
         }
@@ -152,13 +152,13 @@ impl Term {
     /// (new epoch, new segment, new writer) once the log volume accepts
     /// writes again — or the other master-capable process does. Tested by
     /// `tests/disk_faults.rs`.
-    pub fn log_append_failed(&self, error: wal::WalError) -> Status {
+    pub fn log_append_failed(&self, error: wal::WalError) -> MasterError {
         if !matches!(error, wal::WalError::TooLarge { .. }) {
             self.depose(&format!(
                 "the write-ahead log failed ({error}); stepping down to recover it with a fresh writer"
             ));
         }
-        Status::unavailable(format!(
+        MasterError::unavailable(format!(
             "write-ahead log append failed: {error}; the WRITE was not acknowledged"
         ))
     }

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
+use super::error::MasterError;
 use super::slave_link::{Connector, InventoryStream, SlaveLink};
 use super::write::{ClientWrite, Mutation};
 use super::{Master, MasterConfig, Role, Term};
@@ -320,12 +321,12 @@ fn bytes(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
 
-async fn write(master: &Master, key: &str, value: &str) -> Result<Version, Status> {
+async fn write(master: &Master, key: &str, value: &str) -> Result<Version, MasterError> {
     let written = master.write(bytes(key), bytes(value), None).await?;
     Ok(written.version.expect("a WRITE always writes a version"))
 }
 
-async fn read(master: &Master, key: &str) -> Result<Option<Bytes>, Status> {
+async fn read(master: &Master, key: &str) -> Result<Option<Bytes>, MasterError> {
     match master.read(bytes(key)).await {
         Ok((value, _)) => Ok(Some(value)),
         Err(status) if status.code() == Code::NotFound => Ok(None),
@@ -655,8 +656,8 @@ fn mutation(key: &str, value: Option<&str>, expect: Option<Expect>) -> Mutation 
 }
 
 /// The version a refused condition reports (`dsm-current-version`).
-fn current_of(status: &Status) -> Option<String> {
-    status
+fn current_of(error: &MasterError) -> Option<String> {
+    Status::from(error.clone())
         .metadata()
         .get(crate::wire::CURRENT_VERSION_METADATA)
         .and_then(|v| v.to_str().ok())

@@ -28,11 +28,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::debug;
 
+use super::error::MasterError;
 use super::{Master, Term};
 use crate::metrics;
 use crate::proto::{Change, WatchBatch};
 use crate::wal::{Dropped, LogReader, Record};
-use crate::wire::COMPACTED_BELOW_METADATA;
 
 /// A watcher whose stream stays full this long is cut off.
 pub const SLOW_WATCHER: Duration = Duration::from_secs(5);
@@ -74,11 +74,11 @@ impl WatchSpec {
 struct Slot(Arc<AtomicUsize>);
 
 impl Slot {
-    fn take(count: &Arc<AtomicUsize>, limit: usize) -> Result<Slot, Status> {
+    fn take(count: &Arc<AtomicUsize>, limit: usize) -> Result<Slot, MasterError> {
         let taken = count.fetch_add(1, Ordering::AcqRel);
         if taken >= limit {
             count.fetch_sub(1, Ordering::AcqRel);
-            return Err(Status::resource_exhausted(format!(
+            return Err(MasterError::exhausted(format!(
                 "this master serves {limit} watchers, the limit (--max-watchers); close one or watch a wider prefix"
             )));
         }
@@ -94,18 +94,15 @@ impl Drop for Slot {
     }
 }
 
-fn compacted(from: u64, dropped: Dropped) -> Status {
-    let mut status = Status::out_of_range(format!(
-        "changes at seq {from} and after may have been compacted away (records up to seq {} were); \
-         re-read the keys, then watch from now",
-        dropped.any
-    ));
-    if let Ok(value) = (dropped.any + 1).to_string().parse() {
-        status
-            .metadata_mut()
-            .insert(COMPACTED_BELOW_METADATA, value);
+fn compacted(from: u64, dropped: Dropped) -> MasterError {
+    MasterError::Compacted {
+        message: format!(
+            "changes at seq {from} and after may have been compacted away (records up to seq {} were); \
+             re-read the keys, then watch from now",
+            dropped.any
+        ),
+        complete_from: dropped.any + 1,
     }
-    status
 }
 
 impl Master {
@@ -113,9 +110,9 @@ impl Master {
     pub async fn watch(
         &self,
         spec: WatchSpec,
-    ) -> Result<ReceiverStream<Result<WatchBatch, Status>>, Status> {
+    ) -> Result<ReceiverStream<Result<WatchBatch, Status>>, MasterError> {
         if spec.prefix.len() > self.config.limits.max_key_bytes {
-            return Err(Status::invalid_argument(format!(
+            return Err(MasterError::invalid(format!(
                 "the WATCH prefix is {} bytes, over the key limit of {} bytes",
                 spec.prefix.len(),
                 self.config.limits.max_key_bytes
@@ -130,8 +127,8 @@ impl Master {
         };
         let dropped = tokio::task::spawn_blocking(move || Dropped::load(&dir))
             .await
-            .map_err(|e| Status::internal(format!("watch task failed: {e}")))?
-            .map_err(|e| Status::internal(format!("cannot read the log: {e}")))?;
+            .map_err(|e| MasterError::internal(format!("watch task failed: {e}")))?
+            .map_err(|e| MasterError::internal(format!("cannot read the log: {e}")))?;
         if from <= dropped.any {
             return Err(compacted(from, dropped));
         }
@@ -142,8 +139,8 @@ impl Master {
         let batch_bytes = self.config.limits.max_value_bytes + self.config.limits.max_key_bytes;
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(status) = follow(&dir, &term, &spec, from, batch_bytes, &tx).await {
-                let _ = tx.try_send(Err(status));
+            if let Err(error) = follow(&dir, &term, &spec, from, batch_bytes, &tx).await {
+                let _ = tx.try_send(Err(error.into()));
             }
         });
         Ok(ReceiverStream::new(rx))
@@ -159,12 +156,12 @@ async fn follow(
     from: u64,
     batch_bytes: usize,
     tx: &mpsc::Sender<Result<WatchBatch, Status>>,
-) -> Result<(), Status> {
+) -> Result<(), MasterError> {
     let open_dir = dir.to_path_buf();
     let mut reader = tokio::task::spawn_blocking(move || LogReader::open(&open_dir))
         .await
-        .map_err(|e| Status::internal(format!("watch task failed: {e}")))?
-        .map_err(|e| Status::internal(format!("cannot read the log: {e}")))?;
+        .map_err(|e| MasterError::internal(format!("watch task failed: {e}")))?
+        .map_err(|e| MasterError::internal(format!("cannot read the log: {e}")))?;
     let mut committed = term.watch_committed();
     let ended = term.ended();
     // Records read but not yet committed.
@@ -185,10 +182,10 @@ async fn follow(
             (reader, result.map(|_| (bytes >= READ_AHEAD, fresh)))
         })
         .await
-        .map_err(|e| Status::internal(format!("watch task failed: {e}")))?;
+        .map_err(|e| MasterError::internal(format!("watch task failed: {e}")))?;
         reader = back;
         let (more, fresh) =
-            polled.map_err(|e| Status::internal(format!("cannot read the log: {e}")))?;
+            polled.map_err(|e| MasterError::internal(format!("cannot read the log: {e}")))?;
         held.extend(fresh);
         if reader.invalidated() {
             let dropped = Dropped::load(dir).unwrap_or_default();
@@ -240,7 +237,7 @@ async fn follow(
                 return Ok(());
             },
             () = ended.cancelled() => {
-                return Err(Status::unavailable(format!(
+                return Err(MasterError::unavailable(format!(
                     "this master stepped down; watch the active one from seq {next}"
                 )));
             }
@@ -258,7 +255,7 @@ async fn send(
     tx: &mpsc::Sender<Result<WatchBatch, Status>>,
     changes: Vec<Change>,
     position: u64,
-) -> Result<(), Status> {
+) -> Result<(), MasterError> {
     let deadline = tokio::time::Instant::now() + SLOW_WATCHER;
     while tx.capacity() <= 1 {
         if tx.is_closed() {
@@ -266,7 +263,7 @@ async fn send(
         }
         if tokio::time::Instant::now() >= deadline {
             metrics::WATCHERS_CUT_OFF.with_label_values(&["slow"]).inc();
-            return Err(Status::resource_exhausted(format!(
+            return Err(MasterError::exhausted(format!(
                 "this watcher did not keep up (its stream stayed full for {SLOW_WATCHER:?}); re-read, then watch again"
             )));
         }

@@ -49,8 +49,8 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::RwLock;
 use tokio::time::Instant;
-use tonic::Status;
 
+use super::error::MasterError;
 use super::index::SlaveIdx;
 use super::sessions::{Begin, Logged};
 use super::slaves::SlaveHandle;
@@ -58,7 +58,6 @@ use super::{Master, Term, lock, placement};
 use crate::metrics;
 use crate::version::{Expect, Version};
 use crate::wal::{LogPos, Origin};
-use crate::wire::CURRENT_VERSION_METADATA;
 
 /// TEST-ONLY (feature `chaos-broken-ack`, flag `--chaos-broken-ack`):
 /// when set, a WRITE is acknowledged as soon as it is logged and replicated
@@ -162,21 +161,18 @@ impl std::fmt::Debug for KeyOrder {
 }
 
 /// The refusal of a condition that does not hold.
-fn condition_failed(key: &[u8], current: Option<Version>) -> Status {
-    let (shown, meta) = match current {
-        Some(v) => (format!("is at version {v}"), v.to_string()),
-        None => ("does not exist".to_string(), "absent".to_string()),
+fn condition_failed(key: &[u8], current: Option<Version>) -> MasterError {
+    let shown = match current {
+        Some(v) => format!("is at version {v}"),
+        None => "does not exist".to_string(),
     };
-    let mut status = Status::failed_precondition(format!(
-        "condition not met: key {} {shown}; nothing was changed",
-        crate::text::escape(key)
-    ));
-    if let Ok(value) = meta.parse() {
-        status
-            .metadata_mut()
-            .insert(CURRENT_VERSION_METADATA, value);
+    MasterError::ConditionFailed {
+        message: format!(
+            "condition not met: key {} {shown}; nothing was changed",
+            crate::text::escape(key)
+        ),
+        current,
     }
-    status
 }
 
 impl Master {
@@ -187,7 +183,7 @@ impl Master {
         key: Bytes,
         value: Bytes,
         client: Option<ClientWrite>,
-    ) -> Result<Written, Status> {
+    ) -> Result<Written, MasterError> {
         self.apply(Mutation {
             key,
             value: Some(value),
@@ -198,25 +194,25 @@ impl Master {
     }
 
     /// A WRITE, DELETE or conditional one (module doc).
-    pub async fn apply(&self, mutation: Mutation) -> Result<Written, Status> {
+    pub async fn apply(&self, mutation: Mutation) -> Result<Written, MasterError> {
         let limits = &self.config.limits;
         match &mutation.value {
             Some(value) => limits.check_write(&mutation.key, value),
             None => limits.check_key(&mutation.key),
         }
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(|e| MasterError::invalid(e.to_string()))?;
         let term = self.serving_term()?;
         let master = self
             .me
             .upgrade()
-            .ok_or_else(|| Status::unavailable("shutting down"))?;
+            .ok_or_else(|| MasterError::unavailable("shutting down"))?;
         let Some(client) = mutation.client else {
             return spawned(async move { master.apply_fresh(&term, mutation).await }).await;
         };
         loop {
             let begun =
                 lock(&self.sessions).begin(client.origin, client.answered_below, Instant::now());
-            match begun.map_err(|e| Status::failed_precondition(e.to_string()))? {
+            match begun.map_err(|e| MasterError::refused(e.to_string()))? {
                 Begin::Fresh(ticket) => {
                     let mutation = mutation.clone();
                     return spawned(async move {
@@ -248,7 +244,11 @@ impl Master {
     }
 
     /// A WRITE or DELETE seen for the first time.
-    async fn apply_fresh(&self, term: &Arc<Term>, mutation: Mutation) -> Result<Written, Status> {
+    async fn apply_fresh(
+        &self,
+        term: &Arc<Term>,
+        mutation: Mutation,
+    ) -> Result<Written, MasterError> {
         let Mutation {
             key,
             value,
@@ -265,7 +265,7 @@ impl Master {
         let candidates = placement::write_order(&lock(&self.slaves).placeable());
         if candidates.len() < r {
             abandon();
-            return Err(Status::unavailable(format!(
+            return Err(MasterError::unavailable(format!(
                 "only {} slave(s) are live; a WRITE needs {r} (replication factor); nothing was written",
                 candidates.len()
             )));
@@ -374,7 +374,7 @@ impl Master {
         tombstone: bool,
         acked: Vec<SlaveIdx>,
         deduplicated: bool,
-    ) -> Result<Written, Status> {
+    ) -> Result<Written, MasterError> {
         let r = term.replication_factor as usize;
         let reached = acked.len();
         lock(&self.index).record(key, version, pos, acked, tombstone);
@@ -382,7 +382,7 @@ impl Master {
         if reached < r {
             self.repair.notify_one();
             term.check_can_ack()?;
-            return Err(Status::unavailable(format!(
+            return Err(MasterError::unavailable(format!(
                 "WRITE {version} is in the log but reached only {reached} of {r} slaves before they failed; \
                  it will be re-replicated when slaves return (outcome unknown, like a timeout)"
             )));
@@ -401,7 +401,11 @@ impl Master {
     /// A retry of a WRITE already in the log: answered with its version once
     /// it is known to be in the log for good; a WRITE of this term that has
     /// not reached its quorum yet is sent to the slaves again first.
-    async fn complete_retry(&self, term: &Arc<Term>, logged: Logged) -> Result<Written, Status> {
+    async fn complete_retry(
+        &self,
+        term: &Arc<Term>,
+        logged: Logged,
+    ) -> Result<Written, MasterError> {
         let Logged {
             version,
             key,
@@ -477,9 +481,9 @@ impl Master {
 /// Runs a WRITE's work in its own task, so that it finishes even if the
 /// caller stops waiting.
 async fn spawned(
-    work: impl Future<Output = Result<Written, Status>> + Send + 'static,
-) -> Result<Written, Status> {
+    work: impl Future<Output = Result<Written, MasterError>> + Send + 'static,
+) -> Result<Written, MasterError> {
     tokio::spawn(work)
         .await
-        .unwrap_or_else(|e| Err(Status::internal(format!("the WRITE task failed: {e}"))))
+        .unwrap_or_else(|e| Err(MasterError::internal(format!("the WRITE task failed: {e}"))))
 }
