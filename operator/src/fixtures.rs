@@ -8,18 +8,19 @@ use http::{Request, Response};
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, ResourceExt};
+use serde::Serialize;
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tower_test::mock::{self, Handle};
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
-    PodCondition, PodStatus, Secret,
+    ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
+    PersistentVolumeClaim, Pod, PodCondition, PodStatus, Secret,
 };
 use kube::api::ObjectMeta;
 
-use crate::crd::{DsmCluster, DsmClusterSpec, DsmClusterStatus};
+use crate::crd::{BootstrapSpec, DsmCluster, DsmClusterSpec, DsmClusterStatus, SnapshotSource};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::names::{ANNOTATION_SPEC_HASH, LABEL_ROLE, Names, Role, Seat};
@@ -38,6 +39,23 @@ pub fn test_cluster(spec: DsmClusterSpec) -> DsmCluster {
         ..ObjectMeta::default()
     };
     dc
+}
+
+/// The snapshot the bootstrap tests restore from: `backups/test-1.snap` on the claim
+/// `test-snapshots`.
+pub fn test_snapshot() -> SnapshotSource {
+    SnapshotSource {
+        claim_name: "test-snapshots".to_string(),
+        path: "backups/test-1.snap".to_string(),
+    }
+}
+
+/// The spec of a cluster bootstrapped from `snapshot`, otherwise the default.
+pub fn bootstrapped(snapshot: SnapshotSource) -> DsmClusterSpec {
+    DsmClusterSpec {
+        bootstrap: Some(BootstrapSpec { snapshot }),
+        ..DsmClusterSpec::default()
+    }
 }
 
 impl DsmCluster {
@@ -98,7 +116,7 @@ pub fn healthy(names: &Names, epoch: u64) -> Observed {
             seat_pod(names, Seat::Backup, POD_HASHES[1], Role::Standby, true),
         ],
         master: Some(active_status(names, epoch)),
-        backup: None,
+        ..Observed::default()
     }
 }
 
@@ -243,20 +261,27 @@ impl Call {
 
 /// A mocked API server holding a fixed state: it answers each request as the real one
 /// would (echoing applied and created objects, serving the given StatefulSet, with the
-/// last applied spec, pods and Secrets, 404 for the rest) and records every request, so
-/// a test can assert the exact calls made.
+/// last applied spec, pods, Secrets and PersistentVolumeClaims, 404 for the rest) and
+/// records every request, so a test can assert the exact calls made.
 pub struct ApiServerVerifier {
     handle: Handle<Request<Body>, Response<Body>>,
     cluster: DsmCluster,
     slave_set: Option<StatefulSet>,
     pods: Vec<Pod>,
     secrets: Vec<Secret>,
+    claims: Vec<PersistentVolumeClaim>,
 }
 
 impl ApiServerVerifier {
     /// The same server also holding `secrets`.
     pub fn with_secrets(mut self, secrets: Vec<Secret>) -> Self {
         self.secrets = secrets;
+        self
+    }
+
+    /// The same server also holding `claims` (GETs of them; applies are echoed).
+    pub fn with_claims(mut self, claims: Vec<PersistentVolumeClaim>) -> Self {
+        self.claims = claims;
         self
     }
 
@@ -269,6 +294,7 @@ impl ApiServerVerifier {
                 mut slave_set,
                 pods,
                 secrets,
+                claims,
             } = self;
             let mut calls = Vec::new();
             while let Some((request, send)) = handle.next_request().await {
@@ -294,13 +320,10 @@ impl ApiServerVerifier {
                         Some(sts) => (200, json!(sts)),
                         None => not_found(),
                     },
-                    ("GET", _) if uri.contains("/secrets/") => match secrets
-                        .iter()
-                        .find(|s| uri.ends_with(&format!("/secrets/{}", s.name_any())))
-                    {
-                        Some(secret) => (200, json!(secret)),
-                        None => not_found(),
-                    },
+                    ("GET", _) if uri.contains("/secrets/") => get_named(&secrets, "secrets", &uri),
+                    ("GET", _) if uri.contains("/persistentvolumeclaims/") => {
+                        get_named(&claims, "persistentvolumeclaims", &uri)
+                    }
                     ("GET", _) if uri.contains("/pods?") => (
                         200,
                         json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods}),
@@ -332,6 +355,21 @@ impl ApiServerVerifier {
             }
             calls
         })
+    }
+}
+
+/// The answer to a GET of `uri` (`…/<plural>/<name>`) from `objects`.
+fn get_named<K: ResourceExt + Serialize>(
+    objects: &[K],
+    plural: &str,
+    uri: &str,
+) -> (u16, serde_json::Value) {
+    match objects
+        .iter()
+        .find(|o| uri.ends_with(&format!("/{plural}/{}", o.name_any())))
+    {
+        Some(object) => (200, json!(object)),
+        None => not_found(),
     }
 }
 
@@ -375,6 +413,7 @@ impl Context {
             slave_set,
             pods,
             secrets: Vec::new(),
+            claims: Vec::new(),
         };
         (Arc::new(context), verifier)
     }

@@ -233,7 +233,7 @@ mod tests {
         let masters = masters_policy(&dc, &names, Some("dsm-system")).expect("policy");
 
         let pod = |seat| {
-            master_pod(&dc, &names, seat, Role::Standby)
+            master_pod(&dc, &names, seat, Role::Standby, None)
                 .expect("pod")
                 .metadata
                 .labels

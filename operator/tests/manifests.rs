@@ -10,10 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use dsm_operator::certs;
-use dsm_operator::crd::{AccessMode, DsmCluster, DsmClusterSpec, TlsClientAuth};
+use dsm_operator::crd::{
+    AccessMode, BootstrapSpec, DsmCluster, DsmClusterSpec, SnapshotSource, TlsClientAuth,
+};
 use dsm_operator::names::{Names, Role, Seat};
 use dsm_operator::netpol;
 use dsm_operator::objects;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
@@ -41,18 +44,20 @@ fn cluster(name: &str, spec: DsmClusterSpec) -> DsmCluster {
     dc
 }
 
+/// A master-capable pod as the operator creates it for `dc` (restoring `spec.bootstrap`).
+fn new_master_pod(dc: &DsmCluster, names: &Names, seat: Seat, role: Role) -> Pod {
+    let restore = dc.spec.bootstrap_snapshot();
+    objects::master_pod(dc, names, seat, role, restore).expect("pod")
+}
+
 /// Every object the operator would create for `dc`, as one multi-document YAML file.
 fn objects_yaml(dc: &DsmCluster) -> String {
     let names = Names::of(dc).expect("names");
     let docs = [
         serde_saphyr::to_string(&objects::config_map(dc, &names).expect("cm")),
         serde_saphyr::to_string(&objects::log_pvc(dc, &names).expect("pvc")),
-        serde_saphyr::to_string(
-            &objects::master_pod(dc, &names, Seat::Master, Role::Active).expect("pod"),
-        ),
-        serde_saphyr::to_string(
-            &objects::master_pod(dc, &names, Seat::Backup, Role::Standby).expect("pod"),
-        ),
+        serde_saphyr::to_string(&new_master_pod(dc, &names, Seat::Master, Role::Active)),
+        serde_saphyr::to_string(&new_master_pod(dc, &names, Seat::Backup, Role::Standby)),
         serde_saphyr::to_string(&objects::seat_service(dc, &names, Seat::Master).expect("svc")),
         serde_saphyr::to_string(&objects::seat_service(dc, &names, Seat::Backup).expect("svc")),
         serde_saphyr::to_string(&objects::leader_service(dc, &names).expect("svc")),
@@ -128,8 +133,18 @@ fn manifests_chart_and_operator_objects_validate_against_kubernetes_schemas() {
     let mut cert_manager = DsmClusterSpec::default();
     cert_manager.tls.enabled = true;
     cert_manager.tls.secret_name = Some("dsm-cert-manager".to_string());
+    let restored = DsmClusterSpec {
+        bootstrap: Some(BootstrapSpec {
+            snapshot: SnapshotSource {
+                claim_name: "dsm-snapshots".to_string(),
+                path: "dsm-20260101T030000Z.snap".to_string(),
+            },
+        }),
+        ..DsmClusterSpec::default()
+    };
     for (name, spec) in [
         ("default", DsmClusterSpec::default()),
+        ("restored", restored),
         ("rwx", rwx),
         ("no-backup", no_backup),
         ("secured", secured),

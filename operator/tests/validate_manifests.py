@@ -58,6 +58,17 @@ VALUE_SETS = {
         "dashboards": {"enabled": True, "label": "grafana_dashboard", "namespace": "monitoring"},
         "imagePullSecrets": [{"name": "registry"}],
         "nodeSelector": {"kubernetes.io/os": "linux"},
+        "snapshots": {
+            "enabled": True,
+            "keep": 3,
+            "storage": {"accessMode": "ReadWriteMany", "storageClassName": "nfs"},
+            "tls": {"caSecretName": "dsm-tls"},
+            "auth": {"secretName": "dsm-auth"},
+        },
+    },
+    # Snapshots of a plaintext cluster the chart does not create.
+    "snapshots-only": {
+        "snapshots": {"enabled": True, "clusterName": "prod"},
     },
 }
 
@@ -142,11 +153,13 @@ def check_chart(repo, version, schema, report):
                 continue
             validate_yaml(text, f"{path} [{label}]", version, schema, report)
 
-    try:
-        chart.validate_schema({"replicaCount": 0})
-        report.fail("values.schema.json", "accepted replicaCount: 0")
-    except Exception:  # noqa: BLE001 - the rejection is what we want
-        report.ok("values.schema.json rejects replicaCount: 0")
+    for label, values in [("replicaCount: 0", {"replicaCount": 0}),
+                          ("snapshots.keep: 0", {"snapshots": {"keep": 0}})]:
+        try:
+            chart.validate_schema(values)
+            report.fail("values.schema.json", f"accepted {label}")
+        except Exception:  # noqa: BLE001 - the rejection is what we want
+            report.ok(f"values.schema.json rejects {label}")
 
     chart_crd = chart_dir / "crds" / "dsmcluster.yaml"
     if chart_crd.read_text() == (repo / "manifests" / "crd.yaml").read_text():

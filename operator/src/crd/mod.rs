@@ -112,6 +112,15 @@ pub struct DsmClusterSpec {
     /// The volume holding the write-ahead log, shared by master and backup.
     #[serde(default)]
     pub log_volume: LogVolumeSpec,
+    /// Restores a new cluster from a snapshot file instead of starting it empty. Used
+    /// only when a master or backup pod is created, and acted on only while the log volume
+    /// is empty: each such pod restores the file into the log volume before its `dsm`
+    /// process starts, unless the volume already holds a log. Changing or removing it
+    /// later restores nothing and replaces no running pod; pods created while it is set
+    /// mount the claim, so remove it before deleting the claim. The slaves start empty;
+    /// the master copies every key to them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapSpec>,
     /// How many slaves acknowledge each WRITE.
     #[serde(default)]
     pub replication: ReplicationSpec,
@@ -292,6 +301,45 @@ impl Default for LogVolumeSpec {
             access_mode: default_access_mode(),
         }
     }
+}
+
+/// Where a new cluster's data comes from.
+///
+/// Both master-capable pods get an init container running `dsm snapshot restore
+/// --if-empty` ([`crate::objects::master_pod`]): restores into one directory take turns
+/// and a finished one is not redone, so whichever runs first builds the log, and neither
+/// `dsm` process starts before it exists. The field is not part of the pods' spec hash: a
+/// pod's init containers and volumes are fixed when it is created, and replacing the
+/// masters for a field that only matters on an empty log would cost a failover for
+/// nothing. Pods created later (a rollout, a failed pod) follow the current value.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapSpec {
+    /// A snapshot file written by `dsm snapshot save`, on a PersistentVolumeClaim of the
+    /// cluster's namespace.
+    pub snapshot: SnapshotSource,
+}
+
+/// A snapshot file on a PersistentVolumeClaim.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSource {
+    /// The PersistentVolumeClaim holding the file, in the cluster's namespace. Master and
+    /// backup mount it read-only for as long as they run (a ReadWriteOnce claim stays
+    /// attached to their node meanwhile); until it exists they are not created.
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: String,
+    /// The file's path inside the claim, relative to its root (e.g.
+    /// `dsm-20260101T030000Z.snap`). The restore refuses a damaged or truncated file and
+    /// leaves the pod waiting with the error in the DsmCluster's status.
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("!self.startsWith('/')").message(
+        "spec.bootstrap.snapshot.path must be relative to the root of the claim (no leading /)"
+    ))]
+    #[x_kube(validation = Rule::new(
+        "self != '..' && !self.startsWith('../') && !self.endsWith('/..') && !self.contains('/../')"
+    ).message("spec.bootstrap.snapshot.path must not contain a `..` segment: it names a file inside the claim"))]
+    pub path: String,
 }
 
 /// Replication settings.
@@ -521,6 +569,7 @@ impl Default for DsmClusterSpec {
             master: MasterSpec::default(),
             backup: BackupSpec::default(),
             log_volume: LogVolumeSpec::default(),
+            bootstrap: None,
             replication: ReplicationSpec::default(),
             client: ClientSpec::default(),
             metrics: MetricsSpec::default(),
@@ -534,6 +583,11 @@ impl Default for DsmClusterSpec {
 }
 
 impl DsmClusterSpec {
+    /// The snapshot a master-capable pod created now restores its log from.
+    pub fn bootstrap_snapshot(&self) -> Option<&SnapshotSource> {
+        self.bootstrap.as_ref().map(|b| &b.snapshot)
+    }
+
     /// Slaves each WRITE must reach: the configured factor, or a majority of the
     /// configured slaves, `ceil((n + 1) / 2)` — the same default as the node's. Unset,
     /// it follows every change of the slave count.

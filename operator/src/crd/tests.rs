@@ -157,16 +157,79 @@ fn admission_accepts_an_empty_spec_and_the_shipped_examples() {
     for entry in std::fs::read_dir(&examples).expect("manifests/examples") {
         let path = entry.expect("entry").path();
         let text = std::fs::read_to_string(&path).expect("example");
-        let example: serde_json::Value = serde_saphyr::from_str(&text).expect("YAML");
-        assert_eq!(
-            admit(&example, None),
-            Vec::<String>::new(),
-            "{}",
-            path.display()
-        );
-        seen += 1;
+        let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).expect("YAML");
+        // Some examples hold other objects too (the snapshot CronJob and its claim).
+        for example in documents.iter().filter(|d| d["kind"] == "DsmCluster") {
+            assert_eq!(
+                admit(example, None),
+                Vec::<String>::new(),
+                "{}",
+                path.display()
+            );
+            seen += 1;
+        }
     }
-    assert!(seen >= 2, "examples found in {examples}");
+    assert!(seen >= 3, "DsmClusters found in {examples}");
+}
+
+/// A DsmCluster bootstrapped from the file `path` of the claim `dsm-snapshots`.
+fn bootstrapped_from(path: &str) -> serde_json::Value {
+    object(serde_json::json!({
+        "bootstrap": {"snapshot": {"claimName": "dsm-snapshots", "path": path}},
+    }))
+}
+
+#[test]
+fn admission_takes_a_snapshot_path_inside_the_claim_only() {
+    for path in [
+        "dsm-20260101T030000Z.snap",
+        "backups/dsm.snap",
+        "a..b/dsm..snap",
+        ".hidden/dsm.snap",
+    ] {
+        assert_eq!(
+            admit(&bootstrapped_from(path), None),
+            Vec::<String>::new(),
+            "{path}"
+        );
+    }
+    let absolute =
+        "spec.bootstrap.snapshot.path must be relative to the root of the claim (no leading /)";
+    let dots = "spec.bootstrap.snapshot.path must not contain a `..` segment: it names a file inside the claim";
+    for (path, refused) in [
+        ("/snapshots/dsm.snap", vec![absolute]),
+        ("..", vec![dots]),
+        ("../other/dsm.snap", vec![dots]),
+        ("backups/../../dsm.snap", vec![dots]),
+        ("backups/..", vec![dots]),
+        ("/../dsm.snap", vec![absolute, dots]),
+    ] {
+        assert_eq!(admit(&bootstrapped_from(path), None), refused, "{path}");
+    }
+}
+
+#[test]
+fn bootstrap_may_be_set_changed_or_removed_on_a_running_cluster() {
+    // It only acts on an empty log volume, so no transition is refused.
+    let running = object(serde_json::json!({}));
+    let set = bootstrapped_from("a.snap");
+    let changed = bootstrapped_from("b.snap");
+    for (new, old) in [(&set, &running), (&changed, &set), (&running, &changed)] {
+        assert_eq!(admit(new, Some(old)), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn the_bootstrap_schema_requires_a_claim_and_a_path() {
+    let schema = crd_schema();
+    let snapshot =
+        &schema["properties"]["spec"]["properties"]["bootstrap"]["properties"]["snapshot"];
+    assert_eq!(
+        snapshot["required"],
+        serde_json::json!(["claimName", "path"])
+    );
+    assert_eq!(snapshot["properties"]["path"]["minLength"], 1);
+    assert_eq!(snapshot["properties"]["claimName"]["minLength"], 1);
 }
 
 #[test]
@@ -182,6 +245,7 @@ fn crd_carries_scale_printer_columns_and_validation_messages() {
         "minimum: 1",
         "spec.tls.enabled cannot change once the cluster exists",
         "spec.tls.clientAuth: required needs spec.client.enabled: false",
+        "spec.bootstrap.snapshot.path must be relative to the root of the claim",
     ] {
         assert!(yaml.contains(needle), "CRD lacks `{needle}`");
     }

@@ -11,8 +11,8 @@
 //!   reading it when it changes;
 //! - `pod`: what every DSM pod shares: the hardened container and pod spec, probes,
 //!   `/tmp`;
-//! - `masters`: master and backup (the log volume, their pods and spec hash, their
-//!   Services, the leader Service);
+//! - `masters`: master and backup (the log volume, their pods and spec hash, the restore
+//!   of `spec.bootstrap`, their Services, the leader Service);
 //! - `slaves`: the slave StatefulSet, its headless Service and PodDisruptionBudget;
 //! - `client`: the idle client Deployment;
 //! - `secrets`: the TLS Secrets the operator writes, and how each pod mounts the TLS and
@@ -48,7 +48,10 @@ mod tests;
 
 pub use client::client_deployment;
 pub use config::{config_data, config_map, master_config_checksum, shared_config_checksum};
-pub use masters::{LOG_DIR, leader_service, log_pvc, master_pod, master_pod_hash, seat_service};
+pub use masters::{
+    LOG_DIR, SNAPSHOT_DIR, leader_service, log_pvc, master_pod, master_pod_hash, restored_from,
+    seat_service,
+};
 pub use monitoring::{service_monitor, service_monitor_resource};
 pub use pod::RUN_AS_USER;
 pub use secrets::{

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, PodSpec, ResourceRequirements, SecretVolumeSource, VolumeMount,
+    Container, PersistentVolumeClaimVolumeSource, PodSpec, ResourceRequirements,
+    SecretVolumeSource, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -12,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::*;
 use crate::certs;
 use crate::crd::{AccessMode, DsmCluster, DsmClusterSpec, PullPolicy, TlsClientAuth};
-use crate::fixtures::test_cluster;
+use crate::fixtures::{bootstrapped, test_cluster, test_snapshot};
 use crate::names::{LABEL_CLIENT, LABEL_INSTANCE, LABEL_LOG_VOLUME, LABEL_ROLE, Names, Role, Seat};
 
 fn cluster(spec: DsmClusterSpec) -> (DsmCluster, Names) {
@@ -46,7 +47,12 @@ fn assert_hardened(spec: &PodSpec) {
         Some("RuntimeDefault")
     );
     assert_eq!(spec.enable_service_links, Some(false));
-    for c in &spec.containers {
+    for c in spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+    {
         let sc = c
             .security_context
             .as_ref()
@@ -71,7 +77,7 @@ fn assert_hardened(spec: &PodSpec) {
 fn every_pod_is_hardened_and_leaves_its_last_error_in_its_status() {
     let (dc, names) = cluster(DsmClusterSpec::default());
     for seat in [Seat::Master, Seat::Backup] {
-        let pod = master_pod(&dc, &names, seat, Role::Standby).expect("pod");
+        let pod = master_pod(&dc, &names, seat, Role::Standby, None).expect("pod");
         assert_hardened(pod.spec.as_ref().expect("spec"));
     }
     let sts = slave_set(&dc, &names, 3).expect("sts");
@@ -92,6 +98,19 @@ fn every_pod_is_hardened_and_leaves_its_last_error_in_its_status() {
 }
 
 #[test]
+fn a_restoring_pod_is_hardened_too() {
+    let (dc, names) = cluster(bootstrapped(test_snapshot()));
+    let pod = master_pod(
+        &dc,
+        &names,
+        Seat::Master,
+        Role::Standby,
+        Some(&test_snapshot()),
+    );
+    assert_hardened(pod.expect("pod").spec.as_ref().expect("spec"));
+}
+
+#[test]
 fn every_object_is_owned_by_the_cluster() {
     let (dc, names) = cluster(DsmClusterSpec::default());
     let now = k8s_openapi::jiff::Timestamp::now();
@@ -100,7 +119,7 @@ fn every_object_is_owned_by_the_cluster() {
     let metas = [
         config_map(&dc, &names).expect("cm").metadata,
         log_pvc(&dc, &names).expect("pvc").metadata,
-        master_pod(&dc, &names, Seat::Master, Role::Active)
+        master_pod(&dc, &names, Seat::Master, Role::Active, None)
             .expect("pod")
             .metadata,
         seat_service(&dc, &names, Seat::Backup)
@@ -139,7 +158,7 @@ fn backup_disabled_leaves_backup_out_of_the_config_and_affinity() {
     let data = config_data(&dc, &names);
     assert!(!data.contains_key("DSM_BACKUP"));
     assert_eq!(data["DSM_MASTER"], "test-master.testns.svc:12345");
-    let pod = master_pod(&dc, &names, Seat::Master, Role::Active).expect("pod");
+    let pod = master_pod(&dc, &names, Seat::Master, Role::Active, None).expect("pod");
     // No partner to stay with: the master may schedule anywhere.
     assert_eq!(pod.spec.expect("spec").affinity, None);
 }
@@ -153,7 +172,7 @@ fn read_write_once_log_volume_pins_master_and_backup_together() {
         Some(vec!["ReadWriteOnce".to_string()])
     );
     for seat in [Seat::Master, Seat::Backup] {
-        let pod = master_pod(&dc, &names, seat, Role::Standby).expect("pod");
+        let pod = master_pod(&dc, &names, seat, Role::Standby, None).expect("pod");
         assert_eq!(
             pod.metadata
                 .labels
@@ -195,7 +214,7 @@ fn read_write_many_log_volume_needs_no_affinity() {
             .map(|r| r["storage"].clone()),
         Some(Quantity("5Gi".to_string()))
     );
-    let pod = master_pod(&dc, &names, Seat::Backup, Role::Standby).expect("pod");
+    let pod = master_pod(&dc, &names, Seat::Backup, Role::Standby, None).expect("pod");
     assert_eq!(pod.spec.expect("spec").affinity, None);
 }
 
@@ -236,8 +255,8 @@ fn scaling_changes_master_config_but_does_not_roll_slaves() {
 #[test]
 fn role_changes_do_not_make_a_master_pod_outdated() {
     let (dc, names) = cluster(DsmClusterSpec::default());
-    let active = master_pod(&dc, &names, Seat::Master, Role::Active).expect("pod");
-    let standby = master_pod(&dc, &names, Seat::Master, Role::Standby).expect("pod");
+    let active = master_pod(&dc, &names, Seat::Master, Role::Active, None).expect("pod");
+    let standby = master_pod(&dc, &names, Seat::Master, Role::Standby, None).expect("pod");
     assert_eq!(active.metadata.annotations, standby.metadata.annotations);
     assert_eq!(
         active
@@ -262,7 +281,7 @@ fn image_changes_make_master_pods_outdated() {
         master_pod_hash(&dc, &names, Seat::Backup).expect("hash"),
         master_pod_hash(&next, &next_names, Seat::Backup).expect("hash")
     );
-    let pod = master_pod(&next, &next_names, Seat::Backup, Role::Standby).expect("pod");
+    let pod = master_pod(&next, &next_names, Seat::Backup, Role::Standby, None).expect("pod");
     let c = container(&pod.spec);
     assert_eq!(c.image.as_deref(), Some("dsm:next"));
     assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
@@ -284,10 +303,10 @@ fn custom_resources_and_storage_classes_reach_the_pods() {
     spec.slaves.storage.size = "20Gi".to_string();
     let (dc, names) = cluster(spec);
 
-    let master = master_pod(&dc, &names, Seat::Master, Role::Active).expect("pod");
+    let master = master_pod(&dc, &names, Seat::Master, Role::Active, None).expect("pod");
     assert_eq!(container(&master.spec).resources, Some(requests("500m")));
     // The backup inherits the master's resources unless it sets its own.
-    let backup = master_pod(&dc, &names, Seat::Backup, Role::Standby).expect("pod");
+    let backup = master_pod(&dc, &names, Seat::Backup, Role::Standby, None).expect("pod");
     assert_eq!(container(&backup.spec).resources, Some(requests("500m")));
 
     let sts = slave_set(&dc, &names, 3).expect("sts").spec.expect("spec");
@@ -311,7 +330,7 @@ fn custom_resources_and_storage_classes_reach_the_pods() {
 #[test]
 fn pods_advertise_their_service_addresses() {
     let (dc, names) = cluster(DsmClusterSpec::default());
-    let backup = master_pod(&dc, &names, Seat::Backup, Role::Standby).expect("pod");
+    let backup = master_pod(&dc, &names, Seat::Backup, Role::Standby, None).expect("pod");
     let c = container(&backup.spec);
     assert_eq!(c.args, Some(vec!["backup".to_string()]));
     assert_eq!(
@@ -409,7 +428,7 @@ fn secured(
 /// The spec of every member pod: master, backup and the slaves' template.
 fn member_specs(dc: &DsmCluster, names: &Names) -> Vec<(&'static str, PodSpec)> {
     let pod = |seat| {
-        master_pod(dc, names, seat, Role::Standby)
+        master_pod(dc, names, seat, Role::Standby, None)
             .expect("pod")
             .spec
             .expect("spec")
@@ -634,4 +653,127 @@ fn the_member_secret_has_the_kubernetes_tls_layout() {
         certs::CaPems::from_secret(&ca_secret, "test-tls-ca").expect("CA"),
         ca
     );
+}
+
+/// The volume `name` of a pod spec, if it is a claim.
+fn claim_volume<'a>(
+    spec: &'a PodSpec,
+    name: &str,
+) -> Option<&'a PersistentVolumeClaimVolumeSource> {
+    spec.volumes
+        .as_ref()?
+        .iter()
+        .find(|v| v.name == name)?
+        .persistent_volume_claim
+        .as_ref()
+}
+
+#[test]
+fn a_bootstrap_snapshot_is_restored_by_an_init_container_on_both_master_pods() {
+    let mut spec = bootstrapped(test_snapshot());
+    spec.master.resources = Some(ResourceRequirements {
+        requests: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity("256Mi".to_string()),
+        )])),
+        ..ResourceRequirements::default()
+    });
+    let (dc, names) = cluster(spec);
+    for seat in [Seat::Master, Seat::Backup] {
+        let pod = master_pod(&dc, &names, seat, Role::Standby, Some(&test_snapshot()))
+            .expect("pod")
+            .spec
+            .expect("spec");
+        let [restore] = pod.init_containers.as_deref().unwrap_or_default() else {
+            panic!("{seat:?}: expected one init container");
+        };
+        assert_eq!(restore.name, "restore");
+        assert_eq!(restore.image, pod.containers[0].image, "the same dsm image");
+        assert_eq!(
+            restore.args.as_deref().unwrap_or_default(),
+            [
+                "snapshot",
+                "restore",
+                "/snapshot/backups/test-1.snap",
+                "--log-dir",
+                LOG_DIR,
+                "--if-empty"
+            ]
+        );
+        // The log mounted where the main container has it, the snapshot read-only.
+        let log = mount(restore, "log").expect("log mount");
+        assert_eq!(Some(log), mount(&pod.containers[0], "log"));
+        assert_eq!((log.mount_path.as_str(), log.read_only), (LOG_DIR, None));
+        let snapshot = mount(restore, "snapshot").expect("snapshot mount");
+        assert_eq!(
+            (snapshot.mount_path.as_str(), snapshot.read_only),
+            (SNAPSHOT_DIR, Some(true))
+        );
+        let claim = claim_volume(&pod, "snapshot").expect("snapshot volume");
+        assert_eq!(
+            (claim.claim_name.as_str(), claim.read_only),
+            ("test-snapshots", Some(true))
+        );
+        assert_eq!(restore.resources, pod.containers[0].resources, "{seat:?}");
+        // The main container does not see the snapshot.
+        assert_eq!(mount(&pod.containers[0], "snapshot"), None);
+    }
+}
+
+#[test]
+fn without_bootstrap_no_pod_restores_or_mounts_a_snapshot() {
+    // With a bootstrap in the spec too: slaves never restore, and a master pod does
+    // only when given the snapshot (the reconciler decides per pod).
+    for (dc, names) in [
+        cluster(DsmClusterSpec::default()),
+        cluster(bootstrapped(test_snapshot())),
+    ] {
+        for (who, spec) in member_specs(&dc, &names) {
+            assert_eq!(spec.init_containers, None, "{who}");
+            assert!(claim_volume(&spec, "snapshot").is_none(), "{who}");
+        }
+    }
+}
+
+#[test]
+fn bootstrap_is_left_out_of_the_master_pods_spec_hash() {
+    let (plain, plain_names) = cluster(DsmClusterSpec::default());
+    let mut other = test_snapshot();
+    other.path = "backups/test-2.snap".to_string();
+    for seat in [Seat::Master, Seat::Backup] {
+        let hash = master_pod_hash(&plain, &plain_names, seat).expect("hash");
+        for snapshot in [test_snapshot(), other.clone()] {
+            let (dc, names) = cluster(bootstrapped(snapshot.clone()));
+            assert_eq!(master_pod_hash(&dc, &names, seat).expect("hash"), hash);
+            let pod = master_pod(&dc, &names, seat, Role::Active, Some(&snapshot)).expect("pod");
+            assert_eq!(
+                pod.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(crate::names::ANNOTATION_SPEC_HASH)),
+                Some(&hash)
+            );
+        }
+    }
+}
+
+#[test]
+fn the_restore_a_pod_was_created_with_is_read_back_from_its_spec() {
+    let (dc, names) = cluster(bootstrapped(test_snapshot()));
+    let restoring = master_pod(
+        &dc,
+        &names,
+        Seat::Backup,
+        Role::Standby,
+        Some(&test_snapshot()),
+    )
+    .expect("pod");
+    assert_eq!(restored_from(&restoring), Some(test_snapshot()));
+    let plain = master_pod(&dc, &names, Seat::Backup, Role::Standby, None).expect("pod");
+    assert_eq!(restored_from(&plain), None);
+    // As the API server lists it, with the defaults it fills in.
+    let mut listed = serde_json::to_value(&restoring).expect("json");
+    listed["spec"]["initContainers"][0]["terminationMessagePath"] = "/dev/termination-log".into();
+    let listed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(listed).expect("pod");
+    assert_eq!(restored_from(&listed), Some(test_snapshot()));
 }

@@ -34,6 +34,10 @@ pub struct Observed {
     pub master: Option<StatusReply>,
     /// `Kv.Status` of the backup Service, when it answered.
     pub backup: Option<StatusReply>,
+    /// The claim of `spec.bootstrap.snapshot`, when a master-capable pod is to be created
+    /// (it would mount the claim) and the claim does not exist. Looked up only then: a
+    /// running cluster no longer needs it.
+    pub missing_snapshot_claim: Option<String>,
 }
 
 impl Observed {
@@ -68,7 +72,8 @@ pub enum SeatAction {
     /// Delete the pod: it is outdated and it is its turn, or it failed. The next
     /// reconcile creates its replacement.
     Replace,
-    /// Leave the pod alone for now (outdated but not its turn, or terminating).
+    /// Leave the pod alone for now (outdated but not its turn, or terminating), or do not
+    /// create it yet (the snapshot claim it would restore from is missing).
     Wait,
     /// Delete the pod: the spec no longer wants it (backup disabled).
     Remove,
@@ -102,6 +107,11 @@ impl Plan {
             Seat::Backup => &self.backup,
         }
     }
+}
+
+/// Whether the spec runs a pod in `seat`: always the master, the backup unless disabled.
+pub fn wanted(dc: &DsmCluster, seat: Seat) -> bool {
+    seat == Seat::Master || dc.spec.backup.enabled
 }
 
 /// Whether a pod's Ready condition is true.
@@ -223,7 +233,6 @@ pub fn plan(dc: &DsmCluster, names: &Names, observed: &Observed, hashes: [&str; 
     // Master-capable pods.
     let active = observed.active_seat().map(|(seat, _)| seat);
     let seats = [Seat::Master, Seat::Backup];
-    let wanted = |seat: Seat| seat == Seat::Master || spec.backup.enabled;
     let role = |seat: Seat, pod: Option<&Pod>| match active {
         Some(a) => {
             if a == seat {
@@ -248,9 +257,11 @@ pub fn plan(dc: &DsmCluster, names: &Names, observed: &Observed, hashes: [&str; 
     let mut outdated: Vec<(usize, Role)> = Vec::new();
     for (i, seat) in seats.into_iter().enumerate() {
         let pod = observed.pod(&names.seat(seat));
-        actions[i] = match (wanted(seat), pod) {
+        actions[i] = match (wanted(dc, seat), pod) {
             (false, None) => SeatAction::Absent,
             (false, Some(_)) => SeatAction::Remove,
+            // It would be stuck waiting for the volume: status says what is missing.
+            (true, None) if observed.missing_snapshot_claim.is_some() => SeatAction::Wait,
             (true, None) => SeatAction::Apply(role(seat, None)),
             (true, Some(p)) if p.metadata.deletion_timestamp.is_some() => SeatAction::Wait,
             (true, Some(p)) if pod_failed(p) => SeatAction::Replace,
@@ -265,7 +276,7 @@ pub fn plan(dc: &DsmCluster, names: &Names, observed: &Observed, hashes: [&str; 
         let other = 1 - i;
         // Replacing the standby needs the active master up; replacing the active master
         // needs an up-to-date standby to hand over to.
-        !wanted(seats[other])
+        !wanted(dc, seats[other])
             || observed.pod(&names.seat(seats[other])).is_some_and(|p| {
                 pod_ready(p) && (role == Role::Standby || up_to_date(p, hashes[other]))
             })

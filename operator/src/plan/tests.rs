@@ -4,7 +4,8 @@
 use super::*;
 use crate::crd::DsmClusterSpec;
 use crate::fixtures::{
-    POD_HASHES, active_status, healthy, ready_slave_set, seat_pod, test_cluster,
+    POD_HASHES, active_status, bootstrapped, healthy, ready_slave_set, seat_pod, test_cluster,
+    test_snapshot,
 };
 use crate::objects::master_pod_hash;
 
@@ -31,6 +32,18 @@ fn a_healthy_cluster_changes_nothing() {
     assert_eq!(plan.master, SeatAction::Apply(Role::Active));
     assert_eq!(plan.backup, SeatAction::Apply(Role::Standby));
     assert!(plan.rollout.is_empty(), "{:?}", plan.rollout);
+}
+
+#[test]
+fn a_missing_snapshot_claim_holds_back_only_the_pods_to_be_created() {
+    let (dc, names) = setup(bootstrapped(test_snapshot()));
+    let mut observed = healthy(&names, 3);
+    observed.pods.remove(1);
+    observed.missing_snapshot_claim = Some("test-snapshots".to_string());
+    let plan = plan(&dc, &names, &observed, POD_HASHES);
+    // The running master is reconciled as ever; the backup waits for the claim.
+    assert_eq!(plan.master, SeatAction::Apply(Role::Active));
+    assert_eq!(plan.backup, SeatAction::Wait);
 }
 
 #[test]
@@ -128,7 +141,7 @@ fn running_at(from: i32) -> Observed {
             seat_pod(&names, Seat::Backup, &hashes[1].0, Role::Standby, true),
         ],
         master: Some(active_status(&names, 1)),
-        backup: None,
+        ..Observed::default()
     }
 }
 

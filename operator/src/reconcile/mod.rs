@@ -13,8 +13,9 @@
 //!    NetworkPolicies; with TLS, create the CA and issue or renew the member certificate
 //!    (unless the user brings their own Secret); read what dialling the nodes takes (CA,
 //!    token) from the cluster's Secrets (both in `reconcile/access.rs`);
-//! 2. read the slave StatefulSet and the cluster's pods, and ask both master-capable
-//!    nodes for `Kv.Status`;
+//! 2. read the slave StatefulSet and the cluster's pods (and, when a master-capable pod
+//!    is to be created from `spec.bootstrap`, its snapshot claim), and ask both
+//!    master-capable nodes for `Kv.Status`;
 //! 3. [`plan`] the changes; drain a slave through the active master if scaling down;
 //! 4. apply the StatefulSet, create, relabel or replace the master-capable pods, apply
 //!    or remove the client and the ServiceMonitor;
@@ -47,7 +48,7 @@ use crate::names::{MANAGER, Names, Seat};
 use crate::netpol;
 use crate::node::{self, NodeApi};
 use crate::objects;
-use crate::plan::{Observed, Plan, SeatAction, plan};
+use crate::plan::{self, Observed, Plan, SeatAction};
 use crate::status::{self, condition_status};
 
 mod access;
@@ -105,11 +106,8 @@ pub async fn reconcile(dc: Arc<DsmCluster>, ctx: Arc<Context>) -> Result<Action>
         &objects::config_map(&dc, &names)?,
     )
     .await?;
-    apply(
-        &Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
-        &objects::log_pvc(&dc, &names)?,
-    )
-    .await?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    apply(&claims, &objects::log_pvc(&dc, &names)?).await?;
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     apply(
         &services,
@@ -159,9 +157,12 @@ pub async fn reconcile(dc: Arc<DsmCluster>, ctx: Arc<Context>) -> Result<Action>
         .list(&ListParams::default().labels(&names.pod_selector()))
         .await
         .map_err(Error::Kube)?;
+    let missing_snapshot_claim =
+        missing_snapshot_claim(&claims, &dc, &names, &pod_list.items).await?;
     let observed = Observed {
         slave_set,
         pods: pod_list.items,
+        missing_snapshot_claim,
         master: node_status(&*ctx.nodes, &names.seat_address(Seat::Master), &access).await,
         backup: if dc.spec.backup.enabled {
             node_status(&*ctx.nodes, &names.seat_address(Seat::Backup), &access).await
@@ -175,7 +176,7 @@ pub async fn reconcile(dc: Arc<DsmCluster>, ctx: Arc<Context>) -> Result<Action>
         objects::master_pod_hash(&dc, &names, Seat::Master)?,
         objects::master_pod_hash(&dc, &names, Seat::Backup)?,
     ];
-    let mut plan = plan(&dc, &names, &observed, [&hashes[0], &hashes[1]]);
+    let mut plan = plan::plan(&dc, &names, &observed, [&hashes[0], &hashes[1]]);
     if let Some(slave) = plan.drain.clone() {
         let drained = drain(&dc, &names, &observed, &ctx, &access, &slave, &mut plan).await;
         events.extend(drained);
@@ -191,7 +192,14 @@ pub async fn reconcile(dc: Arc<DsmCluster>, ctx: Arc<Context>) -> Result<Action>
         let name = names.seat(seat);
         match plan.seat(seat) {
             SeatAction::Apply(role) => {
-                apply(&pods, &objects::master_pod(&dc, &names, seat, *role)?).await?;
+                // The API server refuses any change of a pod's init containers and
+                // volumes: an existing pod keeps the restore it was created with.
+                let restore = match observed.pod(&name) {
+                    Some(pod) => objects::restored_from(pod),
+                    None => dc.spec.bootstrap_snapshot().cloned(),
+                };
+                let pod = objects::master_pod(&dc, &names, seat, *role, restore.as_ref())?;
+                apply(&pods, &pod).await?;
             }
             SeatAction::Replace => {
                 info!(pod = %name, "replacing outdated or failed pod");
@@ -273,6 +281,35 @@ pub fn error_policy(dc: Arc<DsmCluster>, error: &Error, ctx: Arc<Context>) -> Ac
     warn!(cluster = %dc.name_any(), %error, "reconcile failed");
     ctx.metrics.reconcile_failure(error);
     Action::requeue(REQUEUE_ERROR)
+}
+
+/// The claim of `spec.bootstrap.snapshot` when a master-capable pod is to be created,
+/// which would mount it, and the claim does not exist. Not looked up while both pods
+/// exist: they have restored already, and a claim deleted since hinders nothing.
+///
+/// # Errors
+/// The API call failing.
+async fn missing_snapshot_claim(
+    claims: &Api<PersistentVolumeClaim>,
+    dc: &DsmCluster,
+    names: &Names,
+    pods: &[Pod],
+) -> Result<Option<String>> {
+    let Some(snapshot) = dc.spec.bootstrap_snapshot() else {
+        return Ok(None);
+    };
+    let creating = [Seat::Master, Seat::Backup].into_iter().any(|seat| {
+        let name = names.seat(seat);
+        plan::wanted(dc, seat) && !pods.iter().any(|p| p.name_any() == name)
+    });
+    if !creating {
+        return Ok(None);
+    }
+    let claim = claims
+        .get_opt(&snapshot.claim_name)
+        .await
+        .map_err(Error::Kube)?;
+    Ok(claim.is_none().then(|| snapshot.claim_name.clone()))
 }
 
 /// `Kv.Status` of a node, or `None` (logged) when it cannot answer: a node that is down
@@ -387,7 +424,7 @@ fn pod_event(
 }
 
 /// Events for changes between the previous status and the new one: degradation,
-/// recovery and failover.
+/// recovery, a missing snapshot claim and failover.
 fn transition_events(old: Option<&DsmClusterStatus>, new: &DsmClusterStatus) -> Vec<Event> {
     let mut events = Vec::new();
     let degraded = |s: Option<&DsmClusterStatus>| condition_status(s, "Degraded") == Some("True");
@@ -412,6 +449,23 @@ fn transition_events(old: Option<&DsmClusterStatus>, new: &DsmClusterStatus) -> 
             message("Ready"),
         )),
         _ => {}
+    }
+    // The generic Degraded Event comes only with the transition; a missing snapshot claim
+    // gets one of its own whenever it becomes the reason, naming the claim.
+    let degraded_reason = |s: Option<&DsmClusterStatus>| {
+        s?.conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded" && c.status == "True")
+            .map(|c| c.reason.clone())
+    };
+    let claim_missing = Some(status::REASON_SNAPSHOT_CLAIM_MISSING.to_string());
+    if degraded_reason(Some(new)) == claim_missing && degraded_reason(old) != claim_missing {
+        events.push(event(
+            EventType::Warning,
+            status::REASON_SNAPSHOT_CLAIM_MISSING,
+            "Observe",
+            message("Degraded"),
+        ));
     }
     let moved = old
         .and_then(|s| s.active_master.as_deref())

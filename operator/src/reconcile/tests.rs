@@ -5,7 +5,8 @@ use super::*;
 use crate::certs::{self, CaPems, MemberPems};
 use crate::crd::DsmClusterSpec;
 use crate::fixtures::{
-    Call, FakeNodes, active_status, crash_looping, ready_slave_set, seat_pod, test_cluster,
+    Call, FakeNodes, active_status, bootstrapped, crash_looping, ready_slave_set, seat_pod,
+    test_cluster, test_snapshot,
 };
 use crate::names::Role;
 use k8s_openapi::jiff::SignedDuration;
@@ -411,7 +412,7 @@ fn failover_and_recovery_raise_events() {
         slave_set: Some(sts),
         pods,
         master: nodes.statuses.values().next().cloned(),
-        backup: None,
+        ..Observed::default()
     };
     let plan = |dc: &DsmCluster, o: &Observed| {
         let hashes = [
@@ -699,4 +700,186 @@ async fn network_policies_are_removed_when_disabled() {
             format!("DELETE {NETPOL}/test-masters?")
         ]
     );
+}
+
+const CLAIM: &str = "GET /api/v1/namespaces/testns/persistentvolumeclaims/test-snapshots";
+
+/// A PersistentVolumeClaim named `name` in `testns`.
+fn claim(name: &str) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some("testns".to_string()),
+            ..kube::api::ObjectMeta::default()
+        },
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+/// [`default_calls`] with the lookup of the snapshot claim after the pods are listed.
+fn calls_with_claim_lookup() -> Vec<String> {
+    let mut expected = default_calls();
+    let at = expected
+        .iter()
+        .position(|l| l.starts_with("GET /api/v1/namespaces/testns/pods?"))
+        .expect("pods listed");
+    expected.insert(at + 1, CLAIM.to_string());
+    expected
+}
+
+#[tokio::test]
+async fn a_bootstrapped_cluster_creates_both_master_pods_restoring_the_snapshot() {
+    let dc = test_cluster(bootstrapped(test_snapshot()));
+    let (ctx, server) = Context::test(&dc, None, vec![], Arc::default());
+    let server = server.with_claims(vec![claim("test-snapshots")]).run();
+    reconcile(Arc::new(dc), ctx)
+        .await
+        .expect("reconcile succeeds");
+    let calls = server.await.expect("api server task");
+
+    let mut expected = calls_with_claim_lookup();
+    expected.push(STATUS.to_string());
+    assert_eq!(lines(&calls), expected);
+    for pod in ["test-master", "test-backup"] {
+        let applied = body(
+            &calls,
+            &format!("PATCH /api/v1/namespaces/testns/pods/{pod}{SSA}"),
+        );
+        let restore = &applied["spec"]["initContainers"][0];
+        assert_eq!(restore["name"], "restore", "{pod}");
+        assert_eq!(
+            restore["args"],
+            serde_json::json!([
+                "snapshot",
+                "restore",
+                "/snapshot/backups/test-1.snap",
+                "--log-dir",
+                objects::LOG_DIR,
+                "--if-empty"
+            ]),
+            "{pod}"
+        );
+        let volumes = applied["spec"]["volumes"].as_array().expect("volumes");
+        let snapshot = volumes
+            .iter()
+            .find(|v| v["name"] == "snapshot")
+            .expect("snapshot volume");
+        assert_eq!(
+            snapshot["persistentVolumeClaim"],
+            serde_json::json!({"claimName": "test-snapshots", "readOnly": true}),
+            "{pod}"
+        );
+    }
+    // The slaves start empty: nothing of the snapshot in their template.
+    let sts = body(
+        &calls,
+        &format!("PATCH /apis/apps/v1/namespaces/testns/statefulsets/test-slave{SSA}"),
+    );
+    assert!(!sts.to_string().contains("test-snapshots"), "{sts}");
+}
+
+#[tokio::test]
+async fn a_missing_snapshot_claim_holds_the_master_pods_back_and_says_why() {
+    let dc = test_cluster(bootstrapped(test_snapshot()));
+    let calls = reconcile_once(&dc, None, vec![], Arc::default()).await;
+    // Everything but the master pods, which could only wait for the volume.
+    let mut expected: Vec<String> = calls_with_claim_lookup()
+        .into_iter()
+        .filter(|line| !line.contains("/pods/test-"))
+        .collect();
+    expected.extend([STATUS.to_string(), EVENT.to_string(), EVENT.to_string()]);
+    assert_eq!(lines(&calls), expected);
+
+    let written = &body(&calls, STATUS)["status"];
+    assert_eq!(written["phase"], "Degraded");
+    let degraded = written_condition(&calls, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "SnapshotClaimMissing");
+    let message = degraded["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(
+            "the PersistentVolumeClaim test-snapshots of spec.bootstrap.snapshot does not exist"
+        ),
+        "{message}"
+    );
+    // The Degraded transition, and a Warning of its own naming the claim.
+    let events: Vec<&serde_json::Value> = calls
+        .iter()
+        .filter(|c| c.line() == EVENT)
+        .filter_map(|c| c.body.as_ref())
+        .collect();
+    let told: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or_default(),
+                e["reason"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        told,
+        [("Warning", "Degraded"), ("Warning", "SnapshotClaimMissing")]
+    );
+    assert_eq!(events[1]["note"], message);
+
+    // Reconciled again with that status: the claim is looked up again, the pods are
+    // still held back, and no Event repeats what was said.
+    let status = serde_json::from_value(written.clone()).expect("status");
+    let dc = dc.with_status(status);
+    let again = reconcile_once(&dc, None, vec![], Arc::default()).await;
+    assert!(lines(&again).contains(&CLAIM.to_string()));
+    assert!(
+        !lines(&again)
+            .iter()
+            .any(|l| l.contains("/pods/test-") || l == EVENT)
+    );
+    assert_eq!(
+        written_condition(&again, "Degraded")["reason"],
+        "SnapshotClaimMissing"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_bootstrap_replaces_no_pod_and_each_keeps_its_restore() {
+    let created_from = test_snapshot();
+    let dc = test_cluster(bootstrapped(created_from.clone()));
+    let names = Names::of(&dc).expect("names");
+    let (sts, listed, nodes) = running(&dc, 3, 3);
+    // The running pods as the API server lists them: created restoring `created_from`.
+    let pods: Vec<Pod> = listed
+        .into_iter()
+        .zip([(Seat::Master, Role::Active), (Seat::Backup, Role::Standby)])
+        .map(|(listed, (seat, role))| {
+            let mut pod =
+                objects::master_pod(&dc, &names, seat, role, Some(&created_from)).expect("pod");
+            pod.status = listed.status;
+            pod
+        })
+        .collect();
+    let status = status_after(&dc, sts.clone(), pods.clone(), nodes.clone()).await;
+
+    let mut moved = created_from.clone();
+    moved.path = "backups/test-2.snap".to_string();
+    for spec in [bootstrapped(moved), DsmClusterSpec::default()] {
+        let mut dc = test_cluster(spec).with_status(status.clone());
+        dc.metadata.generation = Some(2);
+        let calls = reconcile_once(&dc, Some(sts.clone()), pods.clone(), nodes.clone()).await;
+        // No claim looked up, no pod deleted, no failover: the pods are re-applied as
+        // they are, restore included (the API server would refuse any other).
+        let mut expected = default_calls();
+        expected.push(STATUS.to_string());
+        assert_eq!(lines(&calls), expected, "{:?}", dc.spec.bootstrap);
+        for (pod, seat) in pods.iter().zip([Seat::Master, Seat::Backup]) {
+            let applied = body(
+                &calls,
+                &format!(
+                    "PATCH /api/v1/namespaces/testns/pods/{}{SSA}",
+                    names.seat(seat)
+                ),
+            );
+            let spec = serde_json::to_value(pod.spec.as_ref()).expect("json");
+            assert_eq!(applied["spec"], spec, "{seat:?}");
+        }
+    }
 }

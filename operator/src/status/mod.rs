@@ -8,8 +8,9 @@
 //!   with it; `False` with reason `RolloutStalled` when a pod that cannot run (crash
 //!   loop, image pull, scheduling) or a failed drain holds the rollout up.
 //! - **Degraded**: a cluster that once ran lacks a pod or the lease holder (a dead slave
-//!   or master shows up here, whatever the reason), or the spec is one the nodes would
-//!   refuse (reason `InvalidSpec`: nothing is rolled out).
+//!   or master shows up here, whatever the reason), a pod cannot run or be created
+//!   (reason `SnapshotClaimMissing` when the claim of `spec.bootstrap` is missing), or the
+//!   spec is one the nodes would refuse (reason `InvalidSpec`: nothing is rolled out).
 //!
 //! A condition's `lastTransitionTime` changes only when its status does, so a reconcile
 //! that sees nothing new computes the same status and writes nothing.
@@ -21,7 +22,7 @@ use kube::ResourceExt;
 
 use crate::crd::{DsmCluster, DsmClusterStatus, Endpoints, SpecError};
 use crate::names::{Names, Seat};
-use crate::plan::{Observed, Plan, pod_ready};
+use crate::plan::{Observed, Plan, pod_ready, wanted};
 
 /// Phase while the cluster has never been ready.
 pub const PHASE_CREATING: &str = "Creating";
@@ -132,7 +133,8 @@ const STUCK_WAITING: [&str; 7] = [
 const MAX_ERROR_CHARS: usize = 512;
 
 /// A pod of the cluster that cannot run: a container crash-looping or stuck waiting, or
-/// the pod unschedulable. A rollout waiting on it makes no progress.
+/// the pod unschedulable; or master pods that cannot be created ([`missing_claim`]). A
+/// rollout waiting on it makes no progress.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodFailure {
     /// Kubernetes' word for it (`CrashLoopBackOff`, `ImagePullBackOff`,
@@ -140,6 +142,23 @@ pub struct PodFailure {
     pub reason: String,
     /// One line for people: the pod, what is wrong, and the container's last error.
     pub message: String,
+}
+
+/// Reason of the Degraded condition (and of the Warning Event) while master pods are not
+/// created because the snapshot claim of `spec.bootstrap` is missing.
+pub const REASON_SNAPSHOT_CLAIM_MISSING: &str = "SnapshotClaimMissing";
+
+/// Why master pods are not created: the snapshot `claim` they would restore from is
+/// missing (they would wait for the volume without a word of why in the DsmCluster).
+pub fn missing_claim(claim: &str) -> PodFailure {
+    PodFailure {
+        reason: REASON_SNAPSHOT_CLAIM_MISSING.to_string(),
+        message: format!(
+            "the PersistentVolumeClaim {claim} of spec.bootstrap.snapshot does not exist: \
+             the master pods restore their log from it and are not created until it does \
+             (create it, or remove spec.bootstrap)"
+        ),
+    }
 }
 
 /// The line of a container's termination message worth showing: with
@@ -263,7 +282,13 @@ pub fn compute(
     let replicas = sts_status.map_or(0, |s| s.replicas);
     let ready_slaves = sts_status.and_then(|s| s.ready_replicas).unwrap_or(0);
     let active = observed.active_seat();
-    let failures: Vec<PodFailure> = observed.pods.iter().filter_map(pod_failure).collect();
+    let failures: Vec<PodFailure> = observed
+        .missing_snapshot_claim
+        .as_deref()
+        .map(missing_claim)
+        .into_iter()
+        .chain(observed.pods.iter().filter_map(pod_failure))
+        .collect();
 
     // Everything that keeps the cluster from full redundancy.
     let mut lacking = Vec::new();
@@ -271,7 +296,7 @@ pub fn compute(
         lacking.push("no master-capable pod reports holding the lease".to_string());
     }
     for seat in [Seat::Master, Seat::Backup] {
-        if seat == Seat::Backup && !spec.backup.enabled {
+        if !wanted(dc, seat) {
             continue;
         }
         let name = names.seat(seat);
