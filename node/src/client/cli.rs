@@ -19,7 +19,7 @@ use super::repl::{run_interactive, run_script};
 use super::{Change, Client, ClientConfig, ClientError, WatchOptions};
 use crate::proto;
 use crate::security::{ClientSecurity, ClientSecurityArgs};
-use crate::text::escape;
+use crate::quoting::escape;
 use crate::version::{Expect, Version};
 
 const EXIT_CODES: &str = "\

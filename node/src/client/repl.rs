@@ -5,8 +5,8 @@
 //!
 //! Parsing ([`parse`]) is a pure function from a line to a [`Command`], kept
 //! apart from I/O so it can be table-tested and fuzzed. Words are split with
-//! [`crate::text::tokenize`] and values are shown with
-//! [`crate::text::escape`], so anything printed can be pasted back.
+//! [`crate::quoting::tokenize`] and values are shown with
+//! [`crate::quoting::escape`], so anything printed can be pasted back.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,7 +19,7 @@ use super::cli::{
     write_status_table,
 };
 use super::{Client, WatchOptions};
-use crate::text::{TokenizeError, escape, tokenize};
+use crate::quoting::{TokenizeError, escape, tokenize};
 use crate::version::{Expect, Version};
 
 /// One REPL command, parsed.

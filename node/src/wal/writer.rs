@@ -420,9 +420,9 @@ impl Worker {
         self.active.file.write_all(&self.buf).map_err(io_err)?;
         // Written but not durable: a crash here must lose the batch or keep
         // it whole; an injected error here is a failed fsync.
-        fail::fail_point!(crate::faults::AFTER_LOG_WRITE_BEFORE_FSYNC, |arg| {
-            Err(io_err(crate::faults::io_error(
-                crate::faults::AFTER_LOG_WRITE_BEFORE_FSYNC,
+        fail::fail_point!(crate::crash_points::AFTER_LOG_WRITE_BEFORE_FSYNC, |arg| {
+            Err(io_err(crate::crash_points::io_error(
+                crate::crash_points::AFTER_LOG_WRITE_BEFORE_FSYNC,
                 arg,
             )))
         });
