@@ -4,11 +4,11 @@
 //! Layout (`<data_dir>/slave.redb`):
 //! - table `values`: key bytes → `epoch u64 BE | seq u64 BE | value bytes`;
 //!   a tombstone (a DELETE) has the top bit of `seq` set and no value bytes
-//!   (seqs never reach 2^63);
+//!   (seqs never reach 2^63); the codec is in `record.rs`;
 //! - table `meta`: `"epoch"` → fenced epoch (u64 BE), `"id"` → slave id (UTF-8).
 //!
-//! All mutations go through one writer thread that drains a channel and
-//! applies every command waiting at that moment in a single write
+//! All mutations go through one writer thread (`writer.rs`) that drains a
+//! channel and applies every command waiting at that moment in a single write
 //! transaction, committed with [`redb::Durability::Immediate`] (fsync) before
 //! any of them is answered. Reads use their own read transactions and never
 //! wait for the writer.
@@ -35,6 +35,10 @@
 //!   `tests::raise_epoch_persists`, `tests::fenced_put_rejects_older_epoch` and
 //!   `tests::fenced_get_sees_the_fence_of_its_own_snapshot`.
 
+mod error;
+mod record;
+mod writer;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -48,6 +52,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::commit_window::{CommitWindow, DEFAULT_COMMIT_WINDOW};
 use crate::version::Version;
+use error::db_err;
+use record::{decode_record, decode_u64};
+use writer::Command;
+
+pub use error::StoreError;
 
 /// Key bytes → encoded `(epoch, seq, value)`.
 const VALUES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("values");
@@ -57,10 +66,14 @@ const META_EPOCH: &str = "epoch";
 const META_ID: &str = "id";
 /// File name of the database inside the data directory.
 const DB_FILE: &str = "slave.redb";
-/// Bytes of the version header in front of every stored value.
-const HEADER: usize = 16;
-/// Set in the stored seq of a tombstone.
-const TOMBSTONE: u64 = 1 << 63;
+
+/// The fenced epoch recorded in `meta` (0 before the first fence).
+fn fenced_epoch(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64, StoreError> {
+    match meta.get(META_EPOCH).map_err(db_err)? {
+        Some(v) => decode_u64(v.value()),
+        None => Ok(0),
+    }
+}
 
 /// What the store holds for a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,14 +83,6 @@ pub struct Held {
     /// The value, or `None` for a tombstone (the key was deleted at `version`).
     pub value: Option<Bytes>,
 }
-
-/// Commands waiting in the writer's channel. Bounded so that a flood of puts
-/// backs up into the gRPC layer instead of into memory.
-const QUEUE_DEPTH: usize = 1024;
-/// One batch takes at most this many commands…
-const MAX_BATCH_COMMANDS: usize = 1024;
-/// …or stops growing once its values add up to this many bytes.
-const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 
 /// How a [`Store`] batches its commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,52 +100,6 @@ impl Default for StoreOptions {
     }
 }
 
-/// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The data directory could not be created.
-    #[error("cannot create data directory {path}: {source}")]
-    CreateDir {
-        /// The directory.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
-    /// Another process (or another `Store` in this one) has the database open.
-    #[error("data directory {0} is already in use by another slave process")]
-    InUse(PathBuf),
-    /// The database file could not be opened.
-    #[error("cannot open slave database {path}: {source}")]
-    Open {
-        /// The database file.
-        path: PathBuf,
-        /// The underlying error.
-        source: redb::DatabaseError,
-    },
-    /// The data directory was created by a slave with another id.
-    #[error("data directory {dir} belongs to slave {found:?}, not to slave {expected:?}")]
-    WrongOwner {
-        /// The data directory.
-        dir: PathBuf,
-        /// Id recorded in the directory.
-        found: String,
-        /// Id this process was started with.
-        expected: String,
-    },
-    /// A stored record could not be decoded.
-    #[error("corrupt slave database: {0}")]
-    Corrupt(String),
-    /// redb reported an error.
-    #[error("slave database error: {0}")]
-    Db(#[from] redb::Error),
-    /// The write transaction of a batch failed; none of its commands applied.
-    #[error("slave database write failed: {0}")]
-    Write(String),
-    /// The store has been closed.
-    #[error("slave store is closed")]
-    Closed,
-}
-
 /// What [`Store::put_fenced`] did with a put.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PutOutcome {
@@ -156,36 +115,6 @@ pub enum PutOutcome {
         /// The store's fenced epoch.
         fenced: u64,
     },
-}
-
-/// One request to the writer thread.
-enum Command {
-    Put {
-        key: Bytes,
-        /// `None`: a tombstone.
-        value: Option<Bytes>,
-        version: Version,
-        force: bool,
-        /// Fencing token of the sender, if the put must be checked against it.
-        epoch: Option<u64>,
-        reply: oneshot::Sender<Result<PutOutcome, StoreError>>,
-    },
-    RaiseEpoch {
-        epoch: u64,
-        reply: oneshot::Sender<Result<u64, StoreError>>,
-    },
-    /// Stop after this batch; later commands are refused.
-    Close,
-}
-
-impl Command {
-    /// Bytes the command adds to a batch (for [`MAX_BATCH_BYTES`]).
-    fn size(&self) -> usize {
-        match self {
-            Command::Put { key, value, .. } => key.len() + value.as_ref().map_or(0, Bytes::len),
-            _ => 0,
-        }
-    }
 }
 
 /// Handle to the slave's durable store. Cheap to clone; every clone talks to
@@ -276,26 +205,19 @@ impl Store {
                     meta.insert(META_ID, id.as_bytes()).map_err(db_err)?;
                 }
             }
-            match meta.get(META_EPOCH).map_err(db_err)? {
-                Some(v) => decode_u64(v.value())?,
-                None => 0,
-            }
+            fenced_epoch(&meta)?
         };
         txn.commit().map_err(db_err)?;
 
         let db = Arc::new(db);
         let epoch_cell = Arc::new(AtomicU64::new(epoch));
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let writer = Writer {
-            db: db.clone(),
-            epoch: epoch_cell.clone(),
+        let (tx, rx) = mpsc::channel(writer::QUEUE_DEPTH);
+        let handle = writer::start(
+            db.clone(),
+            epoch_cell.clone(),
             rx,
-            commit_window: CommitWindow::new(options.commit_window),
-        };
-        let handle = std::thread::Builder::new()
-            .name("slave-store-writer".into())
-            .spawn(move || writer.run())
-            .map_err(|e| StoreError::Write(format!("cannot start writer thread: {e}")))?;
+            CommitWindow::new(options.commit_window),
+        )?;
         tracing::info!(dir = %dir.display(), id, epoch, "slave store opened");
         Ok(Store {
             inner: Arc::new(Inner {
@@ -350,13 +272,7 @@ impl Store {
     ) -> Result<Result<Option<Held>, u64>, StoreError> {
         loop {
             let txn = self.inner.db.begin_read().map_err(db_err)?;
-            let fenced = {
-                let meta = txn.open_table(META).map_err(db_err)?;
-                match meta.get(META_EPOCH).map_err(db_err)? {
-                    Some(v) => decode_u64(v.value())?,
-                    None => 0,
-                }
-            };
+            let fenced = fenced_epoch(&txn.open_table(META).map_err(db_err)?)?;
             if epoch < fenced {
                 return Ok(Err(fenced));
             }
@@ -576,261 +492,6 @@ impl Iterator for Inventory {
             }
         }
     }
-}
-
-/// The writer thread's state.
-struct Writer {
-    db: Arc<Database>,
-    epoch: Arc<AtomicU64>,
-    rx: mpsc::Receiver<Command>,
-    commit_window: CommitWindow,
-}
-
-/// The answer owed to one command of a batch, sent after the commit.
-enum Pending {
-    Put(oneshot::Sender<Result<PutOutcome, StoreError>>, PutOutcome),
-    Epoch(oneshot::Sender<Result<u64, StoreError>>, u64),
-}
-
-impl Writer {
-    /// Group commit loop: wait for one command, under load wait the commit
-    /// window, take every other command queued by then (up to the batch
-    /// limits), apply them all in one write transaction, commit (fsync), and
-    /// only then answer them.
-    fn run(mut self) {
-        let mut closing = false;
-        while !closing {
-            let Some(first) = self.rx.blocking_recv() else {
-                break;
-            };
-            self.commit_window.wait();
-            let mut bytes = first.size();
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
-                match self.rx.try_recv() {
-                    Ok(cmd) => {
-                        bytes += cmd.size();
-                        batch.push(cmd);
-                    }
-                    Err(_) => break,
-                }
-            }
-            if let Some(pos) = batch.iter().position(|c| matches!(c, Command::Close)) {
-                // Commands queued after Close are refused (their senders see Closed).
-                batch.truncate(pos);
-                closing = true;
-            }
-            self.commit_window.taken(batch.len());
-            if !batch.is_empty() {
-                self.apply(batch);
-            }
-        }
-        // Refuse whatever is still queued.
-        self.rx.close();
-        while self.rx.try_recv().is_ok() {}
-        tracing::debug!("slave store writer stopped");
-    }
-
-    fn apply(&self, batch: Vec<Command>) {
-        let committed_epoch = self.epoch.load(Ordering::Acquire);
-        let mut answers = Vec::with_capacity(batch.len());
-        match self.write_batch(batch, committed_epoch, &mut answers) {
-            Ok(epoch) => {
-                // Persist, then acknowledge: the commit has returned, so the
-                // epoch and every answer below describe what is on disk.
-                self.epoch.store(epoch, Ordering::Release);
-                for answer in answers {
-                    match answer {
-                        Pending::Put(reply, outcome) => {
-                            let _ = reply.send(Ok(outcome));
-                        }
-                        Pending::Epoch(reply, epoch) => {
-                            let _ = reply.send(Ok(epoch));
-                        }
-                    }
-                }
-            }
-            Err((e, replies)) => {
-                tracing::error!(error = %e, "slave store batch failed; nothing of it applied");
-                let msg = e.to_string();
-                for answer in replies {
-                    match answer {
-                        Pending::Put(reply, _) => {
-                            let _ = reply.send(Err(StoreError::Write(msg.clone())));
-                        }
-                        Pending::Epoch(reply, _) => {
-                            let _ = reply.send(Err(StoreError::Write(msg.clone())));
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Applies `batch` in one transaction and commits it. On success returns
-    /// the epoch after the batch and leaves the answers in `answers`; on
-    /// failure returns the error with every pending answer so the caller can
-    /// fail them.
-    fn write_batch(
-        &self,
-        batch: Vec<Command>,
-        mut epoch: u64,
-        answers: &mut Vec<Pending>,
-    ) -> Result<u64, (StoreError, Vec<Pending>)> {
-        let mut dirty = false;
-        // The replies are moved into `answers` as each command is handled, so
-        // that a failure can still answer all of them.
-        let mut iter = batch.into_iter();
-        let result = (|| -> Result<(), StoreError> {
-            let txn = self.db.begin_write().map_err(db_err)?;
-            {
-                let mut values = txn.open_table(VALUES).map_err(db_err)?;
-                let mut meta = txn.open_table(META).map_err(db_err)?;
-                for cmd in iter.by_ref() {
-                    match cmd {
-                        Command::Put {
-                            key,
-                            value,
-                            version,
-                            force,
-                            epoch: token,
-                            reply,
-                        } => {
-                            let outcome = match token {
-                                // Fencing: a deposed master's put is refused,
-                                // checked in the transaction that would apply it.
-                                Some(token) if token < epoch => {
-                                    PutOutcome::StaleEpoch { fenced: epoch }
-                                }
-                                token => {
-                                    if let Some(token) = token.filter(|t| *t > epoch) {
-                                        meta.insert(META_EPOCH, &token.to_be_bytes()[..])
-                                            .map_err(db_err)?;
-                                        epoch = token;
-                                        dirty = true;
-                                    }
-                                    let current = match values.get(&key[..]).map_err(db_err)? {
-                                        Some(v) => Some(decode_record(&key, v.value())?.0),
-                                        None => None,
-                                    };
-                                    match current {
-                                        // Version order: never replace a
-                                        // newer-or-equal version unless forced.
-                                        Some(current) if current >= version && !force => {
-                                            PutOutcome::Superseded { current }
-                                        }
-                                        _ => {
-                                            let record = encode_record(version, value.as_deref());
-                                            values.insert(&key[..], &record[..]).map_err(db_err)?;
-                                            dirty = true;
-                                            PutOutcome::Stored
-                                        }
-                                    }
-                                }
-                            };
-                            answers.push(Pending::Put(reply, outcome));
-                        }
-                        Command::RaiseEpoch {
-                            epoch: wanted,
-                            reply,
-                        } => {
-                            if wanted > epoch {
-                                meta.insert(META_EPOCH, &wanted.to_be_bytes()[..])
-                                    .map_err(db_err)?;
-                                epoch = wanted;
-                                dirty = true;
-                            }
-                            answers.push(Pending::Epoch(reply, epoch));
-                        }
-                        Command::Close => {}
-                    }
-                }
-            }
-            if dirty {
-                txn.commit().map_err(db_err)?;
-            } else {
-                // Every answer describes state committed by earlier batches.
-                txn.abort().map_err(db_err)?;
-            }
-            Ok(())
-        })();
-        match result {
-            Ok(()) => Ok(epoch),
-            Err(e) => {
-                let mut pending = std::mem::take(answers);
-                // Commands not reached yet still need an answer.
-                for cmd in iter {
-                    match cmd {
-                        Command::Put { reply, .. } => {
-                            pending.push(Pending::Put(reply, PutOutcome::Stored));
-                        }
-                        Command::RaiseEpoch { reply, .. } => {
-                            pending.push(Pending::Epoch(reply, 0));
-                        }
-                        Command::Close => {}
-                    }
-                }
-                Err((e, pending))
-            }
-        }
-    }
-}
-
-/// Converts any of redb's error types into a [`StoreError`].
-fn db_err<E: Into<redb::Error>>(e: E) -> StoreError {
-    StoreError::Db(e.into())
-}
-
-/// A stored record: the version header, then the value (none for a
-/// tombstone, flagged in the seq's top bit).
-fn encode_record(version: Version, value: Option<&[u8]>) -> Vec<u8> {
-    let value_len = value.map_or(0, <[u8]>::len);
-    let mut record = Vec::with_capacity(HEADER + value_len);
-    record.extend_from_slice(&version.epoch.to_be_bytes());
-    let seq = if value.is_none() {
-        version.seq | TOMBSTONE
-    } else {
-        version.seq
-    };
-    record.extend_from_slice(&seq.to_be_bytes());
-    record.extend_from_slice(value.unwrap_or_default());
-    record
-}
-
-/// The version and value of a stored record (`None`: a tombstone).
-fn decode_record<'a>(
-    key: &[u8],
-    record: &'a [u8],
-) -> Result<(Version, Option<&'a [u8]>), StoreError> {
-    if record.len() < HEADER {
-        return Err(StoreError::Corrupt(format!(
-            "record of key {} is {} bytes, shorter than its {HEADER}-byte version header",
-            String::from_utf8_lossy(key),
-            record.len()
-        )));
-    }
-    let (header, value) = record.split_at(HEADER);
-    let (epoch, seq) = header.split_at(8);
-    let seq = decode_u64(seq)?;
-    let version = Version::new(decode_u64(epoch)?, seq & !TOMBSTONE);
-    if seq & TOMBSTONE != 0 {
-        if !value.is_empty() {
-            return Err(StoreError::Corrupt(format!(
-                "tombstone of key {} carries {} value bytes",
-                String::from_utf8_lossy(key),
-                value.len()
-            )));
-        }
-        return Ok((version, None));
-    }
-    Ok((version, Some(value)))
-}
-
-fn decode_u64(bytes: &[u8]) -> Result<u64, StoreError> {
-    let arr: [u8; 8] = bytes
-        .try_into()
-        .map_err(|_| StoreError::Corrupt(format!("expected 8 bytes, found {}", bytes.len())))?;
-    Ok(u64::from_be_bytes(arr))
 }
 
 #[cfg(test)]
