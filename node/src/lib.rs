@@ -18,16 +18,19 @@
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
 //! - [`security`]: TLS, mutual TLS between members, client tokens.
 //! - [`proto`]: generated gRPC code, [`wire`]: the metadata keys beside it;
-//!   [`version`], [`limits`]: shared types.
+//!   [`version`], [`limits`]: shared types; [`backoff`], [`error_chain`]:
+//!   helpers of the client and the slave.
 //! - [`crash_points`]: named crash points of the WRITE path (feature
 //!   `failpoints`); `fuzzing` (feature `fuzzing`): entry points of the fuzz targets.
 #![deny(missing_docs)]
 
+pub mod backoff;
 pub mod bench;
 pub mod chaos;
 pub mod client;
 pub mod commit_window;
 pub mod crash_points;
+pub mod error_chain;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod limits;

@@ -7,6 +7,7 @@ use std::fmt;
 
 use tonic::{Code, Status};
 
+use crate::error_chain;
 use crate::version::Version;
 
 /// The last failure seen at one endpoint, for [`ClientError::Unavailable`].
@@ -78,7 +79,7 @@ pub enum ClientError {
     #[error("no master address given")]
     NoEndpoints,
     /// Any other answer from a server, returned without retrying.
-    #[error("{address} answered {}: {}", code_name(status.code()), describe(status))]
+    #[error("{address} answered {}", describe_status(status))]
     Other {
         /// The endpoint that answered.
         address: String,
@@ -94,7 +95,7 @@ fn join(errors: &[EndpointError]) -> String {
 
 /// gRPC code in the spelling of the spec (`FAILED_PRECONDITION`), which is
 /// what people search for; tonic's `Display` writes sentences instead.
-pub(super) fn code_name(code: Code) -> &'static str {
+fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",
@@ -116,21 +117,13 @@ pub(super) fn code_name(code: Code) -> &'static str {
     }
 }
 
-/// The status message followed by its error sources, so "tcp connect error"
-/// becomes "tcp connect error: Connection refused (os error 111)".
-pub(super) fn describe(status: &Status) -> String {
-    let mut text = status.message().to_owned();
-    let mut source = std::error::Error::source(status);
-    while let Some(err) = source {
-        let part = err.to_string();
-        // hyper's "transport error" layer adds words but no information.
-        if part != "transport error" && !text.contains(&part) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&part);
-        }
-        source = err.source();
-    }
-    text
+/// A status in one line: its code as the spec spells it, then its message
+/// and causes, so "UNAVAILABLE: tcp connect error" goes on with
+/// "Connection refused (os error 111)".
+pub(super) fn describe_status(status: &Status) -> String {
+    format!(
+        "{}: {}",
+        code_name(status.code()),
+        error_chain::describe(status.message(), status)
+    )
 }

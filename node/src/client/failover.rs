@@ -18,14 +18,15 @@
 use std::future::Future;
 use std::time::Duration;
 
-use rand::Rng as _;
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use super::error::{code_name, describe};
+use super::error::describe_status;
 use super::{Client, ClientError, EndpointError};
+use crate::backoff;
+use crate::error_chain;
 use crate::limits::CLIENT_MAX_MESSAGE_BYTES;
 use crate::proto::kv_client::KvClient;
 use crate::security::{self, BearerToken, ClientTls};
@@ -83,7 +84,8 @@ impl Client {
     {
         let deadline = Instant::now() + self.retry_for;
         let mut attempts: u32 = 0;
-        let mut backoff = BACKOFF_START;
+        // Rounds in which every endpoint failed, for the backoff.
+        let mut round: u32 = 0;
         // Last error per peer index (peers may be added along the way).
         let mut last_errors: Vec<Option<String>> = Vec::new();
         {
@@ -228,11 +230,11 @@ impl Client {
                     last_errors,
                 });
             }
-            // Full jitter (sleep uniformly in [0, backoff]) spreads out the
-            // clients that all lost the master at the same moment.
-            let jittered = rand::rng().random_range(Duration::ZERO..=backoff);
-            tokio::time::sleep(jittered.min(deadline - now)).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            // Full jitter spreads out the clients that all lost the master at
+            // the same moment.
+            let pause = backoff::full_jitter(BACKOFF_START, BACKOFF_MAX, round);
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            round = round.saturating_add(1);
         }
     }
 
@@ -323,11 +325,7 @@ pub(super) fn classify(address: &str, status: Status) -> Failure {
         // UNKNOWN for a connection reset under a call in flight ("transport
         // error"). DSM servers never answer UNKNOWN themselves.
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-            Failure::Retry(format!(
-                "{}: {}",
-                code_name(status.code()),
-                describe(&status)
-            ))
+            Failure::Retry(describe_status(&status))
         }
         Code::InvalidArgument => {
             Failure::Fatal(ClientError::InvalidArgument(status.message().to_owned()))
@@ -350,14 +348,7 @@ pub(super) fn classify(address: &str, status: Status) -> Failure {
 
 /// True when tonic's client-side timeout produced `status`.
 fn is_timeout(status: &Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(err) = source {
-        if err.is::<tonic::TimeoutExpired>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
+    error_chain::causes(status).any(|cause| cause.is::<tonic::TimeoutExpired>())
 }
 
 /// Drops an `http://` scheme so addresses compare and print the same way

@@ -9,7 +9,7 @@
 //!    is followed to that address; any other failure moves on to the next
 //!    configured master. When every master of a round has failed, sleep with
 //!    exponential backoff and full jitter ([`BACKOFF_BASE`] doubling up to
-//!    [`BACKOFF_CAP`]) and try again.
+//!    [`BACKOFF_CAP`], see [`crate::backoff`]) and try again.
 //! 2. **Heartbeat.** Open the bidirectional `Heartbeat` stream, send a `Ping`
 //!    every heartbeat interval and read the `Pong`s. A stream that ends or
 //!    fails, or no Pong for [`MISSED_PONGS`] intervals, sends the slave back
@@ -29,7 +29,6 @@ use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout};
 use tokio_stream::wrappers::ReceiverStream;
@@ -37,6 +36,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 use super::store::Store;
+use crate::backoff;
+use crate::error_chain;
 use crate::proto;
 use crate::proto::control_client::ControlClient;
 use crate::security::{self, ClientTls};
@@ -150,7 +151,7 @@ impl Registration {
             let channel = endpoint
                 .connect()
                 .await
-                .map_err(|e| format!("cannot connect: {}", error_chain(&e)))?;
+                .map_err(|e| format!("cannot connect: {}", error_chain::full_message(&e)))?;
             ControlClient::new(channel)
                 .leave(proto::LeaveRequest {
                     slave_id: self.slave_id.clone(),
@@ -215,7 +216,7 @@ impl Registration {
                     }
                 }
             }
-            let pause = backoff(round);
+            let pause = backoff::full_jitter(BACKOFF_BASE, BACKOFF_CAP, round);
             round = round.saturating_add(1);
             tracing::warn!(
                 failures = %failures.join("; "),
@@ -235,7 +236,9 @@ impl Registration {
         let channel = timeout(CONNECT_TIMEOUT, endpoint.connect())
             .await
             .map_err(|_| Refusal::Failed("connect timed out".into()))?
-            .map_err(|e| Refusal::Failed(format!("cannot connect: {}", error_chain(&e))))?;
+            .map_err(|e| {
+                Refusal::Failed(format!("cannot connect: {}", error_chain::full_message(&e)))
+            })?;
         let mut client = ControlClient::new(channel);
         let mut request = Request::new(proto::RegisterRequest {
             slave_id: self.slave_id.clone(),
@@ -334,18 +337,6 @@ impl Registration {
     }
 }
 
-/// `e` and its sources, joined: tonic's transport errors say little alone.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// `addr` as a URI tonic can dial (`http://` added when no scheme is given).
 fn uri(addr: &str) -> String {
     let addr = addr.trim();
@@ -354,16 +345,6 @@ fn uri(addr: &str) -> String {
     } else {
         format!("http://{addr}")
     }
-}
-
-/// Full-jitter exponential backoff: a uniform pause in
-/// `0..=min(BACKOFF_CAP, BACKOFF_BASE * 2^round)`.
-fn backoff(round: u32) -> Duration {
-    let ceiling = BACKOFF_BASE
-        .saturating_mul(1u32 << round.min(16))
-        .min(BACKOFF_CAP);
-    let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(rand::rng().random_range(0..=ms))
 }
 
 #[cfg(test)]

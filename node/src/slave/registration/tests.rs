@@ -1,6 +1,6 @@
 //! Registration against scriptable fake masters on 127.0.0.1:0: leader
 //! hints, heartbeats, failover to the other master, silent and deposed
-//! masters, and the backoff between rounds.
+//! masters, and the addresses dialled.
 
 use super::*;
 use crate::proto::control_server::{Control, ControlServer};
@@ -261,15 +261,7 @@ async fn deposed_master_is_refused() {
 }
 
 #[test]
-fn backoff_is_capped_full_jitter() {
-    for round in 0..40 {
-        let ceiling = BACKOFF_BASE
-            .saturating_mul(1u32 << round.min(16))
-            .min(BACKOFF_CAP);
-        for _ in 0..20 {
-            assert!(backoff(round) <= ceiling);
-        }
-    }
+fn uri_adds_http_when_no_scheme() {
     assert_eq!(uri("10.0.0.1:7000"), "http://10.0.0.1:7000");
     assert_eq!(uri("https://m:1"), "https://m:1");
 }
