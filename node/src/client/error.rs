@@ -25,7 +25,7 @@ impl fmt::Display for EndpointError {
     }
 }
 
-/// Why a [`Client`] call failed.
+/// Why a [`Client`](super::Client) call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// A conditional WRITE or DELETE found the key in another state; nothing
