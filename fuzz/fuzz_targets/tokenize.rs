@@ -1,4 +1,4 @@
-//! Fuzz target: `text::tokenize` and its inverse `text::escape`.
+//! Fuzz target: `quoting::tokenize` and its inverse `quoting::escape`.
 //! The invariants checked are documented on `dsm::fuzzing::tokenize_escape`.
 #![no_main]
 

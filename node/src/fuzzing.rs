@@ -8,7 +8,7 @@
 
 use crate::client::repl::{self, Command};
 use crate::limits::{InputError, Limits};
-use crate::text::{escape, tokenize};
+use crate::quoting::{escape, tokenize};
 use crate::version::Expect;
 use crate::wal::frame::{self, HEADER_LEN, MIN_PAYLOAD, Parsed};
 

@@ -2,7 +2,7 @@
 //!
 //! A tour, in the order a request travels:
 //! - [`client`]: the failover client library, the `dsm client` command and
-//!   its REPL; [`text`] is how keys and values are shown to people.
+//!   its REPL; [`quoting`] is how keys and values are shown to people.
 //! - [`master`]: the master-capable role (`dsm master`, `dsm backup`): the
 //!   failover state machine, terms and fencing, the lease, the key index, the
 //!   READ/WRITE paths, exactly-once sessions, re-replication, compaction.
@@ -18,16 +18,19 @@
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
 //! - [`security`]: TLS, mutual TLS between members, client tokens.
 //! - [`proto`]: generated gRPC code, [`wire`]: the metadata keys beside it;
-//!   [`version`], [`limits`]: shared types.
-//! - [`faults`]: named crash points of the WRITE path (feature `failpoints`);
-//!   `fuzzing` (feature `fuzzing`): entry points of the fuzz targets.
+//!   [`version`], [`limits`]: shared types; [`backoff`], [`error_chain`]:
+//!   helpers of the client and the slave.
+//! - [`crash_points`]: named crash points of the WRITE path (feature
+//!   `failpoints`); `fuzzing` (feature `fuzzing`): entry points of the fuzz targets.
 #![deny(missing_docs)]
 
+pub mod backoff;
 pub mod bench;
 pub mod chaos;
 pub mod client;
 pub mod commit_window;
-pub mod faults;
+pub mod crash_points;
+pub mod error_chain;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod limits;
@@ -37,10 +40,10 @@ pub mod master;
 pub mod metrics;
 pub mod pipeline;
 pub mod proto;
+pub mod quoting;
 pub mod security;
 pub mod slave;
 pub mod snapshot;
-pub mod text;
 pub mod version;
 pub mod wal;
 pub mod wire;

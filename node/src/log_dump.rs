@@ -2,14 +2,14 @@
 //! line per valid record in log order (the seed's `kv_store.log` format), and
 //! `DELETE key` for a deletion.
 //! Keys and values that are not plain text are quoted and escaped with
-//! [`crate::text::escape`], so every line is one record whatever it holds.
+//! [`crate::quoting::escape`], so every line is one record whatever it holds.
 
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
 
-use crate::text::escape;
+use crate::quoting::escape;
 use crate::wal::LogReader;
 
 /// Prints every valid record of the log in `dir` to `out`.

@@ -395,7 +395,7 @@ fn init_tracing(default_level: &str, format: LogFormat) {
 
 fn main() -> ExitCode {
     // Builds with the `failpoints` feature arm the points named in the
-    // FAILPOINTS environment variable (see `dsm::faults`) for the whole run.
+    // FAILPOINTS environment variable (see `dsm::crash_points`) for the whole run.
     #[cfg(feature = "failpoints")]
     let _fail_scenario = fail::FailScenario::setup();
     ignore_file_size_signal();

@@ -11,7 +11,8 @@
 //! One driver task per pipe owns the stream. It opens it on the first op;
 //! when the stream breaks it fails every op in flight with UNAVAILABLE and
 //! opens a new stream on the next op. Each service describes its messages
-//! through [`Protocol`].
+//! through [`Protocol`], whose packing and unpacking `batch_and_results!`
+//! writes for every service alike.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -67,6 +68,52 @@ pub trait Protocol: Send + 'static {
         batches: ReceiverStream<Self::Batch>,
     ) -> impl Future<Output = Result<tonic::Streaming<Self::Results>, Status>> + Send;
 }
+
+/// Writes [`Protocol::batch`] and [`Protocol::results`] inside an
+/// `impl Protocol`, for a service whose messages have the shape every
+/// pipeline of `dsm.proto` has:
+///
+/// ```text
+/// message XBatch   { repeated XOp ops = 1; }          XOp     { uint64 id; oneof op { … } }
+/// message XResults { repeated XResult results = 1; }  XResult { uint64 id; oneof result { …, OpError error } }
+/// ```
+///
+/// prost generates distinct types for each service and generics cannot name
+/// their fields, so the two functions are written out here once and each
+/// impl only names its messages: `batch` and `op` the message types,
+/// `error` the `OpError` case of its result, `peer` who answers (named in
+/// the error for a result without a case, which only a bug can send).
+macro_rules! batch_and_results {
+    (batch: $batch:ident, op: $op:ident, error: $error:path, peer: $peer:literal) => {
+        fn batch(ops: Vec<(u64, Self::Op)>) -> $batch {
+            $batch {
+                ops: ops
+                    .into_iter()
+                    .map(|(id, op)| $op { id, op: Some(op) })
+                    .collect(),
+            }
+        }
+
+        fn results(results: Self::Results) -> Vec<(u64, Result<Self::Outcome, ::tonic::Status>)> {
+            results
+                .results
+                .into_iter()
+                .map(|r| {
+                    let outcome = match r.result {
+                        Some($error(e)) => Err(e.into()),
+                        Some(outcome) => Ok(outcome),
+                        None => Err(::tonic::Status::internal(concat!(
+                            $peer,
+                            " sent an empty pipelined result"
+                        ))),
+                    };
+                    (r.id, outcome)
+                })
+                .collect()
+        }
+    };
+}
+pub(crate) use batch_and_results;
 
 type Reply<P> = oneshot::Sender<Result<<P as Protocol>::Outcome, Status>>;
 

@@ -1,4 +1,4 @@
-//! Crash points of the WRITE path (`dsm::faults`): the master kills itself
+//! Crash points of the WRITE path (`dsm::crash_points`): the master kills itself
 //! with SIGKILL at one point of one WRITE; after the backup's takeover, and
 //! again after a restart of every process, every acknowledged WRITE reads
 //! back with its exact value, the crashed WRITE is all-or-nothing (absent, or
@@ -16,7 +16,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use common::{Cluster, Options, WAIT, bounded};
-use dsm::faults;
+use dsm::crash_points;
 
 /// WRITEs that pass the point (and are acknowledged) before the one that
 /// crashes at it.
@@ -36,13 +36,13 @@ enum Crashed {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_before_log_append() {
-    bounded(crash_at(faults::BEFORE_LOG_APPEND, Crashed::Absent)).await;
+    bounded(crash_at(crash_points::BEFORE_LOG_APPEND, Crashed::Absent)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_log_write_before_fsync() {
     bounded(crash_at(
-        faults::AFTER_LOG_WRITE_BEFORE_FSYNC,
+        crash_points::AFTER_LOG_WRITE_BEFORE_FSYNC,
         Crashed::Either,
     ))
     .await;
@@ -51,7 +51,7 @@ async fn crash_after_log_write_before_fsync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_fsync_before_replication() {
     bounded(crash_at(
-        faults::AFTER_FSYNC_BEFORE_REPLICATION,
+        crash_points::AFTER_FSYNC_BEFORE_REPLICATION,
         Crashed::Present,
     ))
     .await;
@@ -60,7 +60,7 @@ async fn crash_after_fsync_before_replication() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_quorum_before_reply() {
     bounded(crash_at(
-        faults::AFTER_QUORUM_BEFORE_REPLY,
+        crash_points::AFTER_QUORUM_BEFORE_REPLY,
         Crashed::Present,
     ))
     .await;
@@ -179,7 +179,7 @@ async fn check(
 }
 
 /// A failed fsync of the log (injected: `return(eio)` at
-/// [`faults::AFTER_LOG_WRITE_BEFORE_FSYNC`]) is never acknowledged, the
+/// [`crash_points::AFTER_LOG_WRITE_BEFORE_FSYNC`]) is never acknowledged, the
 /// master stops acknowledging with that writer instead of retrying it
 /// (fsyncgate), and WRITEs resume without any restart: the master steps
 /// down and a fresh writer recovers the log, in a new epoch. The lease
@@ -187,7 +187,7 @@ async fn check(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_fsync_is_not_acknowledged_and_writes_resume() {
     bounded(async {
-        let point = faults::AFTER_LOG_WRITE_BEFORE_FSYNC;
+        let point = crash_points::AFTER_LOG_WRITE_BEFORE_FSYNC;
         let mut cluster = Cluster::prepare(Options::default());
         cluster.master.env.push((
             "FAILPOINTS".to_string(),

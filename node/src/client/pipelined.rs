@@ -15,7 +15,7 @@ use tonic::{Code, Status};
 
 use super::ClientError;
 use crate::limits::CLIENT_MAX_MESSAGE_BYTES;
-use crate::pipeline::{Pipe, Protocol};
+use crate::pipeline::{self, Pipe, Protocol};
 use crate::proto::kv_client::KvClient;
 use crate::proto::kv_op::Op;
 use crate::proto::kv_result::Result as Outcome;
@@ -32,29 +32,7 @@ impl Protocol for KvPipeline {
     type Batch = KvBatch;
     type Results = KvResults;
 
-    fn batch(ops: Vec<(u64, Op)>) -> KvBatch {
-        KvBatch {
-            ops: ops
-                .into_iter()
-                .map(|(id, op)| KvOp { id, op: Some(op) })
-                .collect(),
-        }
-    }
-
-    fn results(results: KvResults) -> Vec<(u64, Result<Outcome, Status>)> {
-        results
-            .results
-            .into_iter()
-            .map(|r| {
-                let outcome = match r.result {
-                    Some(Outcome::Error(e)) => Err(e.into()),
-                    Some(outcome) => Ok(outcome),
-                    None => Err(Status::internal("master sent an empty pipelined result")),
-                };
-                (r.id, outcome)
-            })
-            .collect()
-    }
+    pipeline::batch_and_results!(batch: KvBatch, op: KvOp, error: Outcome::Error, peer: "master");
 
     async fn open(
         &mut self,

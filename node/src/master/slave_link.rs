@@ -17,7 +17,7 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::limits::Limits;
-use crate::pipeline::{Pipe, Protocol};
+use crate::pipeline::{self, Pipe, Protocol};
 use crate::proto::replica_client::ReplicaClient;
 use crate::proto::replica_op::Op;
 use crate::proto::replica_result::Result as Outcome;
@@ -146,29 +146,12 @@ impl Protocol for ReplicaPipeline {
     type Batch = ReplicaBatch;
     type Results = ReplicaResults;
 
-    fn batch(ops: Vec<(u64, Op)>) -> ReplicaBatch {
-        ReplicaBatch {
-            ops: ops
-                .into_iter()
-                .map(|(id, op)| ReplicaOp { id, op: Some(op) })
-                .collect(),
-        }
-    }
-
-    fn results(results: ReplicaResults) -> Vec<(u64, Result<Outcome, Status>)> {
-        results
-            .results
-            .into_iter()
-            .map(|r| {
-                let outcome = match r.result {
-                    Some(Outcome::Error(e)) => Err(e.into()),
-                    Some(outcome) => Ok(outcome),
-                    None => Err(Status::internal("slave sent an empty pipelined result")),
-                };
-                (r.id, outcome)
-            })
-            .collect()
-    }
+    pipeline::batch_and_results!(
+        batch: ReplicaBatch,
+        op: ReplicaOp,
+        error: Outcome::Error,
+        peer: "slave"
+    );
 
     async fn open(
         &mut self,

@@ -169,7 +169,7 @@ fn condition_failed(key: &[u8], current: Option<Version>) -> MasterError {
     MasterError::ConditionFailed {
         message: format!(
             "condition not met: key {} {shown}; nothing was changed",
-            crate::text::escape(key)
+            crate::quoting::escape(key)
         ),
         current,
     }
@@ -301,8 +301,8 @@ impl Master {
                 };
             }
         }
-        fail::fail_point!(crate::faults::BEFORE_LOG_APPEND, |_| {
-            crate::faults::crash(crate::faults::BEFORE_LOG_APPEND)
+        fail::fail_point!(crate::crash_points::BEFORE_LOG_APPEND, |_| {
+            crate::crash_points::crash(crate::crash_points::BEFORE_LOG_APPEND)
         });
         let tombstone = value.is_none();
         let appended = match &value {
@@ -332,8 +332,8 @@ impl Master {
                 lock(&self.sessions).logged(origin, logged, Instant::now());
             }
         };
-        fail::fail_point!(crate::faults::AFTER_FSYNC_BEFORE_REPLICATION, |_| {
-            crate::faults::crash(crate::faults::AFTER_FSYNC_BEFORE_REPLICATION)
+        fail::fail_point!(crate::crash_points::AFTER_FSYNC_BEFORE_REPLICATION, |_| {
+            crate::crash_points::crash(crate::crash_points::AFTER_FSYNC_BEFORE_REPLICATION)
         });
         self.log_end_seq.fetch_max(version.seq, Ordering::SeqCst);
         #[cfg(feature = "chaos-broken-ack")]
@@ -389,8 +389,8 @@ impl Master {
         }
         term.check_can_ack()?;
         term.note_committed(version.seq);
-        fail::fail_point!(crate::faults::AFTER_QUORUM_BEFORE_REPLY, |_| {
-            crate::faults::crash(crate::faults::AFTER_QUORUM_BEFORE_REPLY)
+        fail::fail_point!(crate::crash_points::AFTER_QUORUM_BEFORE_REPLY, |_| {
+            crate::crash_points::crash(crate::crash_points::AFTER_QUORUM_BEFORE_REPLY)
         });
         Ok(Written {
             version: Some(version),

@@ -1,0 +1,393 @@
+//! Tests of the slave store on real redb files in temporary directories:
+//! version order, persist-then-acknowledge (across reopen and `kill -9`),
+//! fencing, inventory scans and closing. The invariants in the module
+//! documentation name the tests here that check them.
+
+use super::*;
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir, "slave-0").expect("open store")
+}
+
+#[tokio::test]
+async fn put_get_round_trip_with_arbitrary_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let key = Bytes::from_static(b"k \n\0\xff");
+    let value: Bytes = (0..=255u8).collect::<Vec<_>>().into();
+    assert!(
+        store
+            .put(key.clone(), value.clone(), Version::new(1, 1), false)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get(&key).unwrap(), Some((value, Version::new(1, 1))));
+    assert!(
+        store
+            .put(b(""), b(""), Version::new(1, 2), false)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get(b"").unwrap(), Some((b(""), Version::new(1, 2))));
+    assert_eq!(store.get(b"missing").unwrap(), None);
+    assert_eq!(store.len().unwrap(), 2);
+}
+
+#[tokio::test]
+async fn older_version_never_replaces_newer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert!(
+        store
+            .put(b("k"), b("new"), Version::new(2, 1), false)
+            .await
+            .unwrap()
+    );
+    // Higher seq but older epoch: still older.
+    assert!(
+        !store
+            .put(b("k"), b("old"), Version::new(1, 99), false)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .put(b("k"), b("old"), Version::new(2, 0), false)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get(b"k").unwrap(),
+        Some((b("new"), Version::new(2, 1)))
+    );
+    assert!(
+        store
+            .put(b("k"), b("newer"), Version::new(2, 2), false)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get(b"k").unwrap(),
+        Some((b("newer"), Version::new(2, 2)))
+    );
+}
+
+#[tokio::test]
+async fn equal_version_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert!(
+        store
+            .put(b("k"), b("a"), Version::new(1, 1), false)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .put(b("k"), b("b"), Version::new(1, 1), false)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get(b"k").unwrap(), Some((b("a"), Version::new(1, 1))));
+}
+
+#[tokio::test]
+async fn force_replaces_newer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert!(
+        store
+            .put(b("k"), b("bogus"), Version::new(3, 9), false)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .put(b("k"), b("fixed"), Version::new(3, 5), true)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get(b"k").unwrap(),
+        Some((b("fixed"), Version::new(3, 5)))
+    );
+}
+
+#[tokio::test]
+async fn data_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert!(
+        store
+            .put(b("k"), b("v"), Version::new(1, 7), false)
+            .await
+            .unwrap()
+    );
+    store.close().await.unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.get(b"k").unwrap(), Some((b("v"), Version::new(1, 7))));
+}
+
+#[tokio::test]
+async fn raise_epoch_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.epoch(), 0);
+    assert_eq!(store.raise_epoch(5).await.unwrap(), 5);
+    // Never lowered.
+    assert_eq!(store.raise_epoch(3).await.unwrap(), 5);
+    assert_eq!(store.epoch(), 5);
+    store.close().await.unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.epoch(), 5);
+}
+
+#[tokio::test]
+async fn fenced_put_rejects_older_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let put = |epoch, value: &str, seq| {
+        store.put_fenced(
+            epoch,
+            b("k"),
+            Some(b(value)),
+            Version::new(epoch, seq),
+            false,
+        )
+    };
+    assert_eq!(put(2, "a", 1).await.unwrap(), PutOutcome::Stored);
+    // A newer master's put raises the fenced epoch as it applies.
+    assert_eq!(store.epoch(), 2);
+    assert_eq!(
+        put(1, "stale", 9).await.unwrap(),
+        PutOutcome::StaleEpoch { fenced: 2 }
+    );
+    assert_eq!(
+        put(2, "same", 1).await.unwrap(),
+        PutOutcome::Superseded {
+            current: Version::new(2, 1)
+        }
+    );
+    assert_eq!(store.get(b"k").unwrap(), Some((b("a"), Version::new(2, 1))));
+}
+
+/// A READ of a deposed master is refused once a fence is committed, and a
+/// newer master's READ raises the fence before it is served.
+#[tokio::test]
+async fn fenced_get_sees_the_fence_of_its_own_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert!(
+        store
+            .put(b("k"), b("v"), Version::new(1, 1), false)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get_fenced(1, b"k").await.unwrap(),
+        Ok(Some(Held {
+            version: Version::new(1, 1),
+            value: Some(b("v"))
+        }))
+    );
+    assert_eq!(store.get_fenced(3, b"nope").await.unwrap(), Ok(None));
+    assert_eq!(store.epoch(), 3, "a newer master's read fences older ones");
+    assert_eq!(store.get_fenced(2, b"k").await.unwrap(), Err(3));
+    store.close().await.unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.get_fenced(2, b"k").await.unwrap(), Err(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_puts_are_all_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let tasks: Vec<_> = (0..500u64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let key = Bytes::from(format!("key-{i}"));
+                let value = Bytes::from(format!("value-{i}"));
+                store.put(key, value, Version::new(1, i), false).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert!(task.await.unwrap().unwrap());
+    }
+    store.close().await.unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.len().unwrap(), 500);
+    for i in 0..500u64 {
+        let got = store.get(format!("key-{i}").as_bytes()).unwrap();
+        assert_eq!(
+            got,
+            Some((Bytes::from(format!("value-{i}")), Version::new(1, i)))
+        );
+    }
+}
+
+/// Environment variable telling [`crash_child`] where to write.
+const CRASH_DIR: &str = "DSM_SLAVE_CRASH_DIR";
+
+/// Persist-before-ack across `kill -9`: a child process puts keys from
+/// several tasks and prints each acknowledgement; the parent SIGKILLs it
+/// mid-stream, reopens the directory and finds every acknowledged key.
+#[test]
+fn acknowledged_puts_survive_kill_9() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "slave::store::tests::crash_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(CRASH_DIR, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Some(key) = line.strip_prefix("acked ")
+                && tx.send(key.to_string()).is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut acked = Vec::new();
+    while acked.len() < 300 {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(key) => acked.push(key),
+            Err(e) => {
+                let _ = child.kill();
+                panic!(
+                    "child stopped acknowledging after {} puts: {e}",
+                    acked.len()
+                );
+            }
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Acks printed between the last read and the kill count too.
+    acked.extend(rx.try_iter());
+
+    let store = Store::open(dir.path(), "crash").unwrap();
+    for key in &acked {
+        assert!(
+            store.get(key.as_bytes()).unwrap().is_some(),
+            "acknowledged key {key} lost by kill -9"
+        );
+    }
+}
+
+/// The process [`acknowledged_puts_survive_kill_9`] kills; does nothing
+/// when run on its own.
+#[test]
+#[ignore = "child process of acknowledged_puts_survive_kill_9"]
+fn crash_child() {
+    let Some(dir) = std::env::var_os(CRASH_DIR) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        let store = Store::open(&dir, "crash").unwrap();
+        let writers: Vec<_> = (0..8u64)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    // Bounded: the parent kills us long before the end.
+                    for i in 0..20_000u64 {
+                        let key = format!("w{w}-{i}");
+                        let version = Version::new(1, w * 1_000_000 + i);
+                        store
+                            .put(Bytes::from(key.clone()), b("v"), version, false)
+                            .await
+                            .unwrap();
+                        println!("acked {key}");
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+    });
+}
+
+#[tokio::test]
+async fn wrong_id_on_reopen_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.close().await.unwrap();
+    drop(store);
+    let err = Store::open(dir.path(), "slave-1").unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::WrongOwner { .. }), "{msg}");
+    assert!(msg.contains("slave-0") && msg.contains("slave-1"), "{msg}");
+}
+
+#[tokio::test]
+async fn inventory_scans_in_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..25u64 {
+        store
+            .put(
+                Bytes::from(format!("k{i:02}")),
+                b("v"),
+                Version::new(1, i),
+                false,
+            )
+            .await
+            .unwrap();
+    }
+    let chunks: Vec<_> = store.inventory(10).collect::<Result<_, _>>().unwrap();
+    assert_eq!(
+        chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![10, 10, 5]
+    );
+    let all: Vec<_> = chunks.into_iter().flatten().collect();
+    for (i, (k, v, deleted)) in all.iter().enumerate() {
+        assert_eq!(k, &Bytes::from(format!("k{i:02}")));
+        assert_eq!(*v, Version::new(1, i as u64));
+        assert!(!deleted);
+    }
+}
+
+#[tokio::test]
+async fn closed_store_refuses_writes_but_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert!(
+        store
+            .put(b("k"), b("v"), Version::new(1, 1), false)
+            .await
+            .unwrap()
+    );
+    store.close().await.unwrap();
+    store.close().await.unwrap();
+    assert!(matches!(
+        store.put(b("k"), b("w"), Version::new(1, 2), false).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(store.get(b"k").unwrap().is_some());
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what scripts/bench-peers.sh compares DSM with, from the package
+# registries only: Debian's Redis (server and redis-benchmark). Idempotent.
+set -euo pipefail
+if command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null; then
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-bench-deps: installing redis needs root (apt-get)" >&2
+    exit 1
+fi
+# Debian starts a package's service on install unless policy-rc.d says no: the
+# bench starts its own servers on other ports.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools
