@@ -20,7 +20,6 @@ pub mod stats;
 pub mod sweep;
 pub mod workload;
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -29,8 +28,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use futures::{StreamExt, TryStreamExt};
 use prometheus::{Histogram, IntCounter};
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -322,7 +321,8 @@ impl OwnCluster {
             .tempdir()
             .context("cannot create a temporary directory for the cluster")?;
         // master, backup, the slaves, then a metrics port for each process.
-        let ports = free_port_range(2 * slaves as usize + 4)?;
+        let count = u16::try_from(2 * slaves + 4).context("too many slaves")?;
+        let ports = crate::ports::free_ports(count)?;
         let args = LocalArgs {
             slaves,
             dir: dir.path().to_path_buf(),
@@ -394,30 +394,6 @@ impl OwnCluster {
         }
         bail!("no master-capable process is active")
     }
-}
-
-/// Where the bench looks for ports: below Linux's ephemeral range (32768
-/// and up, where any outgoing connection may take a port between our check
-/// and the child's bind) and below the range the integration tests use.
-const PORT_RANGE: std::ops::Range<u16> = 10_000..20_000;
-
-/// First of `count` consecutive free TCP ports on 127.0.0.1. Starts from a
-/// random base so concurrent benches rarely race for the same range.
-fn free_port_range(count: usize) -> anyhow::Result<u16> {
-    let count = u16::try_from(count)
-        .ok()
-        .filter(|&c| c > 0 && c < PORT_RANGE.len() as u16)
-        .context("too many ports")?;
-    let mut rng = rand::rng();
-    for _ in 0..50 {
-        let base: u16 = rng.random_range(PORT_RANGE.start..(PORT_RANGE.end - count));
-        let all_free = (0..count)
-            .all(|i| TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], base + i))).is_ok());
-        if all_free {
-            return Ok(base);
-        }
-    }
-    bail!("found no {count} consecutive free ports on 127.0.0.1")
 }
 
 impl RunParams {
@@ -849,13 +825,5 @@ mod tests {
         };
         assert_eq!(open.period().unwrap(), Some(Duration::from_millis(40)));
         assert!(Cli::try_parse_from(["bench", "--backup", "x:1"]).is_err());
-    }
-
-    #[test]
-    fn free_port_ranges_are_free() {
-        let base = free_port_range(5).unwrap();
-        for i in 0..5 {
-            assert!(TcpListener::bind(("127.0.0.1", base + i)).is_ok());
-        }
     }
 }

@@ -4,7 +4,7 @@
 //! from a file the nemesis rewrites).
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use super::faults::{Fault, Link, Member};
 use super::nemesis::NemesisConfig;
 use super::proxy::{Mode, Proxy};
 use crate::client::{Client, ClientConfig};
+use crate::ports::free_port;
 use crate::proto::StatusReply;
 
 /// Slave heartbeat interval.
@@ -121,8 +122,7 @@ pub struct Cluster {
 }
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a free port")?;
-    Ok(listener.local_addr()?)
+    Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
 }
 
 /// The environment that makes a process's wall clock follow `clock_file`, an

@@ -1,6 +1,6 @@
 //! Test harness: a DSM cluster of real `dsm` processes on loopback.
 //!
-//! Every process gets a free port on 127.0.0.1, writes its log to a file in
+//! Every process gets a free port on 127.0.0.1 ([`dsm::ports`]), writes its log to a file in
 //! the cluster's temporary directory, and is killed when the [`Cluster`] is
 //! dropped (also when a test fails), so no test leaves processes behind.
 //! Faults are injected the way an operator would meet them: SIGKILL,
@@ -9,7 +9,6 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,12 +26,7 @@ pub fn dsm_bin() -> &'static str {
     env!("CARGO_BIN_EXE_dsm")
 }
 
-/// Ports handed out by [`free_port`] come from below the kernel's
-/// ephemeral range (32768 and up), where outgoing connections of every
-/// other test would otherwise take them between our check and our use.
-const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
-
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1 (see [`dsm::ports`]).
 pub fn free_port() -> u16 {
     free_ports(1)
 }
@@ -40,23 +34,7 @@ pub fn free_port() -> u16 {
 /// The first of `n` consecutive free TCP ports on 127.0.0.1 (for `dsm
 /// local`, which numbers its members from a base port).
 pub fn free_ports(n: u16) -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    // Each test process starts at a different place so that parallel test
-    // binaries rarely probe the same ports.
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let span = PORT_RANGE.end - PORT_RANGE.start;
-    let seed = (std::process::id() % u32::from(span)) as u16;
-    for _ in 0..1000 {
-        let offset = NEXT.fetch_add(n, Ordering::SeqCst);
-        let base = PORT_RANGE.start + (seed.wrapping_add(offset) % (span - n));
-        let held: Vec<_> = (base..base + n)
-            .map_while(|port| TcpListener::bind(("127.0.0.1", port)).ok())
-            .collect();
-        if held.len() == usize::from(n) {
-            return base;
-        }
-    }
-    panic!("no {n} consecutive free ports in {PORT_RANGE:?}");
+    dsm::ports::free_ports(n).expect("free ports")
 }
 
 /// One cluster member: how to start it again and its running process.
