@@ -2,7 +2,13 @@
 //! slaves as child processes of this binary on loopback — for trying DSM out
 //! and for tests. Ctrl-C or SIGTERM stops every child.
 //!
-//! Each member is a [`Process`], which kills it when dropped.
+//! [`LocalCluster`] is the one way this crate starts a cluster of real
+//! processes with `dsm local`'s flags: `dsm local` runs one on the ports it
+//! is given, `dsm bench` and its sweep and failover timing one in a
+//! temporary directory on free ports ([`LocalCluster::start_temporary`]).
+//! Each member is a [`Process`]; the nemesis builds its own cluster of them
+//! ([`crate::chaos::cluster`]) because every link there goes through a
+//! fault-injecting proxy.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -70,15 +76,16 @@ pub struct LocalCluster {
     pub members: Vec<Member>,
     /// The cluster's data directory (absolute).
     pub dir: PathBuf,
+    /// Set when the cluster lives in a temporary directory
+    /// ([`LocalCluster::start_temporary`]): removed with the cluster.
+    _temporary: Option<tempfile::TempDir>,
 }
 
 impl LocalCluster {
     /// Starts master, backup and the slaves, and waits until the master
     /// serves with every slave registered.
     pub async fn start(args: &LocalArgs) -> anyhow::Result<LocalCluster> {
-        if args.slaves == 0 {
-            bail!("--slaves must be at least 1");
-        }
+        check_slaves(args.slaves)?;
         let exe = std::env::current_exe().context("cannot find the dsm executable")?;
         let dir = absolute(&args.dir)?;
         let logs = dir.join("logs");
@@ -111,6 +118,7 @@ impl LocalCluster {
             backup,
             members: Vec::new(),
             dir: dir.clone(),
+            _temporary: None,
         };
         let member = |name: &str, address, metrics, mut flags: Vec<String>| {
             flags.push(format!("--listen={address}"));
@@ -166,6 +174,49 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// Starts a cluster of `slaves` slaves with `dsm local`'s defaults in a
+    /// new temporary directory, on ports found free, so that several
+    /// benches (and tests) can run side by side (`dsm bench`, `dsm bench
+    /// sweep`, `dsm bench failover`). The directory is removed with the
+    /// cluster, unless the cluster failed to start: its logs are then kept
+    /// for the error message to point at.
+    pub async fn start_temporary(slaves: u32) -> anyhow::Result<LocalCluster> {
+        check_slaves(slaves)?;
+        let dir = tempfile::Builder::new()
+            .prefix("dsm-bench-")
+            .tempdir()
+            .context("cannot create a temporary directory for the cluster")?;
+        // master, backup, the slaves, then a metrics port for each process.
+        let count = u16::try_from(2 * slaves + 4).context("too many slaves")?;
+        let ports = crate::ports::free_ports(count)?;
+        let args = LocalArgs {
+            slaves,
+            dir: dir.path().to_path_buf(),
+            host: [127, 0, 0, 1].into(),
+            port: ports,
+            slave_port: ports + 2,
+            metrics_port: ports + 2 + slaves as u16,
+            ready_timeout: Duration::from_secs(60),
+            member_threads: 1,
+        };
+        eprintln!("starting a local cluster with {slaves} slaves");
+        match LocalCluster::start(&args).await {
+            Ok(cluster) => Ok(LocalCluster {
+                _temporary: Some(dir),
+                ..cluster
+            }),
+            Err(e) => {
+                let kept = dir.keep();
+                Err(e.context(format!("cluster data kept in {}", kept.display())))
+            }
+        }
+    }
+
+    /// Master then backup, for [`ClientConfig::endpoints`].
+    pub fn endpoints(&self) -> Vec<String> {
+        vec![self.master.to_string(), self.backup.to_string()]
+    }
+
     /// Sends SIGTERM to every child, waits for them, SIGKILLs stragglers.
     pub async fn stop(&mut self) {
         for m in self.members.iter() {
@@ -208,6 +259,39 @@ impl LocalCluster {
     pub fn restart(&mut self, name: &str) -> anyhow::Result<()> {
         self.member(name)?.start()
     }
+
+    /// Waits until a master is active with every slave live.
+    pub async fn wait_settled(&self) -> anyhow::Result<()> {
+        let slaves = self.members.len().saturating_sub(2) as u32;
+        wait_ready(self.master, self.backup, slaves, Duration::from_secs(60)).await
+    }
+
+    /// The name of the active master-capable process (`master` or `backup`).
+    pub async fn active_member(&self) -> anyhow::Result<String> {
+        for (name, address) in [("master", self.master), ("backup", self.backup)] {
+            let client = Client::new(ClientConfig {
+                endpoints: vec![address.to_string()],
+                timeout: Duration::from_secs(1),
+                retry_for: Duration::ZERO,
+            });
+            if client
+                .endpoint_status()
+                .await
+                .is_ok_and(|s| s.role == "active")
+            {
+                return Ok(name.to_string());
+            }
+        }
+        bail!("no master-capable process is active")
+    }
+}
+
+/// A cluster needs at least one slave to store anything.
+fn check_slaves(slaves: u32) -> anyhow::Result<()> {
+    if slaves == 0 {
+        bail!("--slaves must be at least 1");
+    }
+    Ok(())
 }
 
 /// Runs the local cluster until Ctrl-C or SIGTERM.
@@ -273,7 +357,7 @@ fn client_program(exe: &Path) -> String {
 
 /// Waits until the master serves and every slave registered, printing
 /// progress once a second.
-pub(crate) async fn wait_ready(
+async fn wait_ready(
     master: SocketAddr,
     backup: SocketAddr,
     slaves: u32,
