@@ -77,7 +77,8 @@ pub struct LocalCluster {
     /// The cluster's data directory (absolute).
     pub dir: PathBuf,
     /// Set when the cluster lives in a temporary directory
-    /// ([`LocalCluster::start_temporary`]): removed with the cluster.
+    /// ([`LocalCluster::start_temporary`]): removed with the cluster. Last
+    /// of the fields, so it is dropped after the members are killed.
     _temporary: Option<tempfile::TempDir>,
 }
 
