@@ -10,7 +10,8 @@
 //!   replay, compaction); [`commit_window`]: how the log and the slaves'
 //!   stores batch fsyncs.
 //! - [`slave`]: the storage role: versioned values in an embedded database.
-//! - [`local`]: `dsm local`, a whole cluster as child processes.
+//! - [`local`]: `dsm local`, a whole cluster as child processes;
+//!   [`process`] supervises each of them, [`ports`] finds them free ports.
 //! - [`snapshot`]: snapshot files (`dsm snapshot save`, `status`, `restore`).
 //! - [`bench`]: `dsm bench`, load generation, results and plots.
 //! - [`chaos`]: `dsm chaos` and the nemesis test: faults injected at random,
@@ -39,6 +40,8 @@ pub mod log_dump;
 pub mod master;
 pub mod metrics;
 pub mod pipeline;
+pub mod ports;
+pub mod process;
 pub mod proto;
 pub mod quoting;
 pub mod security;

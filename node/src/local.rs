@@ -1,18 +1,25 @@
 //! `dsm local`: a whole cluster on this machine — master, backup and N
 //! slaves as child processes of this binary on loopback — for trying DSM out
 //! and for tests. Ctrl-C or SIGTERM stops every child.
+//!
+//! [`LocalCluster`] is the one way this crate starts a cluster of real
+//! processes with `dsm local`'s flags: `dsm local` runs one on the ports it
+//! is given, `dsm bench` and its sweep and failover timing one in a
+//! temporary directory on free ports ([`LocalCluster::start_temporary`]).
+//! Each member is a [`Process`]; the nemesis builds its own cluster of them
+//! ([`crate::chaos::cluster`]) because every link there goes through a
+//! fault-injecting proxy.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use tokio::process::{Child, Command};
 
 use crate::client::{Client, ClientConfig};
+use crate::process::Process;
 
 /// Flags of `dsm local`.
 #[derive(Args, Debug, Clone)]
@@ -48,20 +55,14 @@ pub struct LocalArgs {
     pub member_threads: u16,
 }
 
-/// A started child process and where its output goes.
+/// A member of a local cluster: its process and where it listens.
 pub struct Member {
-    /// `master`, `backup` or `slave-N`.
-    pub name: String,
     /// gRPC address.
     pub address: SocketAddr,
     /// HTTP address of /metrics, /healthz and /readyz.
     pub metrics: SocketAddr,
-    /// File receiving the process's output.
-    pub log: PathBuf,
-    /// Its command line, to start it again.
-    exe: PathBuf,
-    args: Vec<String>,
-    child: Child,
+    /// The process, named `master`, `backup` or `slave-N`.
+    pub process: Process,
 }
 
 /// A running local cluster; [`LocalCluster::stop`] ends it (dropping it
@@ -75,15 +76,17 @@ pub struct LocalCluster {
     pub members: Vec<Member>,
     /// The cluster's data directory (absolute).
     pub dir: PathBuf,
+    /// Set when the cluster lives in a temporary directory
+    /// ([`LocalCluster::start_temporary`]): removed with the cluster. Last
+    /// of the fields, so it is dropped after the members are killed.
+    _temporary: Option<tempfile::TempDir>,
 }
 
 impl LocalCluster {
     /// Starts master, backup and the slaves, and waits until the master
     /// serves with every slave registered.
     pub async fn start(args: &LocalArgs) -> anyhow::Result<LocalCluster> {
-        if args.slaves == 0 {
-            bail!("--slaves must be at least 1");
-        }
+        check_slaves(args.slaves)?;
         let exe = std::env::current_exe().context("cannot find the dsm executable")?;
         let dir = absolute(&args.dir)?;
         let logs = dir.join("logs");
@@ -116,12 +119,24 @@ impl LocalCluster {
             backup,
             members: Vec::new(),
             dir: dir.clone(),
+            _temporary: None,
+        };
+        let member = |name: &str, address, metrics, mut flags: Vec<String>| {
+            flags.push(format!("--listen={address}"));
+            flags.push(format!("--metrics-listen={metrics}"));
+            let log = logs.join(format!("{name}.log"));
+            let mut process = Process::new(name, &exe, flags, log);
+            process.start().map(|()| Member {
+                address,
+                metrics,
+                process,
+            })
         };
         for (i, (name, addr)) in [("master", master), ("backup", backup)]
             .into_iter()
             .enumerate()
         {
-            let cmd = vec![
+            let flags = vec![
                 format!("--worker-threads={}", args.member_threads),
                 name.to_string(),
                 format!("--id={name}"),
@@ -130,11 +145,11 @@ impl LocalCluster {
             ];
             cluster
                 .members
-                .push(spawn(&exe, name, addr, metrics(i as u32), cmd, &logs)?);
+                .push(member(name, addr, metrics(i as u32), flags)?);
         }
         for (i, addr) in slave_addrs.iter().enumerate() {
             let name = format!("slave-{i}");
-            let cmd = vec![
+            let flags = vec![
                 format!("--worker-threads={}", args.member_threads),
                 "slave".to_string(),
                 format!("--id={name}"),
@@ -142,14 +157,9 @@ impl LocalCluster {
                 format!("--master={master}"),
                 format!("--backup={backup}"),
             ];
-            cluster.members.push(spawn(
-                &exe,
-                &name,
-                *addr,
-                metrics(i as u32 + 2),
-                cmd,
-                &logs,
-            )?);
+            cluster
+                .members
+                .push(member(&name, *addr, metrics(i as u32 + 2), flags)?);
         }
         let ready = tokio::select! {
             r = wait_ready(master, backup, args.slaves, args.ready_timeout) => r,
@@ -165,22 +175,57 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// Starts a cluster of `slaves` slaves with `dsm local`'s defaults in a
+    /// new temporary directory, on ports found free, so that several
+    /// benches (and tests) can run side by side (`dsm bench`, `dsm bench
+    /// sweep`, `dsm bench failover`). The directory is removed with the
+    /// cluster, unless the cluster failed to start: its logs are then kept
+    /// for the error message to point at.
+    pub async fn start_temporary(slaves: u32) -> anyhow::Result<LocalCluster> {
+        check_slaves(slaves)?;
+        let dir = tempfile::Builder::new()
+            .prefix("dsm-bench-")
+            .tempdir()
+            .context("cannot create a temporary directory for the cluster")?;
+        // master, backup, the slaves, then a metrics port for each process.
+        let count = u16::try_from(2 * slaves + 4).context("too many slaves")?;
+        let ports = crate::ports::free_ports(count)?;
+        let args = LocalArgs {
+            slaves,
+            dir: dir.path().to_path_buf(),
+            host: [127, 0, 0, 1].into(),
+            port: ports,
+            slave_port: ports + 2,
+            metrics_port: ports + 2 + slaves as u16,
+            ready_timeout: Duration::from_secs(60),
+            member_threads: 1,
+        };
+        eprintln!("starting a local cluster with {slaves} slaves");
+        match LocalCluster::start(&args).await {
+            Ok(cluster) => Ok(LocalCluster {
+                _temporary: Some(dir),
+                ..cluster
+            }),
+            Err(e) => {
+                let kept = dir.keep();
+                Err(e.context(format!("cluster data kept in {}", kept.display())))
+            }
+        }
+    }
+
+    /// Master then backup, for [`ClientConfig::endpoints`].
+    pub fn endpoints(&self) -> Vec<String> {
+        vec![self.master.to_string(), self.backup.to_string()]
+    }
+
     /// Sends SIGTERM to every child, waits for them, SIGKILLs stragglers.
     pub async fn stop(&mut self) {
         for m in self.members.iter() {
-            if let Some(pid) = m.child.id() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
+            let _ = m.process.terminate();
         }
         for m in self.members.iter_mut() {
-            if tokio::time::timeout(Duration::from_secs(5), m.child.wait())
-                .await
-                .is_err()
-            {
-                let _ = m.child.kill().await;
+            if m.process.wait_exit(Duration::from_secs(5)).await.is_none() {
+                m.process.kill().await;
             }
         }
     }
@@ -188,37 +233,66 @@ impl LocalCluster {
 
 /// Faults, for `dsm bench failover`.
 impl LocalCluster {
-    fn member(&mut self, name: &str) -> anyhow::Result<&mut Member> {
+    fn member(&mut self, name: &str) -> anyhow::Result<&mut Process> {
         self.members
             .iter_mut()
-            .find(|m| m.name == name)
+            .map(|m| &mut m.process)
+            .find(|p| p.name == name)
             .with_context(|| format!("no member named {name}"))
     }
 
     /// Sends `signal` to member `name` (SIGKILL, SIGSTOP, SIGCONT…).
     pub fn signal(&mut self, name: &str, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
-        let member = self.member(name)?;
-        let pid = member
-            .child
-            .id()
-            .with_context(|| format!("{name} is not running"))?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
-            .with_context(|| format!("cannot signal {name}"))
+        self.member(name)?.signal(signal)
     }
 
     /// Kills member `name` with SIGKILL and waits until it is gone.
     pub async fn kill9(&mut self, name: &str) -> anyhow::Result<()> {
-        self.signal(name, nix::sys::signal::Signal::SIGKILL)?;
-        let _ = self.member(name)?.child.wait().await;
+        let process = self.member(name)?;
+        if !process.running() {
+            bail!("{name} is not running");
+        }
+        process.kill().await;
         Ok(())
     }
 
     /// Starts member `name` again with the same flags (after [`kill9`](Self::kill9)).
     pub fn restart(&mut self, name: &str) -> anyhow::Result<()> {
-        let member = self.member(name)?;
-        member.child = spawn_logged(&member.exe, name, &member.args, &member.log, &[])?;
-        Ok(())
+        self.member(name)?.start()
     }
+
+    /// Waits until a master is active with every slave live.
+    pub async fn wait_settled(&self) -> anyhow::Result<()> {
+        let slaves = self.members.len().saturating_sub(2) as u32;
+        wait_ready(self.master, self.backup, slaves, Duration::from_secs(60)).await
+    }
+
+    /// The name of the active master-capable process (`master` or `backup`).
+    pub async fn active_member(&self) -> anyhow::Result<String> {
+        for (name, address) in [("master", self.master), ("backup", self.backup)] {
+            let client = Client::new(ClientConfig {
+                endpoints: vec![address.to_string()],
+                timeout: Duration::from_secs(1),
+                retry_for: Duration::ZERO,
+            });
+            if client
+                .endpoint_status()
+                .await
+                .is_ok_and(|s| s.role == "active")
+            {
+                return Ok(name.to_string());
+            }
+        }
+        bail!("no master-capable process is active")
+    }
+}
+
+/// A cluster needs at least one slave to store anything.
+fn check_slaves(slaves: u32) -> anyhow::Result<()> {
+    if slaves == 0 {
+        bail!("--slaves must be at least 1");
+    }
+    Ok(())
 }
 
 /// Runs the local cluster until Ctrl-C or SIGTERM.
@@ -233,10 +307,10 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     for m in &cluster.members {
         banner += &format!(
             "  {:<9} {:<21} metrics: http://{}/metrics  log: {}\n",
-            m.name,
+            m.process.name,
             m.address,
             m.metrics,
-            m.log.display()
+            m.process.log_path().display()
         );
     }
     banner += &format!(
@@ -282,67 +356,9 @@ fn client_program(exe: &Path) -> String {
     }
 }
 
-fn spawn(
-    exe: &Path,
-    name: &str,
-    address: SocketAddr,
-    metrics: SocketAddr,
-    mut args: Vec<String>,
-    logs: &Path,
-) -> anyhow::Result<Member> {
-    args.push(format!("--listen={address}"));
-    args.push(format!("--metrics-listen={metrics}"));
-    let log = logs.join(format!("{name}.log"));
-    let child = spawn_logged(exe, name, &args, &log, &[])?;
-    Ok(Member {
-        name: name.to_string(),
-        address,
-        metrics,
-        log,
-        exe: exe.to_path_buf(),
-        args,
-        child,
-    })
-}
-
-/// Starts `exe` with `args` (and `env`) as a child whose output is appended
-/// to `log`, and which dies with this process even when that is killed -9.
-pub fn spawn_logged(
-    exe: &Path,
-    name: &str,
-    args: &[String],
-    log: &Path,
-    env: &[(&str, &str)],
-) -> anyhow::Result<Child> {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("cannot open {}", log.display()))?;
-    let err = out.try_clone()?;
-    let mut command = Command::new(exe);
-    command
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .kill_on_drop(true);
-    // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
-    unsafe {
-        command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
-    command
-        .spawn()
-        .with_context(|| format!("cannot start {name} ({})", exe.display()))
-}
-
 /// Waits until the master serves and every slave registered, printing
 /// progress once a second.
-pub(crate) async fn wait_ready(
+async fn wait_ready(
     master: SocketAddr,
     backup: SocketAddr,
     slaves: u32,

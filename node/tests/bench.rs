@@ -3,20 +3,14 @@
 //! loads it, and writes its results. Checks shapes and counts, never
 //! timings.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn dsm_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_dsm")
-}
-
-/// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
-}
+use common::{dsm_bin, free_port};
 
 /// Body of `GET /metrics` on `port`, or `None` while nothing answers.
 fn scrape(port: u16) -> Option<String> {

@@ -23,8 +23,8 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::OwnCluster;
 use crate::client::{Client, ClientConfig};
+use crate::local::LocalCluster;
 
 /// Time given to the cluster between a healed fault and the next trial.
 const QUIET: Duration = Duration::from_secs(3);
@@ -83,7 +83,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
             humantime::format_duration(args.pause)
         );
     }
-    let mut cluster = OwnCluster::start(args.slaves).await?;
+    let mut cluster = LocalCluster::start_temporary(args.slaves).await?;
     let result = trials(&args, &mut cluster).await;
     cluster.stop().await;
     let trials = result?;
@@ -94,7 +94,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn trials(args: &FailoverArgs, cluster: &mut OwnCluster) -> anyhow::Result<Vec<Trial>> {
+async fn trials(args: &FailoverArgs, cluster: &mut LocalCluster) -> anyhow::Result<Vec<Trial>> {
     let endpoints = cluster.endpoints();
     let stop = CancellationToken::new();
     let _stop_writer = stop.clone().drop_guard();
@@ -133,10 +133,8 @@ async fn trials(args: &FailoverArgs, cluster: &mut OwnCluster) -> anyhow::Result
             let master = cluster.active_member().await?;
             let at = origin.elapsed().as_micros() as u64;
             match fault {
-                FaultKind::Kill => cluster.inner().kill9(&master).await?,
-                _ => cluster
-                    .inner()
-                    .signal(&master, nix::sys::signal::Signal::SIGSTOP)?,
+                FaultKind::Kill => cluster.kill9(&master).await?,
+                _ => cluster.signal(&master, nix::sys::signal::Signal::SIGSTOP)?,
             }
             let first = acks
                 .first_sent_after(at, Duration::from_secs(60))
@@ -153,13 +151,11 @@ async fn trials(args: &FailoverArgs, cluster: &mut OwnCluster) -> anyhow::Result
                 seconds,
             });
             match fault {
-                FaultKind::Kill => cluster.inner().restart(&master)?,
+                FaultKind::Kill => cluster.restart(&master)?,
                 _ => {
                     let left = args.pause.saturating_sub(Duration::from_micros(first - at));
                     tokio::time::sleep(left).await;
-                    cluster
-                        .inner()
-                        .signal(&master, nix::sys::signal::Signal::SIGCONT)?;
+                    cluster.signal(&master, nix::sys::signal::Signal::SIGCONT)?;
                 }
             }
         }

@@ -12,7 +12,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use super::report::Summary;
-use super::{OwnCluster, RunParams, WorkloadArgs, cancel_on_signal, measure, serve_metrics};
+use super::{RunParams, WorkloadArgs, cancel_on_signal, measure, serve_metrics};
+use crate::local::LocalCluster;
 
 /// Flags of `dsm bench sweep`.
 #[derive(Args, Debug, Clone)]
@@ -66,7 +67,7 @@ pub async fn run(args: SweepArgs) -> anyhow::Result<()> {
 
     let mut points: Vec<Summary> = Vec::new();
     'grid: for &slaves in &args.slaves {
-        let mut cluster = OwnCluster::start(slaves).await?;
+        let mut cluster = LocalCluster::start_temporary(slaves).await?;
         for &clients in &args.clients {
             if cancel.is_cancelled() {
                 break;

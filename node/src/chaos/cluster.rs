@@ -4,18 +4,19 @@
 //! from a file the nemesis rewrites).
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::process::Child;
 use tokio::time::Instant;
 
 use super::faults::{Fault, Link, Member};
 use super::nemesis::NemesisConfig;
 use super::proxy::{Mode, Proxy};
 use crate::client::{Client, ClientConfig};
+use crate::ports::free_port;
+use crate::process::Process;
 use crate::proto::StatusReply;
 
 /// Slave heartbeat interval.
@@ -33,71 +34,6 @@ pub fn libfaketime() -> Option<PathBuf> {
         .iter()
         .map(PathBuf::from)
         .find(|path| path.exists())
-}
-
-/// One `dsm` process of the cluster.
-pub struct Process {
-    /// `master`, `backup` or `slave-N`.
-    pub name: String,
-    binary: PathBuf,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    log: PathBuf,
-    child: Option<Child>,
-    /// Stopped with SIGSTOP.
-    pub paused: bool,
-}
-
-impl Process {
-    fn start(&mut self) -> anyhow::Result<()> {
-        let mut env: Vec<(&str, &str)> = vec![("RUST_LOG", "info")];
-        env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let child =
-            crate::local::spawn_logged(&self.binary, &self.name, &self.args, &self.log, &env)?;
-        self.child = Some(child);
-        self.paused = false;
-        Ok(())
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        if let Some(pid) = self.child.as_ref().and_then(Child::id) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
-        }
-    }
-
-    async fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.start_kill();
-            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-        }
-        self.paused = false;
-    }
-
-    fn pause(&mut self) {
-        self.signal(nix::sys::signal::Signal::SIGSTOP);
-        self.paused = true;
-    }
-
-    fn resume(&mut self) {
-        self.signal(nix::sys::signal::Signal::SIGCONT);
-        self.paused = false;
-    }
-
-    /// Whether the process was started and not killed.
-    pub fn running(&self) -> bool {
-        self.child.is_some()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        // A stopped process dies of SIGKILL too, but continue it so that
-        // nothing is left frozen if the kill is missed.
-        self.signal(nix::sys::signal::Signal::SIGCONT);
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
-    }
 }
 
 /// The cluster under test.
@@ -121,8 +57,7 @@ pub struct Cluster {
 }
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a free port")?;
-    Ok(listener.local_addr()?)
+    Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
 }
 
 /// The environment that makes a process's wall clock follow `clock_file`, an
@@ -159,16 +94,17 @@ impl Cluster {
             std::fs::create_dir_all(clocks)
                 .with_context(|| format!("cannot create {}", clocks.display()))?;
         }
+        // Every process logs at info whatever RUST_LOG the nemesis runs
+        // with, and follows its own clock file when clocks are faked.
         let env_for = |name: &str| -> anyhow::Result<Vec<(String, String)>> {
-            match (&lib, &clocks) {
-                (Some(lib), Some(clocks)) => {
-                    let file = clocks.join(name);
-                    std::fs::write(&file, "+0\n")
-                        .with_context(|| format!("cannot write {}", file.display()))?;
-                    Ok(faketime_env(lib, &file))
-                }
-                _ => Ok(Vec::new()),
+            let mut env = vec![("RUST_LOG".to_string(), "info".to_string())];
+            if let (Some(lib), Some(clocks)) = (&lib, &clocks) {
+                let file = clocks.join(name);
+                std::fs::write(&file, "+0\n")
+                    .with_context(|| format!("cannot write {}", file.display()))?;
+                env.extend(faketime_env(lib, &file));
             }
+            Ok(env)
         };
         let master_addrs = [free_addr()?, free_addr()?];
         let client_links = [
@@ -195,15 +131,8 @@ impl Cluster {
                 "--metrics-listen=none".to_string(),
             ];
             args.extend(config.broken.master_flag().map(str::to_string));
-            masters.push(Process {
-                name: role.to_string(),
-                binary: config.binary.clone(),
-                args,
-                env: env_for(role)?,
-                log: logs.join(format!("{role}.log")),
-                child: None,
-                paused: false,
-            });
+            let log = logs.join(format!("{role}.log"));
+            masters.push(Process::new(role, &config.binary, args, log).with_env(env_for(role)?));
         }
         let mut slaves = Vec::new();
         let mut slave_ids = Vec::new();
@@ -217,25 +146,19 @@ impl Cluster {
                 Proxy::start(&format!("{id}->master"), master_addrs[0]).await?,
                 Proxy::start(&format!("{id}->backup"), master_addrs[1]).await?,
             ];
-            slaves.push(Process {
-                name: id.clone(),
-                binary: config.binary.clone(),
-                args: vec![
-                    "slave".to_string(),
-                    format!("--id={id}"),
-                    format!("--listen={listen}"),
-                    format!("--advertise={}", inbound.address()),
-                    format!("--data-dir={}", dir.join(&id).display()),
-                    format!("--master={}", outbound[0].address()),
-                    format!("--backup={}", outbound[1].address()),
-                    format!("--heartbeat={}", humantime::format_duration(HEARTBEAT)),
-                    "--metrics-listen=none".to_string(),
-                ],
-                env: env_for(&id)?,
-                log: logs.join(format!("{id}.log")),
-                child: None,
-                paused: false,
-            });
+            let args = vec![
+                "slave".to_string(),
+                format!("--id={id}"),
+                format!("--listen={listen}"),
+                format!("--advertise={}", inbound.address()),
+                format!("--data-dir={}", dir.join(&id).display()),
+                format!("--master={}", outbound[0].address()),
+                format!("--backup={}", outbound[1].address()),
+                format!("--heartbeat={}", humantime::format_duration(HEARTBEAT)),
+                "--metrics-listen=none".to_string(),
+            ];
+            let log = logs.join(format!("{id}.log"));
+            slaves.push(Process::new(&id, &config.binary, args, log).with_env(env_for(&id)?));
             slave_ids.push(id);
             to_slave.push(inbound);
             from_slave.push(outbound);
@@ -285,7 +208,7 @@ impl Cluster {
     /// which of the two it is.
     pub async fn active(&self) -> Option<(usize, StatusReply)> {
         for i in 0..2 {
-            if self.masters[i].paused || !self.masters[i].running() {
+            if self.masters[i].paused() || !self.masters[i].running() {
                 continue;
             }
             if let Ok(status) = self.direct_client(i).endpoint_status().await
@@ -362,9 +285,13 @@ impl Cluster {
     /// Injects `fault`.
     pub async fn inject(&mut self, fault: &Fault) {
         match fault {
-            Fault::KillMaster { m, .. } => self.masters[*m].kill9().await,
-            Fault::KillSlave(s) => self.slaves[*s].kill9().await,
-            Fault::Pause { m, .. } => self.masters[*m].pause(),
+            Fault::KillMaster { m, .. } => self.masters[*m].kill().await,
+            Fault::KillSlave(s) => self.slaves[*s].kill().await,
+            // A process that cannot be signalled is not running: nothing to
+            // pause, and the history shows what the clients saw.
+            Fault::Pause { m, .. } => {
+                let _ = self.masters[*m].pause();
+            }
             Fault::Link(link, mode) => self.proxy(*link).set(*mode),
             Fault::Clock {
                 member,
@@ -379,7 +306,7 @@ impl Cluster {
                 let client = self.direct_client(*m);
                 let compaction = tokio::spawn(async move { client.compact().await });
                 tokio::time::sleep(*after).await;
-                self.masters[*m].kill9().await;
+                self.masters[*m].kill().await;
                 compaction.abort();
             }
         }
@@ -393,7 +320,7 @@ impl Cluster {
             }
             Fault::KillSlave(s) => self.slaves[*s].start(),
             Fault::Pause { m, .. } => {
-                self.masters[*m].resume();
+                let _ = self.masters[*m].resume();
                 Ok(())
             }
             Fault::Link(link, _) => {
@@ -411,8 +338,8 @@ impl Cluster {
     /// Undoes every fault: continue, restart, pass, clocks back.
     pub fn heal_all(&mut self) -> anyhow::Result<()> {
         for p in self.masters.iter_mut().chain(self.slaves.iter_mut()) {
-            if p.paused {
-                p.resume();
+            if p.paused() {
+                let _ = p.resume();
             }
             if !p.running() {
                 p.start()?;
@@ -436,10 +363,10 @@ impl Cluster {
     /// Stops every process and proxy.
     pub async fn stop(&mut self) {
         for p in self.masters.iter_mut().chain(self.slaves.iter_mut()) {
-            if p.paused {
-                p.resume();
+            if p.paused() {
+                let _ = p.resume();
             }
-            p.kill9().await;
+            p.kill().await;
         }
         for proxy in self.proxies() {
             proxy.stop();

@@ -1,23 +1,23 @@
 //! Test harness: a DSM cluster of real `dsm` processes on loopback.
 //!
-//! Every process gets a free port on 127.0.0.1, writes its log to a file in
-//! the cluster's temporary directory, and is killed when the [`Cluster`] is
-//! dropped (also when a test fails), so no test leaves processes behind.
+//! Every process gets a free port on 127.0.0.1 ([`dsm::ports`]), writes its
+//! log to a file in the cluster's temporary directory, and is killed when the
+//! [`Cluster`] is dropped (also when a test fails), so no test leaves
+//! processes behind ([`dsm::process`]).
 //! Faults are injected the way an operator would meet them: SIGKILL,
 //! SIGSTOP/SIGCONT, restarts, files damaged on disk, and network faults on
 //! master→slave links through `dsm::chaos::proxy` (`Options::slave_link_proxies`).
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dsm::chaos::proxy::Proxy;
 use dsm::client::{Client, ClientConfig};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use dsm::process::Process;
+use nix::sys::signal::Signal;
 
 /// Upper bound for any single wait in these tests.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -27,12 +27,7 @@ pub fn dsm_bin() -> &'static str {
     env!("CARGO_BIN_EXE_dsm")
 }
 
-/// Ports handed out by [`free_port`] come from below the kernel's
-/// ephemeral range (32768 and up), where outgoing connections of every
-/// other test would otherwise take them between our check and our use.
-const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
-
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1 (see [`dsm::ports`]).
 pub fn free_port() -> u16 {
     free_ports(1)
 }
@@ -40,66 +35,50 @@ pub fn free_port() -> u16 {
 /// The first of `n` consecutive free TCP ports on 127.0.0.1 (for `dsm
 /// local`, which numbers its members from a base port).
 pub fn free_ports(n: u16) -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    // Each test process starts at a different place so that parallel test
-    // binaries rarely probe the same ports.
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let span = PORT_RANGE.end - PORT_RANGE.start;
-    let seed = (std::process::id() % u32::from(span)) as u16;
-    for _ in 0..1000 {
-        let offset = NEXT.fetch_add(n, Ordering::SeqCst);
-        let base = PORT_RANGE.start + (seed.wrapping_add(offset) % (span - n));
-        let held: Vec<_> = (base..base + n)
-            .map_while(|port| TcpListener::bind(("127.0.0.1", port)).ok())
-            .collect();
-        if held.len() == usize::from(n) {
-            return base;
-        }
-    }
-    panic!("no {n} consecutive free ports in {PORT_RANGE:?}");
+    dsm::ports::free_ports(n).expect("free ports")
 }
 
-/// One cluster member: how to start it again and its running process.
+/// One cluster member: where it listens, and its process.
 pub struct Member {
     pub name: String,
     pub address: String,
     /// HTTP address of /metrics, /healthz, /readyz.
     pub metrics_address: String,
-    args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
     /// Extra environment of the next start (e.g. FAILPOINTS); clear it
     /// before a restart that should run clean.
     pub env: Vec<(String, String)>,
+    /// Killed when the member is dropped, continued first if paused.
+    process: Process,
 }
 
 impl Member {
-    fn start(&mut self) {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open member log");
-        let err = out.try_clone().expect("clone log handle");
-        let child = Command::new(dsm_bin())
-            .args(&self.args)
-            .env("RUST_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn dsm");
-        self.child = Some(child);
+    fn new(
+        name: String,
+        address: String,
+        metrics_address: String,
+        args: Vec<String>,
+        log: PathBuf,
+    ) -> Member {
+        Member {
+            process: Process::new(&name, dsm_bin(), args, log),
+            name,
+            address,
+            metrics_address,
+            env: Vec::new(),
+        }
     }
 
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.as_ref().expect("member is running").id() as i32)
+    fn start(&mut self) {
+        // Every member logs at info, whatever RUST_LOG the tests run with.
+        self.process.env = std::iter::once(("RUST_LOG".to_string(), "info".to_string()))
+            .chain(self.env.iter().cloned())
+            .collect();
+        self.process.start().expect("spawn dsm");
     }
 
     /// The member's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(self.process.log_path()).unwrap_or_default()
     }
 }
 
@@ -148,7 +127,10 @@ impl Cluster {
                 let proxy = Proxy::start(&format!("master->{}", slave.name), target)
                     .await
                     .expect("start a proxy");
-                slave.args.push(format!("--advertise={}", proxy.address()));
+                slave
+                    .process
+                    .args
+                    .push(format!("--advertise={}", proxy.address()));
                 cluster.slave_links.push(proxy);
             }
         }
@@ -184,15 +166,14 @@ impl Cluster {
             let metrics_address = format!("127.0.0.1:{}", free_port());
             args.push(format!("--metrics-listen={metrics_address}"));
             args.extend(options.extra_master_args.iter().cloned());
-            Member {
-                name: role.to_string(),
-                address: addr.to_string(),
+            let log = dir.path().join(format!("{role}.log"));
+            Member::new(
+                role.to_string(),
+                addr.to_string(),
                 metrics_address,
                 args,
-                log: dir.path().join(format!("{role}.log")),
-                child: None,
-                env: Vec::new(),
-            }
+                log,
+            )
         };
         let master = master_like("master", &master_addr);
         let backup = master_like("backup", &backup_addr);
@@ -201,24 +182,18 @@ impl Cluster {
                 let name = format!("slave-{i}");
                 let address = format!("127.0.0.1:{}", free_port());
                 let metrics_address = format!("127.0.0.1:{}", free_port());
-                Member {
-                    args: vec![
-                        "slave".to_string(),
-                        format!("--listen={address}"),
-                        format!("--id={name}"),
-                        format!("--data-dir={}", dir.path().join(&name).display()),
-                        format!("--master={master_addr}"),
-                        format!("--backup={backup_addr}"),
-                        "--heartbeat=250ms".to_string(),
-                        format!("--metrics-listen={metrics_address}"),
-                    ],
-                    metrics_address,
-                    log: dir.path().join(format!("{name}.log")),
-                    name,
-                    address,
-                    child: None,
-                    env: Vec::new(),
-                }
+                let args = vec![
+                    "slave".to_string(),
+                    format!("--listen={address}"),
+                    format!("--id={name}"),
+                    format!("--data-dir={}", dir.path().join(&name).display()),
+                    format!("--master={master_addr}"),
+                    format!("--backup={backup_addr}"),
+                    "--heartbeat=250ms".to_string(),
+                    format!("--metrics-listen={metrics_address}"),
+                ];
+                let log = dir.path().join(format!("{name}.log"));
+                Member::new(name, address, metrics_address, args, log)
             })
             .collect();
         Cluster {
@@ -233,7 +208,7 @@ impl Cluster {
     /// Starts every member that is not running.
     pub fn start_all(&mut self) {
         for m in self.members_mut() {
-            if m.child.is_none() {
+            if !m.process.running() {
                 m.start();
             }
         }
@@ -281,7 +256,7 @@ impl Cluster {
     /// Waits until some master is active and serving with every running
     /// slave live and no key under-replicated.
     pub async fn wait_ready(&self) {
-        let running = self.slaves.iter().filter(|s| s.child.is_some()).count();
+        let running = self.slaves.iter().filter(|s| s.process.running()).count();
         self.wait_for(&format!("{running} live slaves, fully replicated"), |s| {
             s.role == "active"
                 && s.slaves.iter().filter(|x| x.live).count() >= running
@@ -349,51 +324,44 @@ impl Cluster {
 impl Member {
     /// SIGKILL, and reap the process.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill_blocking();
     }
 
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if self.process.terminate().is_ok()
+            && self
+                .process
+                .wait_exit_blocking(Duration::from_secs(10))
+                .is_none()
+        {
+            self.kill9();
         }
     }
 
     /// SIGTERM, without waiting (see [`Member::wait_exit`]).
     pub fn terminate(&self) {
-        kill(self.pid(), Signal::SIGTERM).expect("SIGTERM");
+        self.process.terminate().expect("SIGTERM");
     }
 
     /// SIGSTOP: the process freezes with its sockets and locks held.
     pub fn pause(&self) {
-        kill(self.pid(), Signal::SIGSTOP).expect("SIGSTOP");
+        self.process.signal(Signal::SIGSTOP).expect("SIGSTOP");
     }
 
     /// The process id, while running.
     pub fn process_id(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.id()
     }
 
     /// SIGCONT.
     pub fn resume(&self) {
-        kill(self.pid(), Signal::SIGCONT).expect("SIGCONT");
+        self.process.signal(Signal::SIGCONT).expect("SIGCONT");
     }
 
     /// Starts a member of a [`Cluster::prepare`]d cluster on its own.
     pub fn start_alone(&mut self) {
-        if self.child.is_none() {
+        if !self.process.running() {
             self.start();
         }
     }
@@ -406,27 +374,7 @@ impl Member {
 
     /// Whether the process has exited; its exit status if so.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        let child = self.child.as_mut()?;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_ref() {
-            // A paused process ignores SIGKILL until continued on some
-            // kernels' accounting; continue it first.
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
-        }
-        self.kill9();
+        self.process.wait_exit_blocking(timeout)
     }
 }
 
