@@ -3,7 +3,7 @@
 # package registries only. Idempotent: skips what is already there.
 set -euo pipefail
 
-# --- operator (issue 4) -------------------------------------------------------
+# --- operator manifests --------------------------------------------------------
 # operator/tests/manifests.rs validates manifests/, the rendered Helm chart and the
 # operator's objects offline with two PyPI packages:
 #   kubernetes-validate  the Kubernetes OpenAPI schemas of every release, offline;
@@ -19,7 +19,7 @@ install_operator_test_deps() {
         'kubernetes-validate==1.37.0' 'helm-python-sdk==0.2.2'
 }
 
-# --- Prometheus (issue 3) ------------------------------------------------------
+# --- Prometheus ----------------------------------------------------------------
 # node/tests/prometheus.rs runs a real Prometheus server against a local cluster and
 # checks the chart's rules with promtool; both come in Debian's `prometheus` package.
 # Installed without recommends (prometheus-node-exporter would start on :9100, DSM's
@@ -45,7 +45,7 @@ install_prometheus() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
 }
 
-# --- faketime (issue 9) ----------------------------------------------------------
+# --- faketime ------------------------------------------------------------------
 # The nemesis (node/tests/nemesis.rs, dsm chaos) shifts a member's wall clock forward
 # and backward with libfaketime preloaded into it (LD_PRELOAD), from Debian's
 # `faketime` package: safety must not depend on clocks, and the broken takeover build

@@ -2,7 +2,7 @@
 //! by the property tests below on every `cargo test`.
 //!
 //! Each function feeds one arbitrary input to a parser that meets untrusted
-//! bytes (DESIGN §5: "no panic on any input from the network or a file") and
+//! bytes (the rule: no panic on any input from the network or a file) and
 //! panics if the parser panics *or* breaks one of its stated invariants, so
 //! libFuzzer reports both. Not a stable API: it exists for the fuzzer.
 

@@ -1,6 +1,6 @@
 //! Limits on what a client may store, and the validation every request
-//! goes through before anything is logged (DESIGN §5: bad input gets a clear
-//! error naming the limit, and nothing already stored is touched).
+//! goes through before anything is logged: bad input gets a clear error
+//! naming the limit, and nothing already stored is touched.
 
 use thiserror::Error;
 

@@ -1,6 +1,5 @@
 //! `dsm log dump`: the write-ahead log for people, one `WRITE key value`
-//! line per valid record in log order (the seed's `kv_store.log` format), and
-//! `DELETE key` for a deletion.
+//! line per valid record in log order, and `DELETE key` for a deletion.
 //! Keys and values that are not plain text are quoted and escaped with
 //! [`crate::quoting::escape`], so every line is one record whatever it holds.
 

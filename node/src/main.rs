@@ -119,8 +119,9 @@ enum SnapshotCommand {
 
 #[derive(Subcommand, Debug)]
 enum LogCommand {
-    /// Print every valid record as `WRITE key value` (the seed's format);
-    /// keys and values that are not plain text are quoted and escaped.
+    /// Print every valid record as a `WRITE key value` line (`DELETE key`
+    /// for a deletion), in log order; keys and values that are not plain
+    /// text are quoted and escaped.
     Dump {
         /// The log directory (as given to `dsm master --log-dir`).
         #[arg(long, env = "DSM_LOG_DIR", default_value = "dsm-local/log")]

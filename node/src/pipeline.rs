@@ -4,7 +4,7 @@
 //!
 //! Why: a unary call costs about 17 µs of CPU on each side, a message on an
 //! open stream a fraction of that, and one message carries every op waiting
-//! at that moment (DESIGN §8). Callers still see one request, one answer:
+//! at that moment. Callers still see one request, one answer:
 //! [`Pipe::call`] resolves to what a unary call would have returned, status
 //! codes included.
 //!

@@ -1,7 +1,7 @@
 //! How keys and values are shown to people and read back from them.
 //!
-//! Keys and values are arbitrary bytes (DESIGN §4: "a value may hold any
-//! bytes, spaces and newlines included"), but the REPL, `dsm client` and
+//! Keys and values are arbitrary bytes (a value may hold any bytes, spaces
+//! and newlines included), but the REPL, `dsm client` and
 //! `dsm log dump` print them on lines of text. [`escape`] turns bytes into a
 //! single shell-like word and [`tokenize`] reads such words back, so whatever
 //! `dsm log dump` or the REPL prints can be pasted into the REPL again.

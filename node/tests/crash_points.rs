@@ -4,7 +4,7 @@
 //! back with its exact value, the crashed WRITE is all-or-nothing (absent, or
 //! present with its exact value), and the cluster keeps serving.
 //!
-//! This checks DESIGN §4's "no acknowledged WRITE is lost" at the points
+//! This checks that no acknowledged WRITE is lost, at the points
 //! where the persist-before-acknowledge order could break. It needs the
 //! `failpoints` feature, which also builds the `dsm` binary the test runs:
 //! `cargo test -p dsm --features failpoints --test crash_points`.

@@ -1,4 +1,4 @@
-//! A full log volume (DESIGN §4 "the log is the source of truth"): WRITEs
+//! A full log volume (the log is the source of truth): WRITEs
 //! fail with a clear UNAVAILABLE error naming the cause, nothing
 //! acknowledged is lost, and WRITEs resume by themselves once space returns
 //! (the master steps down and recovers the log with a fresh writer:

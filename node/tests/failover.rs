@@ -1,6 +1,6 @@
 //! Master failover: kill -9, restart, SIGSTOP (epoch fencing), and log
 //! compaction with the backup following. Each test checks that nothing
-//! acknowledged is lost (DESIGN §4).
+//! acknowledged is lost.
 
 mod common;
 

@@ -48,9 +48,10 @@ async fn all_read_back(cluster: &Cluster, acked: &Mutex<Vec<String>>) {
     }
 }
 
-/// Issue 10: a slave serving the master's replication stream used to wait
-/// for that stream to close, which it never did, until it was killed. Now it
-/// tells the master it is leaving, finishes what is in flight, and exits.
+/// A regression test: a slave serving the master's replication stream used
+/// to wait for that stream to close, which it never did, until it was killed.
+/// Now it tells the master it is leaving, finishes what is in flight, and
+/// exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_serving_slave_stops_on_sigterm_and_loses_nothing() {
     bounded(async {

@@ -45,13 +45,14 @@ pub enum BenchCommand {
 /// The workload flags shared by `dsm bench` and `dsm bench sweep`.
 #[derive(Args, Debug, Clone)]
 pub struct WorkloadArgs {
-    /// Fraction of requests that are WRITEs (the seed used 30 %).
+    /// Fraction of requests that are WRITEs (0.3: 30 % WRITEs, 70 % READs).
     #[arg(long, default_value_t = 0.3)]
     pub write_ratio: f64,
     /// Number of distinct keys: key0 … key{N-1}.
     #[arg(long, default_value_t = 1000)]
     pub keys: usize,
-    /// How keys are picked: uniform (like the seed) or zipfian (hot keys).
+    /// How keys are picked: uniform (every key equally likely) or zipfian
+    /// (hot keys).
     #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
     pub distribution: Distribution,
     /// Exponent of the zipfian distribution (1.0: key0 takes about 13 % of

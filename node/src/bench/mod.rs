@@ -1,11 +1,11 @@
-//! `dsm bench`: the seed's test harness, made better. N clients load a
+//! `dsm bench`: the load generator. N clients load a
 //! cluster (a temporary [`LocalCluster`] unless `--master` is given) with a
 //! READ/WRITE mix over `key0` … `keyN-1`, closed or open loop; a progress
 //! line goes to stderr every second, the summary table to stdout, `--json`
 //! writes every figure, and `/metrics` serves `dsm_bench_*` while it runs.
 //! `dsm bench sweep` ([`sweep`]) runs a grid of client and slave counts and
-//! draws the seed's plots ([`plot`]); `dsm bench failover` ([`failover`])
-//! times failovers instead.
+//! draws throughput, latency and load plots ([`plot`]); `dsm bench failover`
+//! ([`failover`]) times failovers instead.
 //!
 //! Module map: [`args`] holds the flags and checks them, [`run`] is the
 //! measuring engine (clients, warm-up, per-second figures), [`workload`]

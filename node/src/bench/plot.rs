@@ -1,5 +1,5 @@
-//! SVG plots of a sweep, reproducing the seed's figures with percentiles
-//! instead of averages: throughput and READ/WRITE latency (p50 solid, p99
+//! SVG plots of a sweep, with percentiles rather than averages: throughput
+//! and READ/WRITE latency (p50 solid, p99
 //! dashed) against clients and against slaves, and the load distribution
 //! across slaves. Drawn with plotters' SVG backend only: text is written as
 //! SVG `<text>` and its size merely estimated, so no system font (nor

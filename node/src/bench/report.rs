@@ -47,8 +47,8 @@ pub struct OpSummary {
     pub latency: Percentiles,
 }
 
-/// Requests the master sent to one slave during the measurement: the
-/// seed's load distribution.
+/// Requests the master sent to one slave during the measurement: how evenly
+/// the load spreads across the slaves.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlaveLoad {
     /// Slave id.

@@ -2,8 +2,8 @@
 //! microseconds), request and error counts by kind, and the per-second
 //! samples behind the progress line. The [`Recorder`] is shared by every
 //! client task behind one `std::sync::Mutex`: it is held for a few hundred
-//! nanoseconds per request, far below the ~17 µs of CPU one gRPC call costs
-//! (DESIGN §8), so it does not limit what is measured.
+//! nanoseconds per request, far below the ~17 µs of CPU one unary gRPC call
+//! costs, so it does not limit what is measured.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -38,8 +38,8 @@ pub fn record_latency(histogram: &mut Histogram<u64>, latency: Duration) {
 pub struct Percentiles {
     /// Samples.
     pub count: u64,
-    /// Arithmetic mean, for comparison with the seed (which reported only
-    /// averages).
+    /// Arithmetic mean, for comparison with figures reported as averages
+    /// only.
     pub mean_us: f64,
     /// Median.
     pub p50_us: u64,

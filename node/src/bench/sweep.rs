@@ -1,4 +1,4 @@
-//! `dsm bench sweep`: the seed's scaling study. For each slave count one
+//! `dsm bench sweep`: the scaling study. For each slave count one
 //! local cluster is started and every client count is run against it; the
 //! points go to `results.csv` and `results.json` (rewritten after each
 //! point, so an interrupted sweep keeps what it measured) and the plots are

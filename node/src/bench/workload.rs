@@ -1,6 +1,6 @@
-//! What the bench sends: the key space (`key0` … `keyN-1`, like the seed's
-//! harness), which key each request picks (uniform, or zipfian for a hot
-//! set) and whether it is a READ or a WRITE. Pure functions of a random
+//! What the bench sends: the key space (`key0` … `keyN-1`), which key each
+//! request picks (uniform, or zipfian for a hot set) and whether it is a
+//! READ or a WRITE. Pure functions of a random
 //! number generator, so the mix can be checked without a cluster.
 
 use anyhow::bail;
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Distribution {
-    /// Every key equally likely (the seed's harness).
+    /// Every key equally likely (the default).
     Uniform,
     /// Key `i` picked with probability proportional to `1 / (i+1)^s`:
     /// a few hot keys, as in most real workloads.
@@ -166,7 +166,7 @@ impl Workload {
     }
 }
 
-/// The name of key `index`: `key0`, `key1`, … as in the seed.
+/// The name of key `index`: `key0`, `key1`, …
 pub fn key_name(index: usize) -> String {
     format!("key{index}")
 }

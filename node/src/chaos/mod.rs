@@ -1,9 +1,10 @@
 //! Randomized fault injection checked for linearizability: `dsm chaos` and
 //! the `nemesis` integration test.
 //!
-//! The claim under test (DESIGN §4): single-key operations are linearizable,
-//! and no acknowledged WRITE is lost while at most `replicas - quorum` slaves
-//! and one of master/backup fail. The modules:
+//! The claim under test (the guarantees of `docs/RELIABILITY.md`):
+//! single-key operations are linearizable, and no acknowledged WRITE is lost
+//! while at most `replicas - quorum` slaves and one of master/backup fail.
+//! The modules:
 //! - [`proxy`]: a fault-injecting TCP proxy put on every network link;
 //! - [`cluster`]: the processes and proxies of the cluster under test, and
 //!   their wall clocks (libfaketime);

@@ -1,5 +1,5 @@
-//! How a [`Client`] call finds an endpoint that serves it (DESIGN §4
-//! "Clients"): the policy every call of the client goes through.
+//! How a [`Client`] call finds an endpoint that serves it: the policy every
+//! call of the client goes through.
 //!
 //! One round tries every known endpoint at most once, starting with the one
 //! believed active. A standby's FAILED_PRECONDITION carrying `dsm-leader`

@@ -2,7 +2,7 @@
 //! knowing which master-capable process is active right now.
 //!
 //! [`Client`] is given the master-capable addresses (master first, then the
-//! backup) and implements DESIGN §4 "Clients": try the endpoint believed
+//! backup) and implements the clients' failover policy: try the endpoint believed
 //! active, follow a standby's `dsm-leader` hint, move on when an endpoint is
 //! down or does not answer within the per-request timeout, and when every
 //! endpoint has failed back off (exponential, full jitter) and try again until
@@ -48,7 +48,7 @@ pub struct ClientConfig {
     /// first, then the backup. The first one is tried first.
     pub endpoints: Vec<String>,
     /// Limit for one attempt (connecting included) against one endpoint.
-    /// The seed used 2 s; a paused (SIGSTOP) master is detected this way.
+    /// Default 2 s; a paused (SIGSTOP) master is detected this way.
     pub timeout: Duration,
     /// How long to keep retrying when no endpoint answers: a new attempt is
     /// not started after this much time has passed since the call began.

@@ -12,7 +12,7 @@
 use rand::seq::SliceRandom;
 
 /// Default replication factor for `n` configured slaves: `ceil((n + 1) / 2)`,
-/// a majority, as in the seed.
+/// the smallest majority, so that any two write quorums share a slave.
 pub fn default_replication_factor(n: u32) -> u32 {
     (n + 2) / 2
 }

@@ -243,7 +243,8 @@ async fn reader_follows_a_concurrent_writer() {
     assert_eq!(reader.poll(|_, _| {}).unwrap(), 0);
 }
 
-/// DESIGN §4: records of an old epoch beyond the recorded end are ignored on replay.
+/// Epoch fencing: records of an old epoch at or past a newer epoch's cut (the
+/// first seq that epoch writes) are ignored on replay.
 #[tokio::test]
 async fn stale_epoch_records_are_ignored_on_replay() {
     let (dir, w1) = new_log(1, 1 << 20);

@@ -1,8 +1,8 @@
 //! The slave's side of the `Control` service: find the active master,
 //! register with it, then heartbeat until it is lost, and start over.
 //!
-//! The loop, as the DESIGN (§4, "Slaves register with whichever is active,
-//! heartbeat, and re-register with backoff after losing it") asks:
+//! The loop (a slave registers with whichever master is active, heartbeats
+//! it, and registers again, with backoff, after losing it):
 //! 1. **Register.** Call `Register{slave_id, address}` on the master believed
 //!    active (the first configured one at start, the other one after losing
 //!    a master). A FAILED_PRECONDITION answer carrying `dsm-leader: <addr>`
