@@ -265,12 +265,12 @@ async fn write_fresh_keys(
     acked
 }
 
-/// Finding 1: a standby whose wall clock runs 10 s ahead of the master's is
-/// started beside the live master while a client writes fresh keys; later
-/// the master is paused past its lease. Every acknowledged WRITE reads back
-/// (main at 394e5fc lost 22 of 6,338 in the first part and about 200 once
-/// the pause came: the standby compared the holder's wall-clock expiry with
-/// its own clock and recorded its cut before fencing anybody).
+/// A standby whose wall clock runs 10 s ahead of the master's is started beside
+/// the live master while a client writes fresh keys; later the master is paused
+/// past its lease. Every acknowledged WRITE reads back (main at 394e5fc lost 22
+/// of 6,338 in the first part and about 200 once the pause came: the standby
+/// compared the holder's wall-clock expiry with its own clock and recorded its
+/// cut before fencing anybody).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_whose_clock_runs_ahead_loses_no_acknowledged_write() {
     let lib = dsm::chaos::cluster::libfaketime()
@@ -321,11 +321,11 @@ async fn a_standby_whose_clock_runs_ahead_loses_no_acknowledged_write() {
     .await;
 }
 
-/// Finding 2: the active master is paused past its lease, the new master
-/// acknowledges WRITEs of fresh keys, and READs of those keys are sent to
-/// the old master on a connection it had opened before the pause. When it
-/// wakes it must not answer NOT_FOUND (main at 394e5fc did for 16 of 24):
-/// an error, or the value, is all it may say.
+/// The active master is paused past its lease, the new master acknowledges
+/// WRITEs of fresh keys, and READs of those keys are sent to the old master on
+/// a connection it had opened before the pause. When it wakes it must not
+/// answer NOT_FOUND (main at 394e5fc did for 16 of 24): an error, or the value,
+/// is all it may say.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_woken_master_answers_no_stale_not_found() {
     bounded(async {
@@ -376,9 +376,9 @@ async fn a_woken_master_answers_no_stale_not_found() {
     .await;
 }
 
-/// Finding 7: a paused master holding a lock of the log directory (main at
-/// 394e5fc held `lease.lock` across two fsyncs when it renewed) must not
-/// stop the standby from taking over: no lock is taken on the way.
+/// A paused master holding a lock of the log directory (main at 394e5fc held
+/// `lease.lock` across two fsyncs when it renewed) must not stop the standby
+/// from taking over: no lock is taken on the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_held_by_a_paused_master_does_not_block_the_takeover() {
     bounded(async {

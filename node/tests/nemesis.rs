@@ -191,10 +191,10 @@ async fn broken_ack_is_caught() {
     .await;
 }
 
-/// Finding 1's bug: a standby that judges the lease by comparing wall
-/// clocks takes over while the master still serves, and records its cut
-/// before fencing any slave, so the old master's acknowledged WRITEs after
-/// the cut are lost. Clocks shifted by more than the lease must expose it.
+/// The clock-based takeover bug: a standby that judges the lease by comparing
+/// wall clocks takes over while the master still serves, and records its cut
+/// before fencing any slave, so the old master's acknowledged WRITEs after the
+/// cut are lost. Clocks shifted by more than the lease must expose it.
 #[cfg(feature = "chaos-broken-takeover")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_takeover_is_caught() {
@@ -211,9 +211,9 @@ async fn broken_takeover_is_caught() {
     .await;
 }
 
-/// Finding 2's bug: NOT_FOUND answered without confirming the term, so a
-/// master paused past a takeover answers, when it wakes, that a key its
-/// successor created does not exist.
+/// The unconfirmed NOT_FOUND bug: NOT_FOUND answered without confirming the
+/// term, so a master paused past a takeover answers, when it wakes, that a key
+/// its successor created does not exist.
 #[cfg(feature = "chaos-broken-read")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_read_is_caught() {

@@ -545,8 +545,9 @@ mod tests {
         );
     }
 
-    /// Finding 6's history: the WRITE of "a" acknowledged with version 1,
-    /// "b" with 2, then a late retry of the WRITE of "a" applied as version 3
+    /// A retry applied twice (the bug
+    /// `master::tests::a_retry_after_failover_is_not_applied_again` guards
+    /// against): the WRITE of "a" acknowledged with version 1, "b" with 2, then a late retry of the WRITE of "a" applied as version 3
     /// and read: a, b, a, which no order of the client calls explains.
     #[test]
     fn a_retried_write_applied_twice_is_a_violation() {

@@ -21,7 +21,7 @@
 //! directory (the log's own lock), only below its writer's live segment, and
 //! the term is checked again right before the rename and before the deletes:
 //! a master deposed meanwhile changes nothing. Checked by
-//! `master::tests::compaction_by_a_deposed_master_never_drops_the_latest_valid_record`
+//! `master::tests::compaction_never_drops_the_latest_valid_record_for_an_uncommitted_one`
 //! and `wal::tests`.
 
 use std::sync::Arc;

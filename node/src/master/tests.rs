@@ -334,9 +334,9 @@ async fn read(master: &Master, key: &str) -> Result<Option<Bytes>, MasterError> 
     }
 }
 
-/// Finding 1: a standby that takes over while the old master is alive and
-/// serving (its clock ran ahead) loses nothing the old master acknowledged,
-/// and from the moment it has fenced, the old master acknowledges nothing.
+/// A standby that takes over while the old master is alive and serving (its
+/// clock ran ahead) loses nothing the old master acknowledged, and from the
+/// moment it has fenced, the old master acknowledges nothing.
 #[tokio::test(start_paused = true)]
 async fn a_takeover_beside_a_live_master_loses_no_acknowledged_write() {
     let h = Harness::new();
@@ -395,8 +395,8 @@ async fn a_write_in_flight_during_a_takeover_is_refused_or_kept() {
     );
 }
 
-/// Finding 2: a master that lost its term answers no READ, not even
-/// NOT_FOUND, for a key its successor created.
+/// A master that lost its term answers no READ, not even NOT_FOUND, for a
+/// key its successor created.
 #[tokio::test(start_paused = true)]
 async fn a_woken_master_answers_no_read_not_even_not_found() {
     let h = Harness::new();
@@ -428,10 +428,10 @@ async fn a_woken_master_answers_no_read_not_even_not_found() {
     assert_eq!(read(&b, "fresh").await.unwrap(), Some(bytes("new")));
 }
 
-/// Finding 6: a WRITE logged and replicated whose answer was lost is
-/// retried after a failover, after another client overwrote the key: the
-/// retry gets the original version and is not applied again, so readers
-/// never see the old value come back.
+/// A WRITE logged and replicated whose answer was lost is retried after a
+/// failover, after another client overwrote the key: the retry gets the
+/// original version and is not applied again, so readers never see the old
+/// value come back.
 #[tokio::test(start_paused = true)]
 async fn a_retry_after_failover_is_not_applied_again() {
     let h = Harness::new();

@@ -622,7 +622,7 @@ proptest! {
     }
 }
 
-/// Finding 3: one compaction at a time per log directory, across processes.
+/// One compaction at a time per log directory, across processes.
 /// While another holds the lock, a compaction is refused and touches
 /// nothing; a crashed compaction's temporary file is never written into.
 #[tokio::test]
@@ -659,8 +659,7 @@ async fn a_second_compaction_is_refused_while_one_runs() {
     assert_eq!(replay_map(dir.path()), latest);
 }
 
-/// Finding 3, the term: a compaction whose caller's term ends while it
-/// rewrites changes nothing.
+/// A compaction whose caller's term ends while it rewrites changes nothing.
 #[tokio::test]
 async fn a_compaction_whose_term_ended_changes_nothing() {
     let (dir, w) = new_log(1, 1);
@@ -676,10 +675,10 @@ async fn a_compaction_whose_term_ended_changes_nothing() {
     assert_eq!(replay(dir.path()).len(), 4);
 }
 
-/// Finding 4: a deposed master's roll that raced the takeover creates its
-/// next segment after its successor's first one. Numbered under its own
-/// epoch, it sorts below the successor's live segment: followers keep
-/// reading the live segment, and compaction below it never touches it.
+/// A deposed master's roll that raced the takeover creates its next segment
+/// after its successor's first one. Numbered under its own epoch, it sorts
+/// below the successor's live segment: followers keep reading the live segment,
+/// and compaction below it never touches it.
 #[tokio::test]
 async fn a_deposed_writers_roll_sorts_below_the_new_live_segment() {
     let (dir, w1) = new_log(1, 1 << 20);
@@ -712,10 +711,10 @@ async fn a_deposed_writers_roll_sorts_below_the_new_live_segment() {
     drop(w1);
 }
 
-/// Finding 5: on a volume with close-to-open consistency (NFS), appends made
-/// through another client only become visible through a fresh open. Here the
-/// new contents of a segment arrive as a new file at the same path, which an
-/// old handle never sees; a takeover reopens before it reads the log's end.
+/// On a volume with close-to-open consistency (NFS), appends made through
+/// another client only become visible through a fresh open. Here the new
+/// contents of a segment arrive as a new file at the same path, which an old
+/// handle never sees; a takeover reopens before it reads the log's end.
 #[tokio::test]
 async fn a_reopened_reader_sees_what_its_old_handle_cannot() {
     let (dir, w) = new_log(1, 1 << 20);
