@@ -1,5 +1,8 @@
 //! DSM node library: everything the `dsm` binary runs.
 //!
+//! `docs/ARCHITECTURE.md` walks through the whole system: who owns what, the
+//! invariants and where each is enforced, a WRITE, a READ and a takeover.
+//!
 //! A tour, in the order a request travels:
 //! - [`client`]: the failover client library, the `dsm client` command and
 //!   its REPL; [`quoting`] is how keys and values are shown to people.
