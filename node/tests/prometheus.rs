@@ -180,7 +180,7 @@ fn rules() -> Vec<(String, String)> {
     let path = rules_file();
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let file: Value =
-        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut rules = Vec::new();
     for group in file["groups"].as_array().expect("groups") {
         for rule in group["rules"].as_array().expect("rules") {
