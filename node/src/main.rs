@@ -335,7 +335,13 @@ async fn run_master(args: MasterArgs, prefer_active: bool) -> anyhow::Result<()>
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%listen, "master-capable process started");
     let cancel = cancel_on_signal();
-    dsm::metrics::spawn(metrics_listen.0, master.readiness(), cancel.clone()).await?;
+    dsm::metrics::spawn(
+        metrics_listen.0,
+        &dsm::metrics::master().registry,
+        master.readiness(),
+        cancel.clone(),
+    )
+    .await?;
     master.run(listener, cancel).await
 }
 
@@ -363,7 +369,13 @@ async fn run_slave(args: SlaveArgs) -> anyhow::Result<()> {
         Some(_) => Ok(()),
         None => Err("not registered with an active master".into()),
     });
-    dsm::metrics::spawn(metrics_listen.0, readiness, cancel.clone()).await?;
+    dsm::metrics::spawn(
+        metrics_listen.0,
+        &dsm::metrics::slave().registry,
+        readiness,
+        cancel.clone(),
+    )
+    .await?;
     slave.serve(listener, cancel.cancelled_owned()).await
 }
 

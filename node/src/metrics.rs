@@ -5,9 +5,30 @@
 //! registered; 503 with the reason otherwise).
 //!
 //! Every metric is defined here, so this file is the list dashboards and
-//! alerts are written against. Names follow Prometheus conventions: `dsm_`
-//! prefix, base units, `_total` for counters, `_seconds` for durations. No
-//! label carries a key; `slave` labels are bounded by the slave count.
+//! alerts are written against; `docs/OBSERVABILITY.md` tables them, and a
+//! unit test checks that the tables and the registries agree. Names follow
+//! Prometheus conventions: `dsm_` prefix, base units, `_total` for counters,
+//! `_seconds` for durations. No label carries a key; `slave` labels are
+//! bounded by the slave count.
+//!
+//! A process exports the metrics of its role only, each role's in its own
+//! [`Registry`]: [`MasterMetrics`] (master and backup), [`SlaveMetrics`],
+//! [`BenchMetrics`] (`dsm bench`), each beside the `process_*` collector.
+//! The dashboards rely on that split: a master exporting
+//! `dsm_replica_keys 0` would show up as an empty slave, a slave exporting
+//! `dsm_backup_lag_seconds` as a third master. Each struct makes its
+//! metrics through `Registering`, which registers a metric as it creates
+//! it: every field is exported, at zero, from the moment the struct exists,
+//! and there is no separate list to forget one in.
+//!
+//! Code reaches them through [`master()`], [`slave()`] and [`bench()`],
+//! each built on first use and kept for the life of the process. A process
+//! runs one role from start to exit, so a process-wide set is what an
+//! `Arc` created in `main` would be, without threading it down to where
+//! metrics are recorded: the log writer, the session table, the watch
+//! streams. The one exception is the auth layer, which guards the master's
+//! and the slave's servers alike: it is handed the counter of the role it
+//! guards ([`crate::security::Security::auth_layer`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
@@ -18,301 +39,417 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio_util::sync::CancellationToken;
 
-/// Latency buckets from 50 µs to about 6.5 s (doubling).
-fn latency_buckets() -> Vec<f64> {
-    prometheus::exponential_buckets(0.000_05, 2.0, 18).unwrap_or_default()
+/// The metrics of a master-capable process (master or backup); the standby
+/// exports them too, mostly at 0.
+pub struct MasterMetrics {
+    /// What `/metrics` serves on a master or backup.
+    pub registry: Registry,
+    /// `dsm_requests_total{op,result}`: client requests handled, by
+    /// operation (read, write, delete, list, watch, snapshot, status,
+    /// compact, drain) and result (ok, not_found, invalid, unavailable,
+    /// not_leader, condition_failed, compacted, limit, refused, error). A
+    /// WATCH or snapshot counts once, when its stream starts.
+    pub requests: IntCounterVec,
+    /// `dsm_request_duration_seconds{op}`: client request latency.
+    pub request_duration: HistogramVec,
+    /// `dsm_role{role}`: 1 for the role this process has now (active,
+    /// standby), 0 for the other.
+    pub role: IntGaugeVec,
+    /// `dsm_epoch`: epoch of the active term (0 on a standby).
+    pub epoch: IntGauge,
+    /// `dsm_live_slaves`: slaves registered and heartbeating (0 on a standby).
+    pub live_slaves: IntGauge,
+    /// `dsm_configured_slaves`: the configured slave count `n`.
+    pub configured_slaves: IntGauge,
+    /// `dsm_replication_factor`: the replication factor `r`.
+    pub replication_factor: IntGauge,
+    /// `dsm_keys`: keys in the index.
+    pub keys: IntGauge,
+    /// `dsm_under_replicated_keys`: keys short of the replication factor.
+    pub under_replicated_keys: IntGauge,
+    /// `dsm_log_bytes`: bytes of log segments on disk.
+    pub log_bytes: IntGauge,
+    /// `dsm_log_last_sequence`: sequence number of the last record written
+    /// (active) or applied (standby); the difference is the standby's lag
+    /// in records.
+    pub log_last_sequence: IntGauge,
+    /// `dsm_log_fsync_duration_seconds`: duration of each log fsync (one
+    /// covers a whole group commit).
+    pub log_fsync_duration: Histogram,
+    /// `dsm_log_records_total`: records appended to the log; against the
+    /// fsync count, the group commit's batch size.
+    pub log_records: IntCounter,
+    /// `dsm_backup_lag_seconds`: seconds since the standby last reached the
+    /// end of the log.
+    pub backup_lag: Gauge,
+    /// `dsm_failovers_total`: takeovers by this process.
+    pub failovers: IntCounter,
+    /// `dsm_re_replications_total`: copies made by re-replication (slave
+    /// loss, short writes, drains).
+    pub re_replications: IntCounter,
+    /// `dsm_deduplicated_writes_total`: retried WRITEs answered from the
+    /// client session table instead of being applied again.
+    pub deduplicated_writes: IntCounter,
+    /// `dsm_client_sessions_evicted_total`: client sessions forgotten
+    /// because the table was full.
+    pub sessions_evicted: IntCounter,
+    /// `dsm_client_sessions`: clients whose WRITEs this master can
+    /// deduplicate.
+    pub client_sessions: IntGauge,
+    /// `dsm_watchers`: WATCH streams open on this master.
+    pub watchers: IntGauge,
+    /// `dsm_watchers_cut_off_total{reason}`: WATCH streams this master
+    /// ended with an error, by reason (slow: its stream stayed full;
+    /// compacted: it fell behind a compaction).
+    pub watchers_cut_off: IntCounterVec,
+    /// `dsm_slave_requests_total{slave,op}`: requests the master sent to
+    /// each slave, the load distribution; a slave's series appear when it
+    /// registers.
+    pub slave_requests: IntCounterVec,
+    /// `dsm_auth_rejected_total{reason}`: calls refused by the auth layer.
+    pub auth_rejected: IntCounterVec,
 }
 
-fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    register(Box::new(metric.clone()));
-    metric
+/// The metrics of a slave.
+pub struct SlaveMetrics {
+    /// What `/metrics` serves on a slave.
+    pub registry: Registry,
+    /// `dsm_replica_requests_total{op,result}`: replica requests served,
+    /// by operation and result.
+    pub requests: IntCounterVec,
+    /// `dsm_replica_keys`: keys the slave stores.
+    pub keys: IntGauge,
+    /// `dsm_replica_registered`: 1 while the slave is registered with an
+    /// active master.
+    pub registered: IntGauge,
+    /// `dsm_replica_epoch`: the slave's fenced epoch.
+    pub epoch: IntGauge,
+    /// `dsm_auth_rejected_total{reason}`: calls refused by the auth layer.
+    pub auth_rejected: IntCounterVec,
 }
 
-fn counter(name: &str, help: &str) -> IntCounter {
-    let metric = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    register(Box::new(metric.clone()));
-    metric
+/// The metrics of `dsm bench`: a live view of a run (its report is the
+/// result), never exported by a server.
+pub struct BenchMetrics {
+    /// What `/metrics` serves while `dsm bench` runs.
+    pub registry: Registry,
+    /// `dsm_bench_requests_total{op,result}`: requests sent, by operation
+    /// (read, write) and result (ok, missing, not_found, invalid,
+    /// unavailable, bad_address, error). Counts the warm-up too.
+    pub requests: IntCounterVec,
+    /// `dsm_bench_request_duration_seconds{op}`: latency the bench observed
+    /// per served request.
+    pub request_duration: HistogramVec,
 }
 
-fn gauge(name: &str, help: &str) -> IntGauge {
-    let metric = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    register(Box::new(metric.clone()));
-    metric
+/// The metrics of this process's master or backup.
+pub fn master() -> &'static MasterMetrics {
+    static METRICS: LazyLock<MasterMetrics> = LazyLock::new(|| constant(MasterMetrics::new()));
+    &METRICS
 }
 
-fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let metric = IntGaugeVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    register(Box::new(metric.clone()));
-    metric
+/// The metrics of this process's slave.
+pub fn slave() -> &'static SlaveMetrics {
+    static METRICS: LazyLock<SlaveMetrics> = LazyLock::new(|| constant(SlaveMetrics::new()));
+    &METRICS
 }
 
-fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    let opts = HistogramOpts::new(name, help).buckets(latency_buckets());
-    let metric = HistogramVec::new(opts, labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    register(Box::new(metric.clone()));
-    metric
+/// The metrics of this process's `dsm bench` run.
+pub fn bench() -> &'static BenchMetrics {
+    static METRICS: LazyLock<BenchMetrics> = LazyLock::new(|| constant(BenchMetrics::new()));
+    &METRICS
 }
 
-fn histogram(name: &str, help: &str) -> Histogram {
-    let opts = HistogramOpts::new(name, help).buckets(latency_buckets());
-    let metric = Histogram::with_opts(opts).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    register(Box::new(metric.clone()));
-    metric
+/// Unwraps a set of metrics. Their names, help texts, labels and buckets
+/// are constants of this module, so an error (a clash, an invalid name) is
+/// a bug here, never a condition of the run; the unit tests build every
+/// set, so the first test run catches it.
+fn constant<T>(metrics: prometheus::Result<T>) -> T {
+    metrics.expect("the metric definitions of dsm::metrics are invalid")
 }
 
-/// Registers in the default registry. Names are constants of this module,
-/// so a clash is a programming error caught by the first test that runs.
-fn register(metric: Box<dyn prometheus::core::Collector>) {
-    if let Err(e) = prometheus::register(metric) {
-        panic!("duplicate metric registration: {e}");
+/// Operations of `dsm_requests_total` whose series exist from the start,
+/// with every result: the data operations (status, compact and drain get
+/// theirs when first asked for).
+const REQUEST_OPS: [&str; 6] = ["read", "write", "delete", "list", "watch", "snapshot"];
+
+/// Every `result` of `dsm_requests_total`.
+const REQUEST_RESULTS: [&str; 10] = [
+    "ok",
+    "not_found",
+    "invalid",
+    "unavailable",
+    "not_leader",
+    "condition_failed",
+    "compacted",
+    "limit",
+    "refused",
+    "error",
+];
+
+impl MasterMetrics {
+    fn new() -> prometheus::Result<MasterMetrics> {
+        let r = Registering::new()?;
+        let metrics = MasterMetrics {
+            requests: r.counter_vec(
+                "dsm_requests_total",
+                "Client requests handled by this master, by operation and result.",
+                &["op", "result"],
+            )?,
+            request_duration: r.histogram_vec(
+                "dsm_request_duration_seconds",
+                "Latency of client requests handled by this master, by operation.",
+                &["op"],
+            )?,
+            role: r.gauge_vec(
+                "dsm_role",
+                "1 for the current role of this master-capable process (active or standby), 0 otherwise.",
+                &["role"],
+            )?,
+            epoch: r.gauge(
+                "dsm_epoch",
+                "Epoch (term) of this process when active; 0 when standby.",
+            )?,
+            live_slaves: r.gauge("dsm_live_slaves", "Slaves in the active master's live set.")?,
+            configured_slaves: r.gauge(
+                "dsm_configured_slaves",
+                "Slave count the cluster is configured for (quorums derive from it).",
+            )?,
+            replication_factor: r.gauge("dsm_replication_factor", "Slaves each WRITE must reach.")?,
+            keys: r.gauge("dsm_keys", "Keys in this master's index.")?,
+            under_replicated_keys: r.gauge(
+                "dsm_under_replicated_keys",
+                "Keys with fewer live replicas than the replication factor.",
+            )?,
+            log_bytes: r.gauge(
+                "dsm_log_bytes",
+                "Size of the write-ahead log segments on disk.",
+            )?,
+            log_last_sequence: r.gauge(
+                "dsm_log_last_sequence",
+                "Last log sequence number written (active) or applied (standby).",
+            )?,
+            log_fsync_duration: r.histogram(
+                "dsm_log_fsync_duration_seconds",
+                "Duration of each write-ahead log fdatasync (one per group commit).",
+            )?,
+            log_records: r.counter(
+                "dsm_log_records_total",
+                "Records appended to the write-ahead log.",
+            )?,
+            backup_lag: r.add(Gauge::new(
+                "dsm_backup_lag_seconds",
+                "Seconds since this standby last read the log to its end (0 when active).",
+            )?)?,
+            failovers: r.counter(
+                "dsm_failovers_total",
+                "Times this process took over as the active master.",
+            )?,
+            re_replications: r.counter(
+                "dsm_re_replications_total",
+                "Key copies made by background re-replication.",
+            )?,
+            deduplicated_writes: r.counter(
+                "dsm_deduplicated_writes_total",
+                "WRITE retries recognised and answered with the original outcome, not applied again.",
+            )?,
+            sessions_evicted: r.counter(
+                "dsm_client_sessions_evicted_total",
+                "Client sessions forgotten early because the session table was full.",
+            )?,
+            client_sessions: r.gauge(
+                "dsm_client_sessions",
+                "Clients whose WRITE retries this master can still recognise.",
+            )?,
+            watchers: r.gauge("dsm_watchers", "WATCH streams open on this master.")?,
+            watchers_cut_off: r.counter_vec(
+                "dsm_watchers_cut_off_total",
+                "WATCH streams ended by this master because the watcher fell behind, by reason.",
+                &["reason"],
+            )?,
+            slave_requests: r.counter_vec(
+                "dsm_slave_requests_total",
+                "Requests the active master sent to each slave, by operation (read, write).",
+                &["slave", "op"],
+            )?,
+            auth_rejected: auth_rejected(&r)?,
+            registry: r.0,
+        };
+        // Series of known label values exist from the start, so that rates
+        // and ratios over them have data before the first such event.
+        for role in ["active", "standby"] {
+            metrics.role.with_label_values(&[role]);
+        }
+        for reason in ["slow", "compacted"] {
+            metrics.watchers_cut_off.with_label_values(&[reason]);
+        }
+        for op in REQUEST_OPS {
+            metrics.request_duration.with_label_values(&[op]);
+            for result in REQUEST_RESULTS {
+                metrics.requests.with_label_values(&[op, result]);
+            }
+        }
+        Ok(metrics)
     }
 }
 
-// ---- master and backup -------------------------------------------------
+impl SlaveMetrics {
+    fn new() -> prometheus::Result<SlaveMetrics> {
+        let r = Registering::new()?;
+        Ok(SlaveMetrics {
+            requests: r.counter_vec(
+                "dsm_replica_requests_total",
+                "Requests this slave served, by operation (put, get, fence, inventory) and result.",
+                &["op", "result"],
+            )?,
+            keys: r.gauge("dsm_replica_keys", "Keys stored by this slave.")?,
+            registered: r.gauge(
+                "dsm_replica_registered",
+                "1 while this slave is registered with the active master.",
+            )?,
+            epoch: r.gauge(
+                "dsm_replica_epoch",
+                "Highest epoch this slave has been fenced with.",
+            )?,
+            auth_rejected: auth_rejected(&r)?,
+            registry: r.0,
+        })
+    }
+}
 
-/// Client requests handled, by operation (read, write, delete, list, watch,
-/// snapshot, status, compact, drain) and result (ok, not_found, invalid,
-/// unavailable, not_leader, condition_failed, compacted, limit, refused,
-/// error). A
-/// WATCH or snapshot counts once, when its stream starts.
-pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
-        "dsm_requests_total",
-        "Client requests handled by this master, by operation and result.",
-        &["op", "result"],
-    )
-});
+impl BenchMetrics {
+    fn new() -> prometheus::Result<BenchMetrics> {
+        let r = Registering::new()?;
+        let metrics = BenchMetrics {
+            requests: r.counter_vec(
+                "dsm_bench_requests_total",
+                "Requests sent by dsm bench, by operation and result.",
+                &["op", "result"],
+            )?,
+            request_duration: r.histogram_vec(
+                "dsm_bench_request_duration_seconds",
+                "Latency of requests served to dsm bench, as the client saw it, by operation.",
+                &["op"],
+            )?,
+            registry: r.0,
+        };
+        for op in ["read", "write"] {
+            metrics.requests.with_label_values(&[op, "ok"]);
+            metrics.request_duration.with_label_values(&[op]);
+        }
+        Ok(metrics)
+    }
+}
 
-/// Client request latency by operation.
-pub static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
-    histogram_vec(
-        "dsm_request_duration_seconds",
-        "Latency of client requests handled by this master, by operation.",
-        &["op"],
-    )
-});
-
-/// 1 for the role this master-capable process has now (active, standby).
-pub static ROLE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    gauge_vec(
-        "dsm_role",
-        "1 for the current role of this master-capable process (active or standby), 0 otherwise.",
-        &["role"],
-    )
-});
-
-/// Epoch of the active term (0 on a standby).
-pub static EPOCH: LazyLock<IntGauge> = LazyLock::new(|| {
-    gauge(
-        "dsm_epoch",
-        "Epoch (term) of this process when active; 0 when standby.",
-    )
-});
-
-/// Live slaves (registered, heartbeating).
-pub static LIVE_SLAVES: LazyLock<IntGauge> =
-    LazyLock::new(|| gauge("dsm_live_slaves", "Slaves in the active master's live set."));
-
-/// The configured slave count `n`.
-pub static CONFIGURED_SLAVES: LazyLock<IntGauge> = LazyLock::new(|| {
-    gauge(
-        "dsm_configured_slaves",
-        "Slave count the cluster is configured for (quorums derive from it).",
-    )
-});
-
-/// The replication factor `r`.
-pub static REPLICATION_FACTOR: LazyLock<IntGauge> =
-    LazyLock::new(|| gauge("dsm_replication_factor", "Slaves each WRITE must reach."));
-
-/// Keys in the index.
-pub static KEYS: LazyLock<IntGauge> =
-    LazyLock::new(|| gauge("dsm_keys", "Keys in this master's index."));
-
-/// Keys short of the replication factor.
-pub static UNDER_REPLICATED: LazyLock<IntGauge> = LazyLock::new(|| {
-    gauge(
-        "dsm_under_replicated_keys",
-        "Keys with fewer live replicas than the replication factor.",
-    )
-});
-
-/// Bytes of log segments on disk.
-pub static LOG_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
-    gauge(
-        "dsm_log_bytes",
-        "Size of the write-ahead log segments on disk.",
-    )
-});
-
-/// Sequence number of the last record written (active) or applied
-/// (standby); the difference is the standby's lag in records.
-pub static LOG_LAST_SEQUENCE: LazyLock<IntGauge> = LazyLock::new(|| {
-    gauge(
-        "dsm_log_last_sequence",
-        "Last log sequence number written (active) or applied (standby).",
-    )
-});
-
-/// Duration of each log fsync (one covers a whole group commit).
-pub static LOG_FSYNC_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
-    histogram(
-        "dsm_log_fsync_duration_seconds",
-        "Duration of each write-ahead log fdatasync (one per group commit).",
-    )
-});
-
-/// Records written per fsync (group commit effectiveness).
-pub static LOG_RECORDS: LazyLock<IntCounter> = LazyLock::new(|| {
-    counter(
-        "dsm_log_records_total",
-        "Records appended to the write-ahead log.",
-    )
-});
-
-/// Seconds since the standby last reached the end of the log.
-pub static BACKUP_LAG: LazyLock<prometheus::Gauge> = LazyLock::new(|| {
-    let metric = prometheus::Gauge::new(
-        "dsm_backup_lag_seconds",
-        "Seconds since this standby last read the log to its end (0 when active).",
-    )
-    .unwrap_or_else(|e| panic!("metric dsm_backup_lag_seconds: {e}"));
-    register(Box::new(metric.clone()));
-    metric
-});
-
-/// Takeovers by this process.
-pub static FAILOVERS: LazyLock<IntCounter> = LazyLock::new(|| {
-    counter(
-        "dsm_failovers_total",
-        "Times this process took over as the active master.",
-    )
-});
-
-/// Copies made by re-replication (slave loss, short writes, drains).
-pub static RE_REPLICATIONS: LazyLock<IntCounter> = LazyLock::new(|| {
-    counter(
-        "dsm_re_replications_total",
-        "Key copies made by background re-replication.",
-    )
-});
-
-/// Retried WRITEs answered from the client session table instead of being
-/// applied again.
-pub static DEDUPLICATED_WRITES: LazyLock<IntCounter> = LazyLock::new(|| {
-    counter(
-        "dsm_deduplicated_writes_total",
-        "WRITE retries recognised and answered with the original outcome, not applied again.",
-    )
-});
-
-/// Client sessions forgotten because the table was full.
-pub static SESSIONS_EVICTED: LazyLock<IntCounter> = LazyLock::new(|| {
-    counter(
-        "dsm_client_sessions_evicted_total",
-        "Client sessions forgotten early because the session table was full.",
-    )
-});
-
-/// Clients whose WRITEs the active master can deduplicate.
-pub static CLIENT_SESSIONS: LazyLock<IntGauge> = LazyLock::new(|| {
-    gauge(
-        "dsm_client_sessions",
-        "Clients whose WRITE retries this master can still recognise.",
-    )
-});
-
-/// WATCH streams open on this master.
-pub static WATCHERS: LazyLock<IntGauge> =
-    LazyLock::new(|| gauge("dsm_watchers", "WATCH streams open on this master."));
-
-/// WATCH streams this master ended with an error, by reason (slow: its
-/// stream stayed full; compacted: it fell behind a compaction).
-pub static WATCHERS_CUT_OFF: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
-        "dsm_watchers_cut_off_total",
-        "WATCH streams ended by this master because the watcher fell behind, by reason.",
+/// `dsm_auth_rejected_total{reason}`, of every server: gRPC calls refused
+/// by the security layer, by reason (unauthenticated: no or unknown token,
+/// or a member call without a verified certificate; permission_denied: a
+/// read-only token asking for a write). Both series exist from the start.
+fn auth_rejected(r: &Registering) -> prometheus::Result<IntCounterVec> {
+    let metric = r.counter_vec(
+        "dsm_auth_rejected_total",
+        "gRPC calls refused for missing or insufficient credentials, by reason.",
         &["reason"],
-    )
-});
+    )?;
+    for reason in ["unauthenticated", "permission_denied"] {
+        metric.with_label_values(&[reason]);
+    }
+    Ok(metric)
+}
 
-/// Requests the master sent to each slave: the load distribution.
-pub static SLAVE_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
-        "dsm_slave_requests_total",
-        "Requests the active master sent to each slave, by operation (read, write).",
-        &["slave", "op"],
-    )
-});
+/// Builds one registry: each method creates a metric and registers it
+/// before handing it back, so no metric of a struct above can be left out
+/// of its registry.
+struct Registering(Registry);
 
-// ---- slave -------------------------------------------------------------
+impl Registering {
+    /// A registry holding the `process_*` metrics (CPU, memory, open files,
+    /// start time), which every `dsm` process exports; the collector reads
+    /// `/proc`, so it exists on Linux only.
+    fn new() -> prometheus::Result<Registering> {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(Registering(registry))
+    }
 
-/// Replica requests a slave served, by operation and result.
-pub static REPLICA_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
-        "dsm_replica_requests_total",
-        "Requests this slave served, by operation (put, get, fence, inventory) and result.",
-        &["op", "result"],
-    )
-});
+    fn add<M: Collector + Clone + 'static>(&self, metric: M) -> prometheus::Result<M> {
+        self.0.register(Box::new(metric.clone()))?;
+        Ok(metric)
+    }
 
-/// Keys a slave stores.
-pub static REPLICA_KEYS: LazyLock<IntGauge> =
-    LazyLock::new(|| gauge("dsm_replica_keys", "Keys stored by this slave."));
+    fn counter(&self, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+        self.add(IntCounter::new(name, help)?)
+    }
 
-/// 1 while the slave is registered with an active master.
-pub static REPLICA_REGISTERED: LazyLock<IntGauge> = LazyLock::new(|| {
-    gauge(
-        "dsm_replica_registered",
-        "1 while this slave is registered with the active master.",
-    )
-});
+    fn counter_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntCounterVec> {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
 
-/// The slave's fenced epoch.
-pub static REPLICA_EPOCH: LazyLock<IntGauge> = LazyLock::new(|| {
-    gauge(
-        "dsm_replica_epoch",
-        "Highest epoch this slave has been fenced with.",
-    )
-});
+    fn gauge(&self, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+        self.add(IntGauge::new(name, help)?)
+    }
 
-// ---- bench -------------------------------------------------------------
+    fn gauge_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntGaugeVec> {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
 
-/// Requests `dsm bench` sent, by operation (read, write) and result (ok,
-/// missing, not_found, invalid, unavailable, bad_address, error). Counts
-/// the warm-up too: it is a live view, the bench's report is the result.
-pub static BENCH_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
-        "dsm_bench_requests_total",
-        "Requests sent by dsm bench, by operation and result.",
-        &["op", "result"],
-    )
-});
+    fn histogram(&self, name: &str, help: &str) -> prometheus::Result<Histogram> {
+        self.add(Histogram::with_opts(latency(name, help)?)?)
+    }
 
-/// Latency `dsm bench` observed per served request, by operation.
-pub static BENCH_REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
-    histogram_vec(
-        "dsm_bench_request_duration_seconds",
-        "Latency of requests served to dsm bench, as the client saw it, by operation.",
-        &["op"],
-    )
-});
+    fn histogram_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<HistogramVec> {
+        self.add(HistogramVec::new(latency(name, help)?, labels)?)
+    }
+}
+
+/// A latency histogram's options: buckets from 50 µs to about 6.5 s
+/// (doubling).
+fn latency(name: &str, help: &str) -> prometheus::Result<HistogramOpts> {
+    let buckets = prometheus::exponential_buckets(0.000_05, 2.0, 18)?;
+    Ok(HistogramOpts::new(name, help).buckets(buckets))
+}
 
 /// Decides what `/readyz` answers: `Ok` when ready, or why not.
 pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `cancel`.
+/// What the endpoints answer from.
+#[derive(Clone)]
+struct Endpoints {
+    /// The metrics of this process's role.
+    registry: Registry,
+    readiness: Readiness,
+}
+
+/// Serves `/metrics` (from `registry`), `/healthz` and `/readyz` on
+/// `listener` until `cancel`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    registry: Registry,
     readiness: Readiness,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -320,7 +457,10 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(readiness);
+        .with_state(Endpoints {
+            registry,
+            readiness,
+        });
     axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await
@@ -330,6 +470,7 @@ pub async fn serve(
 /// Binds `addr` and serves in the background; errors are logged.
 pub async fn spawn(
     addr: Option<SocketAddr>,
+    registry: &Registry,
     readiness: Readiness,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -338,8 +479,9 @@ pub async fn spawn(
         .await
         .with_context(|| format!("cannot listen for metrics on {addr} (--metrics-listen)"))?;
     tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving /metrics, /healthz, /readyz");
+    let registry = registry.clone();
     tokio::spawn(async move {
-        if let Err(e) = serve(listener, readiness, cancel).await {
+        if let Err(e) = serve(listener, registry, readiness, cancel).await {
             tracing::error!("{e:#}");
         }
     });
@@ -363,12 +505,11 @@ impl std::str::FromStr for MetricsListen {
     }
 }
 
-async fn metrics() -> impl IntoResponse {
-    let mut body = Vec::new();
-    match TextEncoder::new().encode(&prometheus::gather(), &mut body) {
-        Ok(()) => (
+async fn metrics(State(endpoints): State<Endpoints>) -> impl IntoResponse {
+    match encode(&endpoints.registry) {
+        Ok(body) => (
             StatusCode::OK,
-            [("content-type", "text/plain; version=0.0.4")],
+            [("content-type", prometheus::TEXT_FORMAT)],
             body,
         ),
         Err(e) => (
@@ -379,93 +520,20 @@ async fn metrics() -> impl IntoResponse {
     }
 }
 
-async fn ready(State(readiness): State<Readiness>) -> impl IntoResponse {
-    match readiness() {
+/// `registry` in the Prometheus text format.
+fn encode(registry: &Registry) -> prometheus::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut body)?;
+    Ok(body)
+}
+
+async fn ready(State(endpoints): State<Endpoints>) -> impl IntoResponse {
+    match (endpoints.readiness)() {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),
         ),
-    }
-}
-
-// ---- every role ---------------------------------------------------------
-
-/// gRPC calls refused by the security layer, by reason (unauthenticated:
-/// no or unknown token, or a member call without a verified certificate;
-/// permission_denied: a read-only token asking for a write).
-pub static AUTH_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
-        "dsm_auth_rejected_total",
-        "gRPC calls refused for missing or insufficient credentials, by reason.",
-        &["reason"],
-    )
-});
-
-/// Forces every master/backup metric of this module into the registry, so
-/// that a scrape shows each series (at zero) before it first changes.
-///
-/// The slave metrics (`dsm_replica_*`) are left out on purpose: a slave
-/// sets its gauges itself, and a master that exported `dsm_replica_keys 0`
-/// would show up as an empty slave on the per-slave dashboard panels.
-pub fn register_all() {
-    for metric in [
-        &*EPOCH,
-        &*LIVE_SLAVES,
-        &*CONFIGURED_SLAVES,
-        &*REPLICATION_FACTOR,
-        &*KEYS,
-    ] {
-        let _ = metric.get();
-    }
-    for metric in [&*UNDER_REPLICATED, &*LOG_BYTES, &*LOG_LAST_SEQUENCE] {
-        let _ = metric.get();
-    }
-    let _ = BACKUP_LAG.get();
-    let _ = (FAILOVERS.get(), RE_REPLICATIONS.get(), LOG_RECORDS.get());
-    let _ = (
-        DEDUPLICATED_WRITES.get(),
-        SESSIONS_EVICTED.get(),
-        CLIENT_SESSIONS.get(),
-    );
-    let _ = LOG_FSYNC_DURATION.get_sample_count();
-    for reason in ["unauthenticated", "permission_denied"] {
-        let _ = AUTH_REJECTED.with_label_values(&[reason]).get();
-    }
-    for role in ["active", "standby"] {
-        let _ = ROLE.with_label_values(&[role]).get();
-    }
-    let _ = WATCHERS.get();
-    for reason in ["slow", "compacted"] {
-        let _ = WATCHERS_CUT_OFF.with_label_values(&[reason]).get();
-    }
-    for op in ["read", "write", "delete", "list", "watch", "snapshot"] {
-        let _ = REQUEST_DURATION.with_label_values(&[op]).get_sample_count();
-        for result in [
-            "ok",
-            "not_found",
-            "invalid",
-            "unavailable",
-            "not_leader",
-            "condition_failed",
-            "compacted",
-            "limit",
-            "refused",
-            "error",
-        ] {
-            let _ = REQUESTS.with_label_values(&[op, result]).get();
-        }
-    }
-}
-
-/// Forces the bench's metrics into the registry (not part of
-/// [`register_all`]: servers do not export bench series).
-pub fn register_bench() {
-    for op in ["read", "write"] {
-        let _ = BENCH_REQUESTS.with_label_values(&[op, "ok"]).get();
-        let _ = BENCH_REQUEST_DURATION
-            .with_label_values(&[op])
-            .get_sample_count();
     }
 }
 
@@ -494,39 +562,121 @@ pub fn result_label<T>(result: &Result<T, tonic::Status>) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
-    #[test]
-    fn every_metric_is_exposed_with_its_conventional_name() {
-        register_all();
-        // What a slave's gauge loop does on its first tick.
-        REPLICA_KEYS.set(0);
-        register_bench();
-        let names: Vec<String> = prometheus::gather()
-            .iter()
-            .map(|f| f.name().to_string())
-            .collect();
-        for name in [
-            "dsm_requests_total",
-            "dsm_request_duration_seconds",
-            "dsm_role",
-            "dsm_epoch",
-            "dsm_live_slaves",
-            "dsm_keys",
-            "dsm_under_replicated_keys",
-            "dsm_log_bytes",
-            "dsm_log_fsync_duration_seconds",
-            "dsm_backup_lag_seconds",
-            "dsm_failovers_total",
-            "dsm_re_replications_total",
-            "dsm_replica_keys",
-            "dsm_bench_requests_total",
-            "dsm_bench_request_duration_seconds",
-        ] {
-            assert!(
-                names.iter().any(|n| n == name),
-                "{name} missing from {names:?}"
+    /// The `dsm_*` metrics `docs/OBSERVABILITY.md` tables under the
+    /// `### {heading}` headings of its Metrics section.
+    fn documented(headings: &[&str]) -> BTreeSet<String> {
+        let docs = include_str!("../../docs/OBSERVABILITY.md");
+        let metrics = docs
+            .split("\n## Metrics")
+            .nth(1)
+            .expect("a Metrics section");
+        let mut names = BTreeSet::new();
+        for heading in headings {
+            let section = metrics
+                .split("\n### ")
+                .find(|s| s.starts_with(heading))
+                .unwrap_or_else(|| panic!("no `### {heading}` under Metrics"));
+            names.extend(
+                section
+                    .lines()
+                    .filter_map(|line| line.strip_prefix("| `dsm_"))
+                    .filter_map(|rest| rest.split('`').next())
+                    .map(|name| format!("dsm_{name}")),
             );
+        }
+        assert!(!names.is_empty(), "no metric tabled under {headings:?}");
+        names
+    }
+
+    /// `registry` in the text format.
+    fn text(registry: &Registry) -> String {
+        String::from_utf8(encode(registry).expect("encode")).expect("UTF-8")
+    }
+
+    /// Checks that the families `registry` exports are the `dsm_*` metrics
+    /// tabled under `headings`, plus on Linux the `process_*` ones. A
+    /// family missing is a metric made without registering it (or a table
+    /// row without a metric); one too many is another role's metric, or
+    /// one the tables lack.
+    fn exports_what_is_documented(registry: &Registry, headings: &[&str]) {
+        let text = text(registry);
+        let families: BTreeSet<String> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split(' ').next())
+            .map(str::to_string)
+            .collect();
+        if cfg!(target_os = "linux") {
+            assert!(
+                families.contains("process_resident_memory_bytes"),
+                "no process_* metrics:\n{text}"
+            );
+        }
+        let exported: BTreeSet<String> = families
+            .into_iter()
+            .filter(|name| name.starts_with("dsm_"))
+            .collect();
+        let documented = documented(headings);
+        let missing: Vec<_> = documented.difference(&exported).collect();
+        let undocumented: Vec<_> = exported.difference(&documented).collect();
+        assert!(
+            missing.is_empty() && undocumented.is_empty(),
+            "{headings:?}: not exported {missing:?}, not documented {undocumented:?}"
+        );
+    }
+
+    // Only the families labelled by what arrives later (a slave, a kind of
+    // request) need a series before they are exported.
+
+    #[test]
+    fn a_master_exports_every_master_metric_from_the_start() {
+        let metrics = constant(MasterMetrics::new());
+        // What the master does when a slave registers.
+        metrics
+            .slave_requests
+            .with_label_values(&["slave-0", "read"]);
+        exports_what_is_documented(&metrics.registry, &["Master and backup", "Every member"]);
+        let text = text(&metrics.registry);
+        for series in [
+            r#"dsm_requests_total{op="watch",result="not_leader"} 0"#,
+            r#"dsm_request_duration_seconds_count{op="snapshot"} 0"#,
+            r#"dsm_role{role="standby"} 0"#,
+            r#"dsm_watchers_cut_off_total{reason="compacted"} 0"#,
+            r#"dsm_auth_rejected_total{reason="permission_denied"} 0"#,
+            "dsm_log_fsync_duration_seconds_count 0",
+            "dsm_backup_lag_seconds 0",
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_slave_exports_every_slave_metric_from_the_start() {
+        let metrics = constant(SlaveMetrics::new());
+        // What the slave's first served request does.
+        metrics.requests.with_label_values(&["get", "ok"]);
+        exports_what_is_documented(&metrics.registry, &["Slaves", "Every member"]);
+        let text = text(&metrics.registry);
+        assert!(
+            text.contains(r#"dsm_auth_rejected_total{reason="unauthenticated"} 0"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_bench_exports_only_its_own_metrics_from_the_start() {
+        let metrics = constant(BenchMetrics::new());
+        exports_what_is_documented(&metrics.registry, &["dsm bench"]);
+        let text = text(&metrics.registry);
+        for series in [
+            r#"dsm_bench_requests_total{op="read",result="ok"} 0"#,
+            r#"dsm_bench_request_duration_seconds_count{op="write"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
         }
     }
 

@@ -31,9 +31,14 @@ async fn metrics_health_and_readiness() {
                 "master /metrics lacks {series}:\n{body}"
             );
         }
+        // Each role exports its own metrics only (the per-slave panels
+        // would count a master exporting `dsm_replica_keys` as a slave).
+        assert!(!body.contains("dsm_replica_"), "{body}");
         let (code, body) = http_get(&cluster.slaves[0].metrics_address, "/metrics");
         assert_eq!(code, 200);
         assert!(body.contains("dsm_replica_requests_total"), "{body}");
+        assert!(body.contains("process_resident_memory_bytes"), "{body}");
+        assert!(!body.contains("dsm_requests_total"), "{body}");
 
         for member in [&cluster.master, &cluster.backup, &cluster.slaves[0]] {
             assert_eq!(

@@ -58,8 +58,13 @@ fn cancel_on_signal() -> CancellationToken {
 
 /// Starts serving the bench's `/metrics` (always ready) unless `none`.
 async fn serve_metrics(listen: MetricsListen, cancel: &CancellationToken) -> anyhow::Result<()> {
-    metrics::register_bench();
-    metrics::spawn(listen.0, Arc::new(|| Ok(())), cancel.clone()).await
+    metrics::spawn(
+        listen.0,
+        &metrics::bench().registry,
+        Arc::new(|| Ok(())),
+        cancel.clone(),
+    )
+    .await
 }
 
 /// One run: a temporary cluster unless `--master` is given, measured, the

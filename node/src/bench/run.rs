@@ -217,9 +217,10 @@ struct OpMetrics {
 
 impl OpMetrics {
     fn new(op: Op) -> OpMetrics {
+        let metrics = metrics::bench();
         OpMetrics {
-            ok: metrics::BENCH_REQUESTS.with_label_values(&[op.name(), "ok"]),
-            duration: metrics::BENCH_REQUEST_DURATION.with_label_values(&[op.name()]),
+            ok: metrics.requests.with_label_values(&[op.name(), "ok"]),
+            duration: metrics.request_duration.with_label_values(&[op.name()]),
         }
     }
 }
@@ -288,7 +289,8 @@ async fn run_client(
                 m.ok.inc();
                 m.duration.observe(latency.as_secs_f64());
             }
-            Outcome::Failed(kind, _) => metrics::BENCH_REQUESTS
+            Outcome::Failed(kind, _) => metrics::bench()
+                .requests
                 .with_label_values(&[op.name(), kind])
                 .inc(),
         }

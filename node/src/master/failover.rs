@@ -383,7 +383,7 @@ impl Master {
             fenced = fenced.len(),
             "took over as the active master"
         );
-        metrics::FAILOVERS.inc();
+        metrics::master().failovers.inc();
         for slave in fenced {
             let (idx, session) = {
                 let mut slaves = lock(&self.slaves);

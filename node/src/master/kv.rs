@@ -28,12 +28,14 @@ async fn measured<T>(
     op: &'static str,
     request: impl Future<Output = Result<T, MasterError>>,
 ) -> Result<T, MasterError> {
-    let timer = metrics::REQUEST_DURATION
+    let timer = metrics::master()
+        .request_duration
         .with_label_values(&[op])
         .start_timer();
     let result = request.await;
     timer.observe_duration();
-    metrics::REQUESTS
+    metrics::master()
+        .requests
         .with_label_values(&[
             op,
             result

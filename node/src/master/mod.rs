@@ -276,7 +276,7 @@ impl Master {
         let max_message = self.config.limits.max_message_bytes();
         let security = &self.config.security;
         let router = tonic::transport::Server::builder()
-            .layer(security.auth_layer())
+            .layer(security.auth_layer(&metrics::master().auth_rejected))
             .add_service(health_service)
             .add_service(
                 KvServer::from_arc(self.clone())
@@ -370,53 +370,61 @@ impl Master {
 
     /// Refreshes the gauges once a second.
     async fn publish_gauges(self: Arc<Self>, cancel: CancellationToken) {
-        metrics::register_all();
-        metrics::CONFIGURED_SLAVES.set(i64::from(self.config.slaves));
-        metrics::REPLICATION_FACTOR.set(i64::from(self.config.replication_factor));
+        let metrics = metrics::master();
+        metrics.configured_slaves.set(i64::from(self.config.slaves));
+        metrics
+            .replication_factor
+            .set(i64::from(self.config.replication_factor));
         loop {
             let r = self.config.replication_factor as usize;
             let (active, epoch) = match self.role() {
                 Role::Active(term) => (true, term.epoch),
                 _ => (false, 0),
             };
-            metrics::ROLE
+            metrics
+                .role
                 .with_label_values(&["active"])
                 .set(i64::from(active));
-            metrics::ROLE
+            metrics
+                .role
                 .with_label_values(&["standby"])
                 .set(i64::from(!active));
-            metrics::EPOCH.set(epoch as i64);
-            metrics::LOG_LAST_SEQUENCE.set(self.log_end_seq.load(Ordering::SeqCst) as i64);
+            metrics.epoch.set(epoch as i64);
+            metrics
+                .log_last_sequence
+                .set(self.log_end_seq.load(Ordering::SeqCst) as i64);
             let lag = if active {
                 0.0
             } else {
                 lock(&self.caught_up_at).elapsed().as_secs_f64()
             };
-            metrics::BACKUP_LAG.set(lag);
+            metrics.backup_lag.set(lag);
             let placeable: Vec<index::SlaveIdx> = lock(&self.slaves)
                 .placeable()
                 .iter()
                 .map(|s| s.idx)
                 .collect();
-            metrics::LIVE_SLAVES.set(if active { placeable.len() as i64 } else { 0 });
+            metrics
+                .live_slaves
+                .set(if active { placeable.len() as i64 } else { 0 });
             {
                 let index = lock(&self.index);
-                metrics::KEYS.set(index.len() as i64);
+                metrics.keys.set(index.len() as i64);
                 let short = if active {
                     index.count_under_replicated(r, |i| placeable.contains(&i))
                 } else {
                     0
                 };
-                metrics::UNDER_REPLICATED.set(short as i64);
+                metrics.under_replicated_keys.set(short as i64);
             }
             {
                 let mut sessions = lock(&self.sessions);
                 sessions.expire(Instant::now());
-                metrics::CLIENT_SESSIONS.set(sessions.len() as i64);
+                metrics.client_sessions.set(sessions.len() as i64);
             }
             let dir = self.config.log_dir.clone();
             if let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || wal::log_bytes(&dir)).await {
-                metrics::LOG_BYTES.set(bytes as i64);
+                metrics.log_bytes.set(bytes as i64);
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,

@@ -209,7 +209,7 @@ impl Master {
             {
                 missing -= 1;
                 copies += 1;
-                metrics::RE_REPLICATIONS.inc();
+                metrics::master().re_replications.inc();
             }
         }
         copies

@@ -266,7 +266,7 @@ impl Sessions {
                 client = format!("{id:016x}"),
                 "client session table full ({MAX_SESSIONS}); forgetting the least recently seen client"
             );
-            crate::metrics::SESSIONS_EVICTED.inc();
+            crate::metrics::master().sessions_evicted.inc();
             self.clients.remove(&id);
         }
     }

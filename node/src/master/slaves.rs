@@ -17,7 +17,7 @@ use prometheus::IntCounter;
 
 use super::index::SlaveIdx;
 use super::slave_link::SlaveLink;
-use crate::metrics::SLAVE_REQUESTS;
+use crate::metrics;
 
 /// How the master reaches one slave. Cheap to clone (an `Arc`).
 #[derive(Debug)]
@@ -95,13 +95,14 @@ impl Registry {
         self.next_session += 1;
         let session = self.next_session;
         let draining = self.entry(idx).is_some_and(|e| e.draining);
+        let requests = &metrics::master().slave_requests;
         let handle = Arc::new(SlaveHandle {
             idx,
             id: id.to_string(),
             address: address.to_string(),
             link,
-            reads: SLAVE_REQUESTS.with_label_values(&[id, "read"]),
-            writes: SLAVE_REQUESTS.with_label_values(&[id, "write"]),
+            reads: requests.with_label_values(&[id, "read"]),
+            writes: requests.with_label_values(&[id, "write"]),
         });
         if let Some(slot) = self.entries.get_mut(idx as usize) {
             *slot = Some(Entry {

@@ -82,7 +82,7 @@ impl Slot {
                 "this master serves {limit} watchers, the limit (--max-watchers); close one or watch a wider prefix"
             )));
         }
-        metrics::WATCHERS.inc();
+        metrics::master().watchers.inc();
         Ok(Slot(count.clone()))
     }
 }
@@ -90,7 +90,7 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-        metrics::WATCHERS.dec();
+        metrics::master().watchers.dec();
     }
 }
 
@@ -189,7 +189,8 @@ async fn follow(
         held.extend(fresh);
         if reader.invalidated() {
             let dropped = Dropped::load(dir).unwrap_or_default();
-            metrics::WATCHERS_CUT_OFF
+            metrics::master()
+                .watchers_cut_off
                 .with_label_values(&["compacted"])
                 .inc();
             return Err(compacted(next, dropped));
@@ -262,7 +263,10 @@ async fn send(
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            metrics::WATCHERS_CUT_OFF.with_label_values(&["slow"]).inc();
+            metrics::master()
+                .watchers_cut_off
+                .with_label_values(&["slow"])
+                .inc();
             return Err(MasterError::exhausted(format!(
                 "this watcher did not keep up (its stream stayed full for {SLOW_WATCHER:?}); re-read, then watch again"
             )));

@@ -226,7 +226,7 @@ impl Master {
                     let _ = done.wait_for(|done| *done).await;
                 }
                 Begin::Logged(logged) => {
-                    metrics::DEDUPLICATED_WRITES.inc();
+                    metrics::master().deduplicated_writes.inc();
                     return self.complete_retry(&term, logged).await;
                 }
             }

@@ -22,6 +22,7 @@ use std::task::{Context as TaskContext, Poll};
 
 use anyhow::Context;
 use futures::future::{Either, Ready, ready};
+use prometheus::IntCounterVec;
 use subtle::{Choice, ConstantTimeEq};
 use tonic::Status;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -231,18 +232,22 @@ impl Policy {
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
     policy: Arc<Policy>,
+    /// `dsm_auth_rejected_total` of the role whose server this guards.
+    rejected: IntCounterVec,
 }
 
 impl AuthLayer {
     /// The layer for a server with these `tokens` (none: `Kv` is open);
     /// `tls` says whether the server runs TLS with a CA, which makes member
-    /// services require a verified client certificate.
-    pub fn new(tokens: Option<Arc<Tokens>>, tls: bool) -> AuthLayer {
+    /// services require a verified client certificate; refusals are
+    /// counted in `rejected`, by reason.
+    pub fn new(tokens: Option<Arc<Tokens>>, tls: bool, rejected: IntCounterVec) -> AuthLayer {
         AuthLayer {
             policy: Arc::new(Policy {
                 tokens,
                 members_need_certificate: tls,
             }),
+            rejected,
         }
     }
 }
@@ -254,6 +259,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         Auth {
             inner,
             policy: self.policy.clone(),
+            rejected: self.rejected.clone(),
         }
     }
 }
@@ -263,6 +269,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     policy: Arc<Policy>,
+    rejected: IntCounterVec,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for Auth<S>
@@ -282,7 +289,7 @@ where
         match self.policy.check(&request) {
             Ok(()) => Either::Right(self.inner.call(request)),
             Err(status) => {
-                crate::metrics::AUTH_REJECTED
+                self.rejected
                     .with_label_values(&[status_label(&status)])
                     .inc();
                 Either::Left(ready(Ok(status.into_http())))

@@ -54,6 +54,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use prometheus::IntCounterVec;
 
 pub use auth::{Access, AuthLayer, BearerToken, Tokens};
 pub use tls::{ClientTls, ServerTls, endpoint};
@@ -186,9 +187,10 @@ impl Security {
     }
 
     /// The tower layer that enforces tokens and member certificates on this
-    /// member's gRPC server.
-    pub fn auth_layer(&self) -> AuthLayer {
-        AuthLayer::new(self.tokens.clone(), self.server.is_some())
+    /// member's gRPC server, counting refusals in `rejected` (its role's
+    /// `dsm_auth_rejected_total`).
+    pub fn auth_layer(&self, rejected: &IntCounterVec) -> AuthLayer {
+        AuthLayer::new(self.tokens.clone(), self.server.is_some(), rejected.clone())
     }
 }
 

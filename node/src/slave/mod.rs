@@ -146,7 +146,7 @@ impl Slave {
         let service = ReplicaService::new(store.clone());
         let stopping = service.stopping();
         let router = Server::builder()
-            .layer(security.auth_layer())
+            .layer(security.auth_layer(&metrics::slave().auth_rejected))
             .add_service(health_service)
             .add_service(service.into_server());
         let stop = stopping.clone().cancelled_owned();
@@ -212,13 +212,16 @@ async fn publish_gauges(
     stop: impl Future<Output = ()>,
 ) {
     tokio::pin!(stop);
+    let metrics = metrics::slave();
     loop {
         let counted = store.clone();
         if let Ok(Ok(keys)) = tokio::task::spawn_blocking(move || counted.len()).await {
-            metrics::REPLICA_KEYS.set(keys as i64);
+            metrics.keys.set(keys as i64);
         }
-        metrics::REPLICA_EPOCH.set(store.epoch() as i64);
-        metrics::REPLICA_REGISTERED.set(i64::from(registered.borrow().is_some()));
+        metrics.epoch.set(store.epoch() as i64);
+        metrics
+            .registered
+            .set(i64::from(registered.borrow().is_some()));
         tokio::select! {
             () = &mut stop => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -126,7 +126,8 @@ fn check_key(key: &[u8]) -> Result<(), Status> {
 
 /// Counts a served request by operation and result.
 fn count<T>(op: &str, result: Result<T, Status>) -> Result<T, Status> {
-    crate::metrics::REPLICA_REQUESTS
+    crate::metrics::slave()
+        .requests
         .with_label_values(&[op, crate::metrics::result_label(&result)])
         .inc();
     result

@@ -426,10 +426,11 @@ impl Worker {
                 arg,
             )))
         });
-        let fsync = crate::metrics::LOG_FSYNC_DURATION.start_timer();
+        let metrics = crate::metrics::master();
+        let fsync = metrics.log_fsync_duration.start_timer();
         self.active.file.sync_data().map_err(io_err)?;
         fsync.observe_duration();
-        crate::metrics::LOG_RECORDS.inc_by(batch.len() as u64);
+        metrics.log_records.inc_by(batch.len() as u64);
         // Durable from here on.
         let n = batch.len() as u64;
         self.next_seq += n;
