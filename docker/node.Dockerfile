@@ -8,12 +8,15 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY node node
 COPY operator operator
+COPY wire wire
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p dsm \
     && install -D target/release/dsm /out/dsm
 
 FROM debian:bookworm-slim
+# The data directories and ports are the wire contract's (wire/src/paths.rs,
+# wire/src/ports.rs), where the operator's pods expect them.
 RUN groupadd --gid 10001 dsm \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin dsm \
     && mkdir -p /var/lib/dsm/log /var/lib/dsm/data \

@@ -1,12 +1,13 @@
 # The DSM operator image.
 #   docker build -f docker/operator.Dockerfile -t dsm-operator:0.1.0 .
-# The build reads node/proto/dsm.proto (the gRPC contract) and vendors protoc.
+# The build reads wire/proto/dsm.proto (the gRPC contract) and vendors protoc.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY node node
 COPY operator operator
+COPY wire wire
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p dsm-operator \

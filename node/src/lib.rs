@@ -21,7 +21,8 @@
 //!   the history checked for linearizability.
 //! - [`metrics`]: Prometheus metrics and the health endpoints.
 //! - [`security`]: TLS, mutual TLS between members, client tokens.
-//! - [`proto`]: generated gRPC code, [`wire`]: the metadata keys beside it;
+//! - [`proto`]: the gRPC code of the wire contract (the `dsm-wire` crate,
+//!   which the operator shares: metadata keys, roles, ports, variables);
 //!   [`version`], [`limits`]: shared types; [`backoff`], [`error_chain`]:
 //!   helpers of the client and the slave.
 //! - [`crash_points`]: named crash points of the WRITE path (feature
@@ -45,11 +46,11 @@ pub mod metrics;
 pub mod pipeline;
 pub mod ports;
 pub mod process;
-pub mod proto;
 pub mod quoting;
 pub mod security;
 pub mod slave;
 pub mod snapshot;
 pub mod version;
 pub mod wal;
-pub mod wire;
+
+pub use dsm_wire::proto;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use dsm_wire::{Role, ports};
 
 use crate::client::{Client, ClientConfig};
 use crate::process::Process;
@@ -36,14 +37,14 @@ pub struct LocalArgs {
     #[arg(long, default_value = "127.0.0.1")]
     pub host: std::net::IpAddr,
     /// Master port; the backup listens on the next port.
-    #[arg(long, default_value_t = 12345)]
+    #[arg(long, default_value_t = ports::MASTER)]
     pub port: u16,
     /// First slave port; slave i listens on this port plus i.
-    #[arg(long, default_value_t = 12400)]
+    #[arg(long, default_value_t = ports::SLAVE)]
     pub slave_port: u16,
     /// First metrics port: master, backup, then each slave serve /metrics
     /// on consecutive ports from here.
-    #[arg(long, default_value_t = 9100)]
+    #[arg(long, default_value_t = ports::METRICS)]
     pub metrics_port: u16,
     /// How long to wait for the cluster to serve before giving up.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
@@ -278,7 +279,7 @@ impl LocalCluster {
             if client
                 .endpoint_status()
                 .await
-                .is_ok_and(|s| s.role == "active")
+                .is_ok_and(|s| s.role() == Some(Role::Active))
             {
                 return Ok(name.to_string());
             }
@@ -375,7 +376,7 @@ async fn wait_ready(
         let state = match client.status().await {
             Ok(s) => {
                 let live = s.slaves.iter().filter(|s| s.live).count() as u32;
-                if s.role == "active" && live >= slaves {
+                if s.role() == Some(Role::Active) && live >= slaves {
                     return Ok(());
                 }
                 format!("{} slaves of {slaves} registered", live)

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use dsm_wire::{env, ports};
 use tokio_util::sync::CancellationToken;
 
 use dsm::bench::BenchArgs;
@@ -42,12 +43,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "dsm", version, about, long_about)]
 struct Cli {
     /// Tokio worker threads of this process [default: one per CPU core].
-    #[arg(long, global = true, env = "DSM_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, global = true, env = env::WORKER_THREADS, value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
     /// Log format of master, backup, slave and chaos: `text` for people
     /// (coloured only on a terminal), `json` for log pipelines (one object per
     /// line).
-    #[arg(long, global = true, env = "DSM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -108,7 +109,7 @@ enum SnapshotCommand {
         /// The snapshot file.
         file: PathBuf,
         /// The log directory to create; it must not hold a log already.
-        #[arg(long, env = "DSM_LOG_DIR")]
+        #[arg(long, env = env::LOG_DIR)]
         log_dir: PathBuf,
         /// When the directory already holds a log, change nothing and exit
         /// 0 (for an init container that runs at every pod start).
@@ -124,7 +125,7 @@ enum LogCommand {
     /// text are quoted and escaped.
     Dump {
         /// The log directory (as given to `dsm master --log-dir`).
-        #[arg(long, env = "DSM_LOG_DIR", default_value = "dsm-local/log")]
+        #[arg(long, env = env::LOG_DIR, default_value = "dsm-local/log")]
         dir: PathBuf,
     },
 }
@@ -134,59 +135,59 @@ enum LogCommand {
 struct MasterArgs {
     /// Address to listen on for clients and slaves
     /// [default: 0.0.0.0:12345 for master, 0.0.0.0:12346 for backup].
-    #[arg(long, env = "DSM_LISTEN")]
+    #[arg(long, env = env::LISTEN)]
     listen: Option<SocketAddr>,
     /// Address clients and slaves use to reach this process, written into
     /// the lease [default: the listen address, 127.0.0.1 for 0.0.0.0].
-    #[arg(long, env = "DSM_ADVERTISE")]
+    #[arg(long, env = env::ADVERTISE)]
     advertise: Option<String>,
     /// Shared log directory: write-ahead log segments, epoch history, lease.
     /// Master and backup must use the same one.
-    #[arg(long, env = "DSM_LOG_DIR", default_value = "dsm-data/log")]
+    #[arg(long, env = env::LOG_DIR, default_value = "dsm-data/log")]
     log_dir: PathBuf,
     /// Number of slaves the cluster is configured for. Write quorums and
     /// fencing derive from it, never from how many happen to be alive.
-    #[arg(long, env = "DSM_SLAVES", default_value_t = 3)]
+    #[arg(long, env = env::SLAVES, default_value_t = 3)]
     slaves: u32,
     /// Slaves each WRITE must reach before it is acknowledged
     /// [default: ceil((slaves + 1) / 2), a majority].
-    #[arg(long, env = "DSM_REPLICATION_FACTOR")]
+    #[arg(long, env = env::REPLICATION_FACTOR)]
     replication_factor: Option<u32>,
     /// Identity written into the lease [default: master or backup].
-    #[arg(long, env = "DSM_ID")]
+    #[arg(long, env = env::ID)]
     id: Option<String>,
     /// Lease duration: how long after the active master stops renewing
     /// (dies, hangs, is paused) the standby takes over.
-    #[arg(long, env = "DSM_LEASE_TTL", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = env::LEASE_TTL, default_value = "2s", value_parser = humantime::parse_duration)]
     lease_ttl: Duration,
     /// Timeout of each call to a slave, and how long a slave may miss
     /// heartbeats before it leaves the live set.
-    #[arg(long, env = "DSM_SLAVE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = env::SLAVE_TIMEOUT, default_value = "2s", value_parser = humantime::parse_duration)]
     slave_timeout: Duration,
     /// Largest key accepted, in bytes.
-    #[arg(long, env = "DSM_MAX_KEY_BYTES", default_value_t = DEFAULT_MAX_KEY_BYTES)]
+    #[arg(long, env = env::MAX_KEY_BYTES, default_value_t = DEFAULT_MAX_KEY_BYTES)]
     max_key_bytes: usize,
     /// Largest value accepted, in bytes (at most 32 MiB).
-    #[arg(long, env = "DSM_MAX_VALUE_BYTES", default_value_t = DEFAULT_MAX_VALUE_BYTES)]
+    #[arg(long, env = env::MAX_VALUE_BYTES, default_value_t = DEFAULT_MAX_VALUE_BYTES)]
     max_value_bytes: usize,
     /// Most WATCH streams this master serves at once; more are refused
     /// (RESOURCE_EXHAUSTED) until one closes.
-    #[arg(long, env = "DSM_MAX_WATCHERS", default_value_t = DEFAULT_MAX_WATCHERS)]
+    #[arg(long, env = env::MAX_WATCHERS, default_value_t = DEFAULT_MAX_WATCHERS)]
     max_watchers: usize,
     /// Size at which the log rolls over to a new segment, in bytes.
-    #[arg(long, env = "DSM_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = env::SEGMENT_BYTES, default_value_t = 64 * 1024 * 1024)]
     segment_bytes: u64,
     /// Compact the log automatically once this many sealed segments exist.
-    #[arg(long, env = "DSM_COMPACT_SEGMENTS", default_value_t = 4)]
+    #[arg(long, env = env::COMPACT_SEGMENTS, default_value_t = 4)]
     compact_segments: usize,
     /// Under load, how long a WRITE waits for others to share its log fsync.
     /// Longer: fewer fsyncs, more latency; 0: sync at once. A lone writer
     /// never waits.
-    #[arg(long, env = "DSM_COMMIT_WINDOW", default_value_t = DEFAULT_COMMIT_WINDOW.into())]
+    #[arg(long, env = env::COMMIT_WINDOW, default_value_t = DEFAULT_COMMIT_WINDOW.into())]
     commit_window: humantime::Duration,
     /// Where to serve /metrics, /healthz and /readyz over HTTP, or `none`
     /// [default: 0.0.0.0:9100 for master, 0.0.0.0:9101 for backup].
-    #[arg(long, env = "DSM_METRICS_LISTEN")]
+    #[arg(long, env = env::METRICS_LISTEN)]
     metrics_listen: Option<MetricsListen>,
     #[command(flatten)]
     tls: MemberTlsArgs,
@@ -215,34 +216,34 @@ struct MasterArgs {
 #[derive(Args, Debug)]
 struct SlaveArgs {
     /// Address to listen on for the master's requests.
-    #[arg(long, env = "DSM_LISTEN", default_value = "0.0.0.0:12400")]
+    #[arg(long, env = env::LISTEN, default_value_t = SocketAddr::from(([0, 0, 0, 0], ports::SLAVE)))]
     listen: SocketAddr,
     /// Address the master dials [default: the listen address, 127.0.0.1
     /// for 0.0.0.0].
-    #[arg(long, env = "DSM_ADVERTISE")]
+    #[arg(long, env = env::ADVERTISE)]
     advertise: Option<String>,
     /// Directory of this slave's data; a restart on it loses nothing.
-    #[arg(long, env = "DSM_DATA_DIR", default_value = "dsm-data/slave")]
+    #[arg(long, env = env::DATA_DIR, default_value = "dsm-data/slave")]
     data_dir: PathBuf,
     /// Stable identity of this slave (kept with its data).
-    #[arg(long, env = "DSM_ID", default_value = "slave-0")]
+    #[arg(long, env = env::ID, default_value = "slave-0")]
     id: String,
     /// Address of the master.
-    #[arg(long, env = "DSM_MASTER", default_value = "127.0.0.1:12345")]
+    #[arg(long, env = env::MASTER, default_value_t = format!("127.0.0.1:{}", ports::MASTER))]
     master: String,
     /// Address of the backup master.
-    #[arg(long, env = "DSM_BACKUP", default_value = "127.0.0.1:12346")]
+    #[arg(long, env = env::BACKUP, default_value_t = format!("127.0.0.1:{}", ports::BACKUP))]
     backup: String,
     /// Interval between heartbeats to the active master.
-    #[arg(long, env = "DSM_HEARTBEAT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = env::HEARTBEAT, default_value = "500ms", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
     /// Where to serve /metrics, /healthz and /readyz over HTTP, or `none`.
-    #[arg(long, env = "DSM_METRICS_LISTEN", default_value = "0.0.0.0:9102")]
+    #[arg(long, env = env::METRICS_LISTEN, default_value_t = MetricsListen::on_port(ports::SLAVE_METRICS))]
     metrics_listen: MetricsListen,
     /// Under load, how long a WRITE waits for others to share its commit
     /// (one fsync). Longer: fewer fsyncs, more latency; 0: commit at once.
     /// A lone writer never waits.
-    #[arg(long, env = "DSM_COMMIT_WINDOW", default_value_t = DEFAULT_COMMIT_WINDOW.into())]
+    #[arg(long, env = env::COMMIT_WINDOW, default_value_t = DEFAULT_COMMIT_WINDOW.into())]
     commit_window: humantime::Duration,
     #[command(flatten)]
     tls: MemberTlsArgs,
@@ -272,16 +273,13 @@ fn cancel_on_signal() -> CancellationToken {
 
 async fn run_master(args: MasterArgs, prefer_active: bool) -> anyhow::Result<()> {
     let (default_port, default_metrics, default_id) = if prefer_active {
-        (12345, 9100, "master")
+        (ports::MASTER, ports::METRICS, "master")
     } else {
-        (12346, 9101, "backup")
+        (ports::BACKUP, ports::BACKUP_METRICS, "backup")
     };
     let metrics_listen = args
         .metrics_listen
-        .unwrap_or(MetricsListen(Some(SocketAddr::from((
-            [0, 0, 0, 0],
-            default_metrics,
-        )))));
+        .unwrap_or(MetricsListen::on_port(default_metrics));
     let listen = args
         .listen
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], default_port)));
@@ -518,6 +516,42 @@ fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// The variables the flags of `command` and of its subcommands read.
+    fn variables(command: &clap::Command, found: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            if let Some(name) = arg.get_env() {
+                found.push(name.to_string_lossy().into_owned());
+            }
+        }
+        for sub in command.get_subcommands() {
+            variables(sub, found);
+        }
+    }
+
+    /// The operator configures the nodes through `dsm_wire::env`: a flag reading a
+    /// variable declared nowhere else would be one the operator cannot name.
+    #[test]
+    fn every_flag_variable_is_declared_in_the_wire_crate() {
+        let mut found = Vec::new();
+        variables(&Cli::command(), &mut found);
+        for name in &found {
+            assert!(
+                dsm_wire::env::ALL.contains(&name.as_str()),
+                "{name} is not declared in dsm_wire::env"
+            );
+        }
+        for name in dsm_wire::env::ALL {
+            assert!(found.iter().any(|f| f == name), "no flag reads {name}");
         }
     }
 }

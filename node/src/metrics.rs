@@ -39,6 +39,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use dsm_wire::metadata;
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -284,8 +285,8 @@ impl MasterMetrics {
         };
         // Series of known label values exist from the start, so that rates
         // and ratios over them have data before the first such event.
-        for role in ["active", "standby"] {
-            metrics.role.with_label_values(&[role]);
+        for role in dsm_wire::Role::ALL {
+            metrics.role.with_label_values(&[role.as_str()]);
         }
         for reason in ["slow", "compacted"] {
             metrics.watchers_cut_off.with_label_values(&[reason]);
@@ -492,6 +493,23 @@ pub async fn spawn(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MetricsListen(pub Option<SocketAddr>);
 
+impl MetricsListen {
+    /// Every interface (`0.0.0.0`) on `port`.
+    pub fn on_port(port: u16) -> MetricsListen {
+        MetricsListen(Some(SocketAddr::from(([0, 0, 0, 0], port))))
+    }
+}
+
+/// As `--metrics-listen` takes it (how clap shows a default).
+impl std::fmt::Display for MetricsListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("none"),
+        }
+    }
+}
+
 impl std::str::FromStr for MetricsListen {
     type Err = String;
 
@@ -546,10 +564,7 @@ pub fn result_label<T>(result: &Result<T, tonic::Status>) -> &'static str {
             Code::NotFound => "not_found",
             Code::InvalidArgument => "invalid",
             Code::Unavailable | Code::DeadlineExceeded => "unavailable",
-            Code::FailedPrecondition
-                if s.metadata()
-                    .contains_key(crate::wire::CURRENT_VERSION_METADATA) =>
-            {
+            Code::FailedPrecondition if s.metadata().contains_key(metadata::CURRENT_VERSION) => {
                 "condition_failed"
             }
             Code::FailedPrecondition => "not_leader",
@@ -689,5 +704,14 @@ mod tests {
                 .is_ok_and(|a| a.0.is_some())
         );
         assert!("nine".parse::<MetricsListen>().is_err());
+    }
+
+    #[test]
+    fn metrics_listen_reads_back_as_shown() {
+        for shown in ["none", "0.0.0.0:9102"] {
+            let listen: MetricsListen = shown.parse().expect("valid");
+            assert_eq!(listen.to_string(), shown);
+        }
+        assert_eq!(MetricsListen::on_port(9102).to_string(), "0.0.0.0:9102");
     }
 }

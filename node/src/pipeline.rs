@@ -24,23 +24,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-/// How a failed op travels inside a results message: the status a unary
-/// call would have returned.
-impl From<Status> for crate::proto::OpError {
-    fn from(status: Status) -> Self {
-        crate::proto::OpError {
-            code: status.code() as i32,
-            message: status.message().to_string(),
-        }
-    }
-}
-
-impl From<crate::proto::OpError> for Status {
-    fn from(error: crate::proto::OpError) -> Self {
-        Status::new(tonic::Code::from(error.code), error.message)
-    }
-}
-
 /// Ops sent in one stream message at most.
 pub const MAX_BATCH: usize = 256;
 

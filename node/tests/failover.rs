@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::{Cluster, Options, WAIT, bounded};
 use dsm::client::Client;
 use dsm::proto::kv_client::KvClient;
+use dsm_wire::Role;
 
 /// What a writer saw for one key: the last acknowledged value, and values
 /// of later attempts whose outcome is unknown (they failed after the master
@@ -98,7 +99,7 @@ async fn kill_master_during_writes_loses_nothing() {
         let mut standby = false;
         for _ in 0..200 {
             if let Ok(s) = master.endpoint_status().await
-                && s.role == "standby"
+                && s.role() == Some(Role::Standby)
             {
                 standby = true;
                 break;
@@ -162,7 +163,7 @@ async fn sigstop_master_is_fenced() {
             if fresh
                 .endpoint_status()
                 .await
-                .is_ok_and(|s| s.role == "standby")
+                .is_ok_and(|s| s.role() == Some(Role::Standby))
             {
                 standby = true;
                 break;

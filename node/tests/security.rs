@@ -23,6 +23,7 @@ use common::{WAIT, bounded, dsm_bin, free_port};
 use dsm::client::{Client, ClientConfig, ClientError};
 use dsm::proto::control_client::ControlClient;
 use dsm::security::{BearerToken, ClientSecurity, ClientTls, endpoint};
+use dsm_wire::Role;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, date_time_ymd,
@@ -253,7 +254,7 @@ async fn tls_mtls_and_tokens() {
         let started = Instant::now();
         loop {
             match admin.status().await {
-                Ok(s) if s.role == "active" && s.slaves.iter().any(|x| x.live) => break,
+                Ok(s) if s.role() == Some(Role::Active) && s.slaves.iter().any(|x| x.live) => break,
                 _ if started.elapsed() > WAIT => panic!("cluster never served\n{}", logs()),
                 _ => tokio::time::sleep(Duration::from_millis(200)).await,
             }

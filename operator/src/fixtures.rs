@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use dsm_wire::Role;
 use futures::future::BoxFuture;
 use http::{Request, Response};
 use kube::client::Body;
@@ -23,7 +24,7 @@ use kube::api::ObjectMeta;
 use crate::crd::{BootstrapSpec, DsmCluster, DsmClusterSpec, DsmClusterStatus, SnapshotSource};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::names::{ANNOTATION_SPEC_HASH, LABEL_ROLE, Names, Role, Seat};
+use crate::names::{ANNOTATION_SPEC_HASH, LABEL_ROLE, Names, Seat};
 use crate::node::{DrainReply, NodeApi, NodeCredentials, StatusReply};
 use crate::plan::Observed;
 use crate::reconcile::Context;
@@ -69,7 +70,7 @@ impl DsmCluster {
 /// `Kv.Status` of an active master (the master seat) at `epoch`.
 pub fn active_status(names: &Names, epoch: u64) -> StatusReply {
     StatusReply {
-        role: "active".to_string(),
+        role: Role::Active.as_str().to_string(),
         epoch,
         leader: names.seat_address(Seat::Master),
         address: names.seat_address(Seat::Master),
@@ -128,7 +129,7 @@ pub fn seat_pod(names: &Names, seat: Seat, hash: &str, role: Role, ready: bool) 
             namespace: Some(names.namespace.clone()),
             labels: Some(BTreeMap::from([(
                 LABEL_ROLE.to_string(),
-                role.label().to_string(),
+                role.as_str().to_string(),
             )])),
             annotations: Some(BTreeMap::from([(
                 ANNOTATION_SPEC_HASH.to_string(),

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use dsm_wire::ports;
 use kube::ResourceExt;
 
 use crate::crd::DsmCluster;
@@ -22,8 +23,8 @@ pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 /// `app.kubernetes.io/managed-by`: this operator.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-/// Set on master-capable pods: `active` on the lease holder, `standby` on the other.
-/// The leader Service selects `active`.
+/// Set on master-capable pods to their [`Role`](dsm_wire::Role): `active` on the lease
+/// holder, `standby` on the other. The leader Service selects `active`.
 pub const LABEL_ROLE: &str = "dsm.io/role";
 /// Set on both master-capable pods; with a ReadWriteOnce log volume their pod affinity
 /// on this label keeps them on the node the volume is attached to.
@@ -46,15 +47,6 @@ pub const ANNOTATION_CONFIG_CHECKSUM: &str = "dsm.io/config-checksum";
 /// The field manager of every server-side apply.
 pub const MANAGER: &str = "dsm-operator";
 
-/// gRPC port of the master.
-pub const MASTER_PORT: i32 = 12345;
-/// gRPC port of the backup master.
-pub const BACKUP_PORT: i32 = 12346;
-/// gRPC port of each slave.
-pub const SLAVE_PORT: i32 = 12400;
-/// HTTP port of every node's `/metrics`, `/healthz` and `/readyz`.
-pub const METRICS_PORT: i32 = 9100;
-
 /// One of the two master-capable pods.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Seat {
@@ -74,38 +66,10 @@ impl Seat {
     }
 
     /// The gRPC port the pod listens on and its Service publishes.
-    pub fn port(self) -> i32 {
+    pub fn port(self) -> u16 {
         match self {
-            Seat::Master => MASTER_PORT,
-            Seat::Backup => BACKUP_PORT,
-        }
-    }
-}
-
-/// Whether a master-capable pod holds the lease.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// Serves clients and slaves; the leader Service points at it.
-    Active,
-    /// Follows the log, ready to take over.
-    Standby,
-}
-
-impl Role {
-    /// The value of the [`LABEL_ROLE`] label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Role::Active => "active",
-            Role::Standby => "standby",
-        }
-    }
-
-    /// Parses a [`LABEL_ROLE`] value (anything but `active` is standby).
-    pub fn from_label(value: Option<&str>) -> Role {
-        if value == Some("active") {
-            Role::Active
-        } else {
-            Role::Standby
+            Seat::Master => ports::MASTER,
+            Seat::Backup => ports::BACKUP,
         }
     }
 }
@@ -196,7 +160,7 @@ impl Names {
     }
     /// The in-cluster gRPC address of the leader Service.
     pub fn leader_address(&self) -> String {
-        format!("{}.{}.svc:{MASTER_PORT}", self.leader(), self.namespace)
+        format!("{}.{}.svc:{}", self.leader(), self.namespace, ports::MASTER)
     }
     /// Label selector (as a string) of the slave pods.
     pub fn slave_selector(&self) -> String {

@@ -5,22 +5,23 @@
 //! out. Two policies, both for ingress only (egress stays open: nodes need DNS and each
 //! other, and the operator's own chart policy restricts its side):
 //!
-//! - `<name>-slaves` selects the slave pods: their gRPC port [`SLAVE_PORT`] admits only
+//! - `<name>-slaves` selects the slave pods: their gRPC port [`ports::SLAVE`] admits only
 //!   the cluster's master and backup pods, which alone call `Replica`.
-//! - `<name>-masters` selects master and backup: their gRPC ports [`MASTER_PORT`] and
-//!   [`BACKUP_PORT`] admit the cluster's own members (slaves register and heartbeat
+//! - `<name>-masters` selects master and backup: their gRPC ports [`ports::MASTER`] and
+//!   [`ports::BACKUP`] admit the cluster's own members (slaves register and heartbeat
 //!   there), the operator's pod ([`LABEL_OPERATOR`] in its namespace: `Kv.Status`,
 //!   `Kv.Drain`), pods labelled [`LABEL_CLIENT`]`: <name>` in the cluster's namespace
 //!   (the client pod carries it; label application pods the same way), and the peers
 //!   listed in `spec.networkPolicy.allowedClients`.
 //!
-//! The metrics port [`METRICS_PORT`] is open to everyone in both: Prometheus scrapes it,
+//! The metrics port [`ports::METRICS`] is open to everyone in both: Prometheus scrapes it,
 //! and with TLS kubelet probes it (most CNIs exempt kubelet probes from policies anyway,
 //! which is what keeps the gRPC probes of a plaintext cluster working). A policy without
 //! a CNI that enforces NetworkPolicies changes nothing.
 
 use std::collections::BTreeMap;
 
+use dsm_wire::ports;
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
@@ -31,8 +32,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use crate::crd::DsmCluster;
 use crate::error::Result;
 use crate::names::{
-    BACKUP_PORT, LABEL_CLIENT, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME, LABEL_OPERATOR,
-    MASTER_PORT, METRICS_PORT, Names, SLAVE_PORT, labels,
+    LABEL_CLIENT, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME, LABEL_OPERATOR, Names, labels,
 };
 use crate::objects::meta;
 
@@ -61,11 +61,11 @@ fn pods(selector: LabelSelector) -> NetworkPolicyPeer {
     }
 }
 
-fn tcp(ports: &[i32]) -> Vec<NetworkPolicyPort> {
+fn tcp(ports: &[u16]) -> Vec<NetworkPolicyPort> {
     ports
         .iter()
         .map(|port| NetworkPolicyPort {
-            port: Some(IntOrString::Int(*port)),
+            port: Some(IntOrString::Int(i32::from(*port))),
             protocol: Some("TCP".to_string()),
             ..NetworkPolicyPort::default()
         })
@@ -101,7 +101,7 @@ fn policy(
     name: String,
     selected: LabelSelector,
     peers: Vec<NetworkPolicyPeer>,
-    ports: &[i32],
+    ports: &[u16],
 ) -> Result<NetworkPolicy> {
     Ok(NetworkPolicy {
         metadata: meta(dc, names, name, labels(names, "network-policy"))?,
@@ -115,7 +115,7 @@ fn policy(
                 },
                 NetworkPolicyIngressRule {
                     from: None,
-                    ports: Some(tcp(&[METRICS_PORT])),
+                    ports: Some(tcp(&[ports::METRICS])),
                 },
             ]),
             egress: None,
@@ -131,7 +131,7 @@ pub fn slaves_policy(dc: &DsmCluster, names: &Names) -> Result<NetworkPolicy> {
         names.slaves_policy(),
         members(names, &["slave"]),
         vec![pods(members(names, &["master", "backup"]))],
-        &[SLAVE_PORT],
+        &[ports::SLAVE],
     )
 }
 
@@ -161,7 +161,7 @@ pub fn masters_policy(
         names.masters_policy(),
         members(names, &["master", "backup"]),
         peers,
-        &[MASTER_PORT, BACKUP_PORT],
+        &[ports::MASTER, ports::BACKUP],
     )
 }
 
@@ -170,8 +170,9 @@ mod tests {
     use super::*;
     use crate::crd::DsmClusterSpec;
     use crate::fixtures::test_cluster;
-    use crate::names::{Role, Seat};
+    use crate::names::Seat;
     use crate::objects::{client_deployment, master_pod, slave_set};
+    use dsm_wire::Role;
     use k8s_openapi::api::core::v1::PodTemplateSpec;
 
     /// Whether a selector (labels and `In` expressions only, as here) selects `labels`.
@@ -191,7 +192,7 @@ mod tests {
     }
 
     /// Which ports `policy` lets a pod with `labels` in the policy's namespace reach.
-    fn reachable(policy: &NetworkPolicy, labels: &BTreeMap<String, String>) -> Vec<i32> {
+    fn reachable(policy: &NetworkPolicy, labels: &BTreeMap<String, String>) -> Vec<u16> {
         let spec = policy.spec.as_ref().expect("spec");
         let mut ports = Vec::new();
         for rule in spec.ingress.iter().flatten() {
@@ -209,7 +210,7 @@ mod tests {
             if admitted {
                 for port in rule.ports.iter().flatten() {
                     if let Some(IntOrString::Int(p)) = port.port {
-                        ports.push(p);
+                        ports.push(u16::try_from(p).expect("a TCP port"));
                     }
                 }
             }
@@ -270,7 +271,7 @@ mod tests {
         for (who, labels) in [("master", &master), ("backup", &backup)] {
             assert_eq!(
                 reachable(&slaves, labels),
-                [METRICS_PORT, SLAVE_PORT],
+                [ports::METRICS, ports::SLAVE],
                 "{who}"
             );
         }
@@ -281,7 +282,7 @@ mod tests {
             ("stranger", &stranger),
             ("other cluster's master", &other_cluster_master),
         ] {
-            assert_eq!(reachable(&slaves, labels), [METRICS_PORT], "{who}");
+            assert_eq!(reachable(&slaves, labels), [ports::METRICS], "{who}");
         }
 
         for (who, labels) in [
@@ -293,7 +294,7 @@ mod tests {
         ] {
             assert_eq!(
                 reachable(&masters, labels),
-                [METRICS_PORT, MASTER_PORT, BACKUP_PORT],
+                [ports::METRICS, ports::MASTER, ports::BACKUP],
                 "{who}"
             );
         }
@@ -302,7 +303,7 @@ mod tests {
             ("other cluster's client", &other_cluster_client),
             ("other cluster's master", &other_cluster_master),
         ] {
-            assert_eq!(reachable(&masters, labels), [METRICS_PORT], "{who}");
+            assert_eq!(reachable(&masters, labels), [ports::METRICS], "{who}");
         }
     }
 

@@ -13,18 +13,14 @@
 use std::fmt;
 use std::time::Duration;
 
+use dsm_wire::metadata;
 use futures::future::BoxFuture;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::{Error, Result};
 
-/// Code generated from `node/proto/dsm.proto` (the node crate owns the contract).
-#[allow(missing_docs, clippy::all)]
-pub mod proto {
-    tonic::include_proto!("dsm.v1");
-}
-
+pub use dsm_wire::proto;
 pub use proto::{DrainReply, StatusReply};
 
 /// How the operator authenticates to one cluster's nodes. The default dials plaintext
@@ -158,7 +154,7 @@ fn request<T>(message: T, credentials: &NodeCredentials) -> tonic::Request<T> {
     if let Some(token) = &credentials.token {
         request
             .metadata_mut()
-            .insert("authorization", token.clone());
+            .insert(metadata::AUTHORIZATION, token.clone());
     }
     request
 }

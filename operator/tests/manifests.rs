@@ -13,9 +13,10 @@ use dsm_operator::certs;
 use dsm_operator::crd::{
     AccessMode, BootstrapSpec, DsmCluster, DsmClusterSpec, SnapshotSource, TlsClientAuth,
 };
-use dsm_operator::names::{Names, Role, Seat};
+use dsm_operator::names::{Names, Seat};
 use dsm_operator::netpol;
 use dsm_operator::objects;
+use dsm_wire::Role;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
+use dsm_wire::Role;
 use futures::{StreamExt, TryStreamExt};
 use prometheus::{Histogram, IntCounter};
 use rand::SeedableRng;
@@ -74,7 +75,9 @@ pub async fn measure(
             // The pipelined client does not look for the active master
             // itself: give it the one that answered Status.
             Api::Pipelined => {
-                let active = if first_status.role == "active" && !first_status.address.is_empty() {
+                let active = if first_status.role() == Some(Role::Active)
+                    && !first_status.address.is_empty()
+                {
                     first_status.address.clone()
                 } else {
                     status_client.active_endpoint()

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use dsm_wire::Role;
 use tokio::time::Instant;
 
 use super::faults::{Fault, Link, Member};
@@ -212,7 +213,7 @@ impl Cluster {
                 continue;
             }
             if let Ok(status) = self.direct_client(i).endpoint_status().await
-                && status.role == "active"
+                && status.role() == Some(Role::Active)
             {
                 return Some((i, status));
             }

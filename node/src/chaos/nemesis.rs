@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use dsm_wire::Role;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
@@ -516,7 +517,7 @@ impl Pinned {
             if other
                 .endpoint_status()
                 .await
-                .is_ok_and(|s| s.role == "active")
+                .is_ok_and(|s| s.role() == Some(Role::Active))
             {
                 break;
             }

@@ -18,6 +18,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use dsm_wire::metadata;
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -30,7 +31,6 @@ use crate::error_chain;
 use crate::limits::CLIENT_MAX_MESSAGE_BYTES;
 use crate::proto::kv_client::KvClient;
 use crate::security::{self, BearerToken, ClientTls};
-use crate::wire::LEADER_METADATA;
 
 /// First backoff delay after a round in which every endpoint failed.
 const BACKOFF_START: Duration = Duration::from_millis(50);
@@ -299,19 +299,15 @@ impl Peer {
 /// Decides what a failed attempt means (see the module documentation).
 pub(super) fn classify(address: &str, status: Status) -> Failure {
     match status.code() {
-        Code::FailedPrecondition
-            if status
-                .metadata()
-                .contains_key(crate::wire::CURRENT_VERSION_METADATA) =>
-        {
+        Code::FailedPrecondition if status.metadata().contains_key(metadata::CURRENT_VERSION) => {
             let current = status
                 .metadata()
-                .get(crate::wire::CURRENT_VERSION_METADATA)
+                .get(metadata::CURRENT_VERSION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok());
             Failure::Fatal(ClientError::ConditionFailed { current })
         }
-        Code::FailedPrecondition => match status.metadata().get(LEADER_METADATA) {
+        Code::FailedPrecondition => match status.metadata().get(metadata::LEADER) {
             Some(leader) => Failure::NotLeader(leader.to_str().unwrap_or_default().to_owned()),
             // Without the hint this is not "I am a standby" but a real
             // precondition failure: retrying elsewhere would not help.
@@ -333,7 +329,7 @@ pub(super) fn classify(address: &str, status: Status) -> Failure {
         Code::OutOfRange => {
             let complete_from = status
                 .metadata()
-                .get(crate::wire::COMPACTED_BELOW_METADATA)
+                .get(metadata::COMPACTED_BELOW)
                 .and_then(|v| v.to_str().ok()?.parse().ok())
                 .unwrap_or(0);
             Failure::Fatal(ClientError::Compacted { complete_from })

@@ -31,6 +31,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
+use dsm_wire::Role;
 use tonic::{Code, Status};
 
 use crate::proto;
@@ -524,7 +525,10 @@ impl Client {
     /// See [`ClientError`].
     pub async fn status(&self) -> Result<proto::StatusReply, ClientError> {
         let reply = self.endpoint_status().await?;
-        if reply.role != "standby" || reply.leader.is_empty() || reply.leader == reply.address {
+        if reply.role() != Some(Role::Standby)
+            || reply.leader.is_empty()
+            || reply.leader == reply.address
+        {
             return Ok(reply);
         }
         let leader = Client::new(ClientConfig {
@@ -533,7 +537,7 @@ impl Client {
             retry_for: Duration::ZERO,
         });
         match leader.endpoint_status().await {
-            Ok(active) if active.role == "active" => Ok(active),
+            Ok(active) if active.role() == Some(Role::Active) => Ok(active),
             _ => Ok(reply),
         }
     }

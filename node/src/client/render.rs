@@ -142,7 +142,7 @@ pub fn write_status_table(out: &mut impl Write, s: &proto::StatusReply) -> std::
     Ok(())
 }
 
-/// The status as JSON, field names as in `proto/dsm.proto`.
+/// The status as JSON, field names as in `wire/proto/dsm.proto`.
 pub fn status_json(s: &proto::StatusReply) -> serde_json::Value {
     let slaves: Vec<serde_json::Value> = s
         .slaves

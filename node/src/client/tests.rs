@@ -6,7 +6,7 @@
 use super::failover::{Failure, classify};
 use super::*;
 use crate::proto::kv_server::{Kv, KvServer};
-use crate::wire::LEADER_METADATA;
+use dsm_wire::metadata;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -60,14 +60,14 @@ impl Fake {
             Behaviour::BecomesActive { leader, .. } => {
                 let mut status = Status::failed_precondition("not the active master");
                 if let Ok(value) = leader.parse() {
-                    status.metadata_mut().insert(LEADER_METADATA, value);
+                    status.metadata_mut().insert(metadata::LEADER, value);
                 }
                 Err(status)
             }
             Behaviour::Standby { leader } => {
                 let mut status = Status::failed_precondition("not the active master");
                 if let Ok(value) = leader.parse() {
-                    status.metadata_mut().insert(LEADER_METADATA, value);
+                    status.metadata_mut().insert(metadata::LEADER, value);
                 }
                 Err(status)
             }

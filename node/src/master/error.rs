@@ -9,10 +9,10 @@
 //! a request by [`MasterError::metric_label`]. Errors a slave answered (the
 //! master is a gRPC client there) come in through `From<Status>`.
 
+use dsm_wire::metadata;
 use tonic::{Code, Status};
 
 use crate::version::Version;
-use crate::wire::{COMPACTED_BELOW_METADATA, CURRENT_VERSION_METADATA, LEADER_METADATA};
 
 /// Why the master did not do what it was asked.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -175,13 +175,13 @@ impl From<MasterError> for Status {
         let (key, value) = match &error {
             // Sent even when empty: a client then knows to wait for a
             // takeover rather than give up.
-            MasterError::NotLeader { leader, .. } => (LEADER_METADATA, leader.clone()),
+            MasterError::NotLeader { leader, .. } => (metadata::LEADER, leader.clone()),
             MasterError::ConditionFailed { current, .. } => (
-                CURRENT_VERSION_METADATA,
+                metadata::CURRENT_VERSION,
                 current.map_or_else(|| "absent".to_string(), |v| v.to_string()),
             ),
             MasterError::Compacted { complete_from, .. } => {
-                (COMPACTED_BELOW_METADATA, complete_from.to_string())
+                (metadata::COMPACTED_BELOW, complete_from.to_string())
             }
             _ => return status,
         };
@@ -203,14 +203,14 @@ mod tests {
             leader: "b:1".into(),
         });
         assert_eq!(status.code(), Code::FailedPrecondition);
-        assert_eq!(status.metadata().get(LEADER_METADATA).unwrap(), "b:1");
+        assert_eq!(status.metadata().get(metadata::LEADER).unwrap(), "b:1");
 
         let status = Status::from(MasterError::ConditionFailed {
             message: "condition not met".into(),
             current: None,
         });
         assert_eq!(
-            status.metadata().get(CURRENT_VERSION_METADATA).unwrap(),
+            status.metadata().get(metadata::CURRENT_VERSION).unwrap(),
             "absent"
         );
 
@@ -220,7 +220,7 @@ mod tests {
         });
         assert_eq!(status.code(), Code::OutOfRange);
         assert_eq!(
-            status.metadata().get(COMPACTED_BELOW_METADATA).unwrap(),
+            status.metadata().get(metadata::COMPACTED_BELOW).unwrap(),
             "17"
         );
     }

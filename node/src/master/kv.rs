@@ -255,19 +255,18 @@ impl Kv for Master {
             log_end_seq: self.log_end_seq.load(Ordering::SeqCst),
             ..Default::default()
         };
-        match self.role() {
+        let role = self.role();
+        reply.set_role(role.reported());
+        match role {
             Role::Standby { leader } => {
-                reply.role = "standby".into();
                 reply.leader = leader;
                 reply.keys = lock(&self.index).len() as u64;
             }
             Role::TakingOver { epoch, .. } => {
-                reply.role = "standby".into();
                 reply.epoch = epoch;
                 reply.keys = lock(&self.index).len() as u64;
             }
             Role::Active(term) => {
-                reply.role = "active".into();
                 reply.epoch = term.epoch;
                 reply.leader = config.advertise.clone();
                 let view = lock(&self.slaves).view();

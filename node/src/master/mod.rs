@@ -131,6 +131,17 @@ pub enum Role {
     Active(Arc<Term>),
 }
 
+impl Role {
+    /// What `Kv.Status` and the role gauge report: a takeover still counts as
+    /// standby until it serves.
+    pub fn reported(&self) -> dsm_wire::Role {
+        match self {
+            Role::Active(_) => dsm_wire::Role::Active,
+            Role::Standby { .. } | Role::TakingOver { .. } => dsm_wire::Role::Standby,
+        }
+    }
+}
+
 /// A master-capable process.
 pub struct Master {
     /// This process itself, for tasks spawned from request handlers.
@@ -377,18 +388,19 @@ impl Master {
             .set(i64::from(self.config.replication_factor));
         loop {
             let r = self.config.replication_factor as usize;
-            let (active, epoch) = match self.role() {
-                Role::Active(term) => (true, term.epoch),
-                _ => (false, 0),
+            let role = self.role();
+            let reported = role.reported();
+            let epoch = match role {
+                Role::Active(term) => term.epoch,
+                _ => 0,
             };
-            metrics
-                .role
-                .with_label_values(&["active"])
-                .set(i64::from(active));
-            metrics
-                .role
-                .with_label_values(&["standby"])
-                .set(i64::from(!active));
+            let active = reported == dsm_wire::Role::Active;
+            for role in dsm_wire::Role::ALL {
+                metrics
+                    .role
+                    .with_label_values(&[role.as_str()])
+                    .set(i64::from(role == reported));
+            }
             metrics.epoch.set(epoch as i64);
             metrics
                 .log_last_sequence

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use dsm_wire::metadata;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -659,7 +660,7 @@ fn mutation(key: &str, value: Option<&str>, expect: Option<Expect>) -> Mutation 
 fn current_of(error: &MasterError) -> Option<String> {
     Status::from(error.clone())
         .metadata()
-        .get(crate::wire::CURRENT_VERSION_METADATA)
+        .get(metadata::CURRENT_VERSION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
 }

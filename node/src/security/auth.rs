@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use anyhow::Context;
+use dsm_wire::metadata;
 use futures::future::{Either, Ready, ready};
 use prometheus::IntCounterVec;
 use subtle::{Choice, ConstantTimeEq};
@@ -30,9 +31,6 @@ use tonic::service::Interceptor;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use super::tls::Watched;
-
-/// Metadata key carrying the token.
-pub const AUTHORIZATION: &str = "authorization";
 
 /// What a call needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,7 +216,7 @@ impl Policy {
                 Some(tokens) => {
                     let presented = request
                         .headers()
-                        .get(AUTHORIZATION)
+                        .get(metadata::AUTHORIZATION)
                         .and_then(|v| bearer(v.as_bytes()));
                     tokens.check(presented, need)
                 }
@@ -335,7 +333,9 @@ impl BearerToken {
 impl Interceptor for BearerToken {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert(AUTHORIZATION, value.clone());
+            request
+                .metadata_mut()
+                .insert(metadata::AUTHORIZATION, value.clone());
         }
         Ok(request)
     }

@@ -54,6 +54,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use dsm_wire::env;
 use prometheus::IntCounterVec;
 
 pub use auth::{Access, AuthLayer, BearerToken, Tokens};
@@ -64,18 +65,18 @@ pub use tls::{ClientTls, ServerTls, endpoint};
 pub struct MemberTlsArgs {
     /// This member's certificate chain (PEM). With --tls-key and --tls-ca:
     /// serve TLS, and present this certificate to the other members.
-    #[arg(long, value_name = "FILE", env = "DSM_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    #[arg(long, value_name = "FILE", env = env::TLS_CERT, requires_all = ["tls_key", "tls_ca"])]
     pub tls_cert: Option<PathBuf>,
     /// Private key of --tls-cert (PEM, PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, value_name = "FILE", env = "DSM_TLS_KEY", requires_all = ["tls_cert", "tls_ca"])]
+    #[arg(long, value_name = "FILE", env = env::TLS_KEY, requires_all = ["tls_cert", "tls_ca"])]
     pub tls_key: Option<PathBuf>,
     /// The cluster CA (PEM): member certificates and the servers this
     /// member dials are verified against it.
-    #[arg(long, value_name = "FILE", env = "DSM_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    #[arg(long, value_name = "FILE", env = env::TLS_CA, requires_all = ["tls_cert", "tls_key"])]
     pub tls_ca: Option<PathBuf>,
     /// Whether clients of the `Kv` service must present a certificate signed
     /// by --tls-ca (members always must for `Control` and `Replica`).
-    #[arg(long, value_name = "MODE", env = "DSM_TLS_CLIENT_AUTH", value_enum, default_value_t = ClientAuth::Optional)]
+    #[arg(long, value_name = "MODE", env = env::TLS_CLIENT_AUTH, value_enum, default_value_t = ClientAuth::Optional)]
     pub tls_client_auth: ClientAuth,
 }
 
@@ -96,10 +97,10 @@ pub struct TokenArgs {
     /// File of read-write client tokens, one per line (blank lines and lines
     /// starting with `#` are ignored). With it (or --read-only-token-file),
     /// every `Kv` call needs `authorization: Bearer <token>`.
-    #[arg(long, value_name = "FILE", env = "DSM_TOKEN_FILE")]
+    #[arg(long, value_name = "FILE", env = env::TOKEN_FILE)]
     pub token_file: Option<PathBuf>,
     /// File of read-only client tokens (Read and Status only), same format.
-    #[arg(long, value_name = "FILE", env = "DSM_READ_ONLY_TOKEN_FILE")]
+    #[arg(long, value_name = "FILE", env = env::READ_ONLY_TOKEN_FILE)]
     pub read_only_token_file: Option<PathBuf>,
 }
 
@@ -107,27 +108,27 @@ pub struct TokenArgs {
 #[derive(Args, Debug, Clone, Default)]
 pub struct ClientSecurityArgs {
     /// CA (PEM) to verify the masters' certificates against; turns TLS on.
-    #[arg(long, value_name = "FILE", env = "DSM_TLS_CA")]
+    #[arg(long, value_name = "FILE", env = env::TLS_CA)]
     pub tls_ca: Option<PathBuf>,
     /// Client certificate (PEM), for masters run with
     /// `--tls-client-auth required`.
-    #[arg(long, value_name = "FILE", env = "DSM_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    #[arg(long, value_name = "FILE", env = env::TLS_CERT, requires_all = ["tls_key", "tls_ca"])]
     pub tls_cert: Option<PathBuf>,
     /// Private key of --tls-cert (PEM).
-    #[arg(long, value_name = "FILE", env = "DSM_TLS_KEY", requires_all = ["tls_cert", "tls_ca"])]
+    #[arg(long, value_name = "FILE", env = env::TLS_KEY, requires_all = ["tls_cert", "tls_ca"])]
     pub tls_key: Option<PathBuf>,
     /// Name to verify in the master's certificate instead of the host dialled
     /// (e.g. dialling an IP whose certificate names a DNS name).
     #[arg(
         long,
         value_name = "NAME",
-        env = "DSM_TLS_SERVER_NAME",
+        env = env::TLS_SERVER_NAME,
         requires = "tls_ca"
     )]
     pub tls_server_name: Option<String>,
     /// Bearer token sent with every call (prefer the DSM_TOKEN variable:
     /// command lines are visible to other local users).
-    #[arg(long, value_name = "TOKEN", env = "DSM_TOKEN", hide_env_values = true)]
+    #[arg(long, value_name = "TOKEN", env = env::TOKEN, hide_env_values = true)]
     pub token: Option<String>,
 }
 

@@ -18,6 +18,7 @@
 //! is refused with INVALID_ARGUMENT naming the limit.
 
 use bytes::Bytes;
+use dsm_wire::metadata;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +29,6 @@ use crate::pipeline;
 use crate::proto;
 use crate::proto::replica_server::{Replica, ReplicaServer};
 use crate::version::Version;
-use crate::wire::EPOCH_METADATA;
 
 /// Largest key a slave accepts (the master's user-facing limit is lower).
 pub const MAX_KEY_BYTES: usize = 64 * 1024;
@@ -94,7 +94,7 @@ fn stale_epoch(epoch: u64, fenced: u64) -> Status {
     let mut status =
         Status::failed_precondition(format!("stale epoch {epoch} < fenced epoch {fenced}"));
     if let Ok(v) = fenced.to_string().parse() {
-        status.metadata_mut().insert(EPOCH_METADATA, v);
+        status.metadata_mut().insert(metadata::EPOCH, v);
     }
     status
 }
@@ -385,7 +385,7 @@ mod tests {
             assert_eq!(err.message(), "stale epoch 4 < fenced epoch 5");
             assert_eq!(
                 err.metadata()
-                    .get(EPOCH_METADATA)
+                    .get(metadata::EPOCH)
                     .and_then(|v| v.to_str().ok()),
                 Some("5")
             );

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use dsm::chaos::proxy::Proxy;
 use dsm::client::{Client, ClientConfig};
 use dsm::process::Process;
+use dsm_wire::Role;
 use nix::sys::signal::Signal;
 
 /// Upper bound for any single wait in these tests.
@@ -258,7 +259,7 @@ impl Cluster {
     pub async fn wait_ready(&self) {
         let running = self.slaves.iter().filter(|s| s.process.running()).count();
         self.wait_for(&format!("{running} live slaves, fully replicated"), |s| {
-            s.role == "active"
+            s.role() == Some(Role::Active)
                 && s.slaves.iter().filter(|x| x.live).count() >= running
                 && s.under_replicated_keys == 0
         })
@@ -295,7 +296,7 @@ impl Cluster {
         let started = Instant::now();
         while started.elapsed() < WAIT {
             if let Ok(status) = client.endpoint_status().await
-                && status.role == "active"
+                && status.role() == Some(Role::Active)
                 && status.slaves.iter().any(|s| s.live)
             {
                 return;

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use super::config::shared_config_checksum;
 use super::pod::{dsm_container, hardened_pod_spec, tmp_volume};
 use super::secrets::client_security;
-use super::{env, meta};
+use super::{env_var, meta};
 use crate::crd::DsmCluster;
 use crate::error::Result;
 use crate::names::{ANNOTATION_CONFIG_CHECKSUM, LABEL_CLIENT, Names, labels, selector_labels};
@@ -26,7 +26,7 @@ pub fn client_deployment(dc: &DsmCluster, names: &Names) -> Result<Deployment> {
     let mut container = dsm_container(dc, names, vec!["infinity".to_string()]);
     container.command = Some(vec!["sleep".to_string()]);
     // The REPL keeps its history under $HOME; the root filesystem is read-only.
-    let mut vars = vec![env("HOME", "/tmp")];
+    let mut vars = vec![env_var("HOME", "/tmp")];
     vars.extend(security_env);
     let mut mounts = vec![tmp_mount];
     mounts.extend(security_mounts);

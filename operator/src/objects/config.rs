@@ -9,37 +9,37 @@
 
 use std::collections::BTreeMap;
 
+use dsm_wire::{env, paths, ports};
 use k8s_openapi::api::core::v1::ConfigMap;
 
-use super::masters::LOG_DIR;
 use super::{hash_of, meta};
 use crate::crd::DsmCluster;
 use crate::error::Result;
-use crate::names::{METRICS_PORT, Names, Seat, labels};
+use crate::names::{Names, Seat, labels};
 
 /// Configuration keys (the nodes' `DSM_*` flag variables) every component reads; the
 /// checksum of a component's keys rolls exactly the pods a change concerns.
-const SHARED_KEYS: [&str; 3] = ["DSM_MASTER", "DSM_BACKUP", "DSM_METRICS_LISTEN"];
+const SHARED_KEYS: [&str; 3] = [env::MASTER, env::BACKUP, env::METRICS_LISTEN];
 
 /// The ConfigMap's data: cluster-wide flags of the `dsm` binary as environment variables.
 pub fn config_data(dc: &DsmCluster, names: &Names) -> BTreeMap<String, String> {
     let spec = &dc.spec;
     let mut data = BTreeMap::from([
-        ("DSM_MASTER".to_string(), names.seat_address(Seat::Master)),
-        ("DSM_LOG_DIR".to_string(), LOG_DIR.to_string()),
+        (env::MASTER.to_string(), names.seat_address(Seat::Master)),
+        (env::LOG_DIR.to_string(), paths::LOG_DIR.to_string()),
         (
-            "DSM_METRICS_LISTEN".to_string(),
-            format!("0.0.0.0:{METRICS_PORT}"),
+            env::METRICS_LISTEN.to_string(),
+            format!("0.0.0.0:{}", ports::METRICS),
         ),
-        ("DSM_SLAVES".to_string(), spec.slaves.replicas.to_string()),
+        (env::SLAVES.to_string(), spec.slaves.replicas.to_string()),
         (
-            "DSM_REPLICATION_FACTOR".to_string(),
+            env::REPLICATION_FACTOR.to_string(),
             spec.write_quorum().to_string(),
         ),
-        ("DSM_LEASE_TTL".to_string(), spec.timeouts.lease_ttl.clone()),
+        (env::LEASE_TTL.to_string(), spec.timeouts.lease_ttl.clone()),
     ]);
     if spec.backup.enabled {
-        data.insert("DSM_BACKUP".to_string(), names.seat_address(Seat::Backup));
+        data.insert(env::BACKUP.to_string(), names.seat_address(Seat::Backup));
     }
     data
 }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use dsm_wire::{Role, env, paths, ports};
 use k8s_openapi::api::core::v1::{
     Affinity, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
     Pod, PodAffinity, PodAffinityTerm, PodSpec, ResourceRequirements, Service, ServicePort,
@@ -17,17 +18,14 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config::master_config_checksum;
 use super::pod::{Member, dsm_container, member_pod_spec, storage_request};
-use super::{env, hash_of, meta, service_port};
+use super::{env_var, hash_of, meta, service_port};
 use crate::crd::{AccessMode, DsmCluster, SnapshotSource};
 use crate::error::Result;
 use crate::names::{
     ANNOTATION_CONFIG_CHECKSUM, ANNOTATION_SPEC_HASH, LABEL_INSTANCE, LABEL_LOG_VOLUME, LABEL_NAME,
-    LABEL_ROLE, LABEL_SCRAPE, MASTER_PORT, METRICS_PORT, Names, Role, Seat, labels,
-    selector_labels,
+    LABEL_ROLE, LABEL_SCRAPE, Names, Seat, labels, selector_labels,
 };
 
-/// Where master and backup mount the shared log volume.
-pub const LOG_DIR: &str = "/var/lib/dsm/log";
 /// Where the restore init container mounts the claim of `spec.bootstrap.snapshot`,
 /// read-only.
 pub const SNAPSHOT_DIR: &str = "/snapshot";
@@ -97,7 +95,7 @@ fn seat_resources(dc: &DsmCluster, seat: Seat) -> Option<ResourceRequirements> {
 fn log_mount() -> VolumeMount {
     VolumeMount {
         name: LOG_VOLUME.to_string(),
-        mount_path: LOG_DIR.to_string(),
+        mount_path: paths::LOG_DIR.to_string(),
         ..VolumeMount::default()
     }
 }
@@ -109,9 +107,9 @@ fn master_pod_spec(dc: &DsmCluster, names: &Names, seat: Seat) -> PodSpec {
         command: seat.component(),
         port: seat.port(),
         env: vec![
-            env("DSM_ID", names.seat(seat)),
-            env("DSM_LISTEN", format!("0.0.0.0:{}", seat.port())),
-            env("DSM_ADVERTISE", names.seat_address(seat)),
+            env_var(env::ID, names.seat(seat)),
+            env_var(env::LISTEN, format!("0.0.0.0:{}", seat.port())),
+            env_var(env::ADVERTISE, names.seat_address(seat)),
         ],
         resources: seat_resources(dc, seat),
         data_mount: log_mount(),
@@ -159,7 +157,7 @@ fn with_restore(
         "restore",
         file.as_str(),
         "--log-dir",
-        LOG_DIR,
+        paths::LOG_DIR,
         "--if-empty",
     ];
     let mut restore = dsm_container(dc, names, args.map(str::to_string).to_vec());
@@ -232,7 +230,7 @@ pub fn master_pod(
     restore: Option<&SnapshotSource>,
 ) -> Result<Pod> {
     let mut labels = labels(names, seat.component());
-    labels.insert(LABEL_ROLE.to_string(), role.label().to_string());
+    labels.insert(LABEL_ROLE.to_string(), role.as_str().to_string());
     labels.insert(LABEL_LOG_VOLUME.to_string(), names.cluster.clone());
     let mut metadata = meta(dc, names, names.seat(seat), labels)?;
     metadata.annotations = Some(BTreeMap::from([
@@ -271,7 +269,7 @@ pub fn seat_service(dc: &DsmCluster, names: &Names, seat: Seat) -> Result<Servic
             selector: Some(selector_labels(names, seat.component())),
             ports: Some(vec![
                 service_port("grpc", seat.port()),
-                service_port("metrics", METRICS_PORT),
+                service_port("metrics", ports::METRICS),
             ]),
             ..ServiceSpec::default()
         }),
@@ -285,7 +283,7 @@ pub fn leader_service(dc: &DsmCluster, names: &Names) -> Result<Service> {
     let selector = BTreeMap::from([
         (LABEL_NAME.to_string(), "dsm".to_string()),
         (LABEL_INSTANCE.to_string(), names.cluster.clone()),
-        (LABEL_ROLE.to_string(), Role::Active.label().to_string()),
+        (LABEL_ROLE.to_string(), Role::Active.as_str().to_string()),
     ]);
     Ok(Service {
         metadata: meta(dc, names, names.leader(), labels(names, "leader"))?,
@@ -293,7 +291,7 @@ pub fn leader_service(dc: &DsmCluster, names: &Names) -> Result<Service> {
             selector: Some(selector),
             ports: Some(vec![ServicePort {
                 name: Some("grpc".to_string()),
-                port: MASTER_PORT,
+                port: i32::from(ports::MASTER),
                 // Named, because master and backup listen on different ports.
                 target_port: Some(IntOrString::String("grpc".to_string())),
                 protocol: Some("TCP".to_string()),

@@ -49,16 +49,14 @@ mod tests;
 pub use client::client_deployment;
 pub use config::{config_data, config_map, master_config_checksum, shared_config_checksum};
 pub use masters::{
-    LOG_DIR, SNAPSHOT_DIR, leader_service, log_pvc, master_pod, master_pod_hash, restored_from,
-    seat_service,
+    SNAPSHOT_DIR, leader_service, log_pvc, master_pod, master_pod_hash, restored_from, seat_service,
 };
 pub use monitoring::{service_monitor, service_monitor_resource};
 pub use pod::RUN_AS_USER;
 pub use secrets::{
-    AUTH_DIR, CLIENT_TOKEN, READ_ONLY_TOKENS, TLS_DIR, TOKENS, member_tls_secret, tls_ca_secret,
-    tls_secret,
+    CLIENT_TOKEN, READ_ONLY_TOKENS, TOKENS, member_tls_secret, tls_ca_secret, tls_secret,
 };
-pub use slaves::{DATA_DIR, pod_disruption_budget, slave_set, slaves_service};
+pub use slaves::{pod_disruption_budget, slave_set, slaves_service};
 
 /// The names live in [`crate::names`]; the node crate's tests
 /// (`node/tests/operator_certificates.rs`) reach them through here.
@@ -93,7 +91,7 @@ fn hash_of<T: Serialize>(value: &T) -> Result<String> {
 }
 
 /// An environment variable with a plain value.
-fn env(name: &str, value: impl Into<String>) -> EnvVar {
+fn env_var(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
         name: name.to_string(),
         value: Some(value.into()),
@@ -103,10 +101,10 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
 
 /// A Service port targeting the container port of the same name (`grpc`, `metrics`), so
 /// master and backup, which listen on different ports, are published the same way.
-fn service_port(name: &str, port: i32) -> ServicePort {
+fn service_port(name: &str, port: u16) -> ServicePort {
     ServicePort {
         name: Some(name.to_string()),
-        port,
+        port: i32::from(port),
         target_port: Some(IntOrString::String(name.to_string())),
         protocol: Some("TCP".to_string()),
         ..ServicePort::default()

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use dsm_wire::ports;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvFromSource, EnvVar, GRPCAction, HTTPGetAction, PodSecurityContext, PodSpec, Probe,
@@ -21,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::secrets::member_security;
 use crate::crd::DsmCluster;
-use crate::names::{METRICS_PORT, Names};
+use crate::names::Names;
 
 /// The unprivileged user (and group) every container runs as; the images create it.
 pub const RUN_AS_USER: i64 = 10001;
@@ -75,20 +76,20 @@ fn env_from_config(names: &Names) -> Vec<EnvFromSource> {
     }]
 }
 
-fn port(name: &str, number: i32) -> ContainerPort {
+fn port(name: &str, number: u16) -> ContainerPort {
     ContainerPort {
         name: Some(name.to_string()),
-        container_port: number,
+        container_port: i32::from(number),
         protocol: Some("TCP".to_string()),
         ..ContainerPort::default()
     }
 }
 
 /// gRPC health probe on a node's main port (every `dsm` server serves grpc.health.v1).
-fn grpc_probe(port: i32, period: i32, failure_threshold: i32) -> Probe {
+fn grpc_probe(port: u16, period: i32, failure_threshold: i32) -> Probe {
     Probe {
         grpc: Some(GRPCAction {
-            port,
+            port: i32::from(port),
             service: None,
         }),
         period_seconds: Some(period),
@@ -128,7 +129,7 @@ fn http_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
 /// active master serves). Members never dial each other through a readiness-filtered
 /// address: the headless slave Service and the master and backup Services publish
 /// not-ready pods, or a new master waiting for slaves to register would never see them.
-fn set_probes(container: &mut Container, tls: bool, port: i32) {
+fn set_probes(container: &mut Container, tls: bool, port: u16) {
     if tls {
         container.startup_probe = Some(http_probe("/healthz", 2, 150));
         container.readiness_probe = Some(http_probe("/readyz", 5, 2));
@@ -165,7 +166,7 @@ pub(super) struct Member {
     /// The `dsm` subcommand it runs.
     pub(super) command: &'static str,
     /// Its gRPC port, which its probes check too.
-    pub(super) port: i32,
+    pub(super) port: u16,
     /// Its own `DSM_*` variables (the ConfigMap has the cluster-wide ones).
     pub(super) env: Vec<EnvVar>,
     /// Its resource requests and limits.
@@ -191,7 +192,7 @@ pub(super) fn member_pod_spec(dc: &DsmCluster, names: &Names, member: Member) ->
     container.env = Some(vars);
     container.ports = Some(vec![
         port("grpc", member.port),
-        port("metrics", METRICS_PORT),
+        port("metrics", ports::METRICS),
     ]);
     container.resources = member.resources;
     let mut mounts = vec![member.data_mount, tmp_mount];

@@ -9,13 +9,15 @@
 
 use std::collections::BTreeMap;
 
+use dsm_wire::env;
+use dsm_wire::paths::{AUTH_DIR, TLS_DIR};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
     EnvVar, EnvVarSource, KeyToPath, Secret, SecretKeySelector, SecretVolumeSource, Volume,
     VolumeMount,
 };
 
-use super::{env, meta};
+use super::{env_var, meta};
 use crate::certs::{self, CaPems, MemberPems};
 use crate::crd::DsmCluster;
 use crate::error::Result;
@@ -25,11 +27,6 @@ use crate::names::{Names, labels};
 /// variables pointing at the files.
 pub(super) type SecretMounts = (Vec<Volume>, Vec<VolumeMount>, Vec<EnvVar>);
 
-/// Where the member certificate Secret (or, in the client pod, only its `ca.crt`) is
-/// mounted.
-pub const TLS_DIR: &str = "/etc/dsm/tls";
-/// Where master and backup mount the token Secret.
-pub const AUTH_DIR: &str = "/etc/dsm/auth";
 /// Key of the read-write tokens (one per line) in the auth Secret.
 pub const TOKENS: &str = "tokens";
 /// Key of the read-only tokens in the auth Secret.
@@ -88,22 +85,28 @@ pub(super) fn member_security(dc: &DsmCluster, names: &Names, tokens: bool) -> S
             &[certs::TLS_CERT, certs::TLS_KEY, certs::CA_CERT],
         ));
         mounts.push(read_only_mount("tls", TLS_DIR));
-        vars.push(env(
-            "DSM_TLS_CERT",
+        vars.push(env_var(
+            env::TLS_CERT,
             format!("{TLS_DIR}/{}", certs::TLS_CERT),
         ));
-        vars.push(env("DSM_TLS_KEY", format!("{TLS_DIR}/{}", certs::TLS_KEY)));
-        vars.push(env("DSM_TLS_CA", format!("{TLS_DIR}/{}", certs::CA_CERT)));
+        vars.push(env_var(
+            env::TLS_KEY,
+            format!("{TLS_DIR}/{}", certs::TLS_KEY),
+        ));
+        vars.push(env_var(
+            env::TLS_CA,
+            format!("{TLS_DIR}/{}", certs::CA_CERT),
+        ));
         if let Some(mode) = dc.spec.tls.client_auth {
-            vars.push(env("DSM_TLS_CLIENT_AUTH", mode.as_str()));
+            vars.push(env_var(env::TLS_CLIENT_AUTH, mode.as_str()));
         }
     }
     if let (true, Some(secret)) = (tokens, &dc.spec.auth.secret_name) {
         volumes.push(secret_volume("auth", secret, &[TOKENS, READ_ONLY_TOKENS]));
         mounts.push(read_only_mount("auth", AUTH_DIR));
-        vars.push(env("DSM_TOKEN_FILE", format!("{AUTH_DIR}/{TOKENS}")));
-        vars.push(env(
-            "DSM_READ_ONLY_TOKEN_FILE",
+        vars.push(env_var(env::TOKEN_FILE, format!("{AUTH_DIR}/{TOKENS}")));
+        vars.push(env_var(
+            env::READ_ONLY_TOKEN_FILE,
             format!("{AUTH_DIR}/{READ_ONLY_TOKENS}"),
         ));
     }
@@ -117,11 +120,14 @@ pub(super) fn client_security(dc: &DsmCluster, names: &Names) -> SecretMounts {
     if let Some(secret) = member_tls_secret(dc, names) {
         volumes.push(secret_volume("tls-ca", &secret, &[certs::CA_CERT]));
         mounts.push(read_only_mount("tls-ca", TLS_DIR));
-        vars.push(env("DSM_TLS_CA", format!("{TLS_DIR}/{}", certs::CA_CERT)));
+        vars.push(env_var(
+            env::TLS_CA,
+            format!("{TLS_DIR}/{}", certs::CA_CERT),
+        ));
     }
     if let Some(secret) = &dc.spec.auth.secret_name {
         vars.push(EnvVar {
-            name: "DSM_TOKEN".to_string(),
+            name: env::TOKEN.to_string(),
             value_from: Some(EnvVarSource {
                 secret_key_ref: Some(SecretKeySelector {
                     name: secret.clone(),

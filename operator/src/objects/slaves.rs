@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use dsm_wire::{env, paths, ports};
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
     StatefulSetUpdateStrategy,
@@ -19,16 +20,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config::shared_config_checksum;
 use super::pod::{Member, member_pod_spec, storage_request};
-use super::{env, meta, service_port};
+use super::{env_var, meta, service_port};
 use crate::crd::DsmCluster;
 use crate::error::Result;
-use crate::names::{
-    ANNOTATION_CONFIG_CHECKSUM, LABEL_SCRAPE, METRICS_PORT, Names, SLAVE_PORT, labels,
-    selector_labels,
-};
-
-/// Where each slave mounts its data volume.
-pub const DATA_DIR: &str = "/var/lib/dsm/data";
+use crate::names::{ANNOTATION_CONFIG_CHECKSUM, LABEL_SCRAPE, Names, labels, selector_labels};
 
 /// The headless Service giving each slave the stable DNS name it advertises. Not-ready
 /// slaves are published too: the master dials a slave as soon as it registers.
@@ -42,8 +37,8 @@ pub fn slaves_service(dc: &DsmCluster, names: &Names) -> Result<Service> {
             publish_not_ready_addresses: Some(true),
             selector: Some(selector_labels(names, "slave")),
             ports: Some(vec![
-                service_port("grpc", SLAVE_PORT),
-                service_port("metrics", METRICS_PORT),
+                service_port("grpc", ports::SLAVE),
+                service_port("metrics", ports::METRICS),
             ]),
             ..ServiceSpec::default()
         }),
@@ -68,26 +63,27 @@ pub fn slave_set(dc: &DsmCluster, names: &Names, replicas: i32) -> Result<Statef
             ..EnvVar::default()
         },
         // The pod name is the slave's stable id: it survives restarts with its volume.
-        env("DSM_ID", "$(POD_NAME)"),
-        env("DSM_LISTEN", format!("0.0.0.0:{SLAVE_PORT}")),
-        env(
-            "DSM_ADVERTISE",
+        env_var(env::ID, "$(POD_NAME)"),
+        env_var(env::LISTEN, format!("0.0.0.0:{}", ports::SLAVE)),
+        env_var(
+            env::ADVERTISE,
             format!(
-                "$(POD_NAME).{}.{}.svc:{SLAVE_PORT}",
+                "$(POD_NAME).{}.{}.svc:{}",
                 names.slaves_service(),
-                names.namespace
+                names.namespace,
+                ports::SLAVE
             ),
         ),
-        env("DSM_DATA_DIR", DATA_DIR),
+        env_var(env::DATA_DIR, paths::DATA_DIR),
     ];
     let member = Member {
         command: "slave",
-        port: SLAVE_PORT,
+        port: ports::SLAVE,
         env: vars,
         resources: slaves.resources.clone(),
         data_mount: VolumeMount {
             name: "data".to_string(),
-            mount_path: DATA_DIR.to_string(),
+            mount_path: paths::DATA_DIR.to_string(),
             ..VolumeMount::default()
         },
         // The StatefulSet's claim template below.

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use dsm_wire::Role;
+use dsm_wire::paths::{AUTH_DIR, LOG_DIR, TLS_DIR};
 use k8s_openapi::api::core::v1::{
     Container, PersistentVolumeClaimVolumeSource, PodSpec, ResourceRequirements,
     SecretVolumeSource, VolumeMount,
@@ -14,7 +16,7 @@ use super::*;
 use crate::certs;
 use crate::crd::{AccessMode, DsmCluster, DsmClusterSpec, PullPolicy, TlsClientAuth};
 use crate::fixtures::{bootstrapped, test_cluster, test_snapshot};
-use crate::names::{LABEL_CLIENT, LABEL_INSTANCE, LABEL_LOG_VOLUME, LABEL_ROLE, Names, Role, Seat};
+use crate::names::{LABEL_CLIENT, LABEL_INSTANCE, LABEL_LOG_VOLUME, LABEL_ROLE, Names, Seat};
 
 fn cluster(spec: DsmClusterSpec) -> (DsmCluster, Names) {
     let dc = test_cluster(spec);

@@ -15,12 +15,13 @@
 //! - **The leader Service follows the lease.** The pod that `Kv.Status` reports active is
 //!   labelled `active`; when neither answers, the labels stay as they were.
 
+use dsm_wire::Role;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use crate::crd::DsmCluster;
-use crate::names::{ANNOTATION_SPEC_HASH, LABEL_ROLE, Names, Role, Seat};
+use crate::names::{ANNOTATION_SPEC_HASH, LABEL_ROLE, Names, Seat};
 use crate::node::StatusReply;
 
 /// What the reconciler saw of the cluster before deciding.
@@ -52,7 +53,7 @@ impl Observed {
         let active = |reply: &Option<StatusReply>| {
             reply
                 .as_ref()
-                .filter(|r| r.role == "active")
+                .filter(|r| r.role() == Some(Role::Active))
                 .map(|r| r.epoch)
         };
         match (active(&self.master), active(&self.backup)) {
@@ -241,10 +242,12 @@ pub fn plan(dc: &DsmCluster, names: &Names, observed: &Observed, hashes: [&str; 
                 Role::Standby
             }
         }
-        None => Role::from_label(
-            pod.and_then(|p| p.labels().get(LABEL_ROLE))
-                .map(String::as_str),
-        ),
+        // A pod without a role label, or with one this operator does not know, is
+        // standby: the leader Service never points at it on a guess.
+        None => pod
+            .and_then(|p| p.labels().get(LABEL_ROLE))
+            .and_then(|label| label.parse().ok())
+            .unwrap_or(Role::Standby),
     };
     let up_to_date = |pod: &Pod, hash: &str| {
         pod.annotations()

@@ -8,7 +8,7 @@ use crate::fixtures::{
     Call, FakeNodes, active_status, bootstrapped, crash_looping, ready_slave_set, seat_pod,
     test_cluster, test_snapshot,
 };
-use crate::names::Role;
+use dsm_wire::{Role, paths};
 use k8s_openapi::jiff::SignedDuration;
 
 /// Runs one reconcile against a mocked API server and returns the calls it made.
@@ -754,7 +754,7 @@ async fn a_bootstrapped_cluster_creates_both_master_pods_restoring_the_snapshot(
                 "restore",
                 "/snapshot/backups/test-1.snap",
                 "--log-dir",
-                objects::LOG_DIR,
+                paths::LOG_DIR,
                 "--if-empty"
             ]),
             "{pod}"

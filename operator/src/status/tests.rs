@@ -6,8 +6,8 @@ use crate::crd::DsmClusterSpec;
 use crate::fixtures::{
     POD_HASHES, REFUSED_CONFIG_LOG, crash_looping, healthy, ready_slave_set, seat_pod, test_cluster,
 };
-use crate::names::Role;
 use crate::plan::plan;
+use dsm_wire::Role;
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
 };

@@ -8,11 +8,12 @@
 
 use std::ffi::OsString;
 use std::io::{IsTerminal as _, Write};
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+
+use dsm_wire::{env, ports};
 use tokio::io::AsyncReadExt as _;
 
 use super::render::{
@@ -64,8 +65,8 @@ pub struct ConnectArgs {
     #[arg(
         long,
         value_name = "ADDR",
-        env = "DSM_MASTER",
-        default_value = "127.0.0.1:12345"
+        env = env::MASTER,
+        default_value_t = format!("127.0.0.1:{}", ports::MASTER)
     )]
     pub master: String,
     /// Address of the backup master (empty for none); tried when the master
@@ -73,8 +74,8 @@ pub struct ConnectArgs {
     #[arg(
         long,
         value_name = "ADDR",
-        env = "DSM_BACKUP",
-        default_value = "127.0.0.1:12346"
+        env = env::BACKUP,
+        default_value_t = format!("127.0.0.1:{}", ports::BACKUP)
     )]
     pub backup: String,
     /// Limit for one attempt against one address (e.g. 2s, 500ms).

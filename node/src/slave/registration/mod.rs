@@ -29,6 +29,7 @@ use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 
+use dsm_wire::metadata;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout};
 use tokio_stream::wrappers::ReceiverStream;
@@ -41,7 +42,6 @@ use crate::error_chain;
 use crate::proto;
 use crate::proto::control_client::ControlClient;
 use crate::security::{self, ClientTls};
-use crate::wire::LEADER_METADATA;
 
 /// First backoff step after a round in which no master accepted us.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -250,7 +250,7 @@ impl Registration {
             Ok(Err(status)) => {
                 let leader = status
                     .metadata()
-                    .get(LEADER_METADATA)
+                    .get(metadata::LEADER)
                     .and_then(|v| v.to_str().ok())
                     .map(str::trim)
                     .filter(|v| !v.is_empty());

@@ -31,25 +31,29 @@ struct FakeMaster {
 
 type PongStream = Pin<Box<dyn Stream<Item = Result<proto::Pong, Status>> + Send>>;
 
+/// The `Control` service of a shared [`FakeMaster`] (the trait comes from the wire
+/// crate, so it is implemented on a type of this one).
+struct FakeControl(Arc<FakeMaster>);
+
 #[tonic::async_trait]
-impl Control for Arc<FakeMaster> {
+impl Control for FakeControl {
     async fn register(
         &self,
         request: Request<proto::RegisterRequest>,
     ) -> Result<Response<proto::RegisterReply>, Status> {
         assert_eq!(request.get_ref().slave_id, "s1");
         assert_eq!(request.get_ref().address, "127.0.0.1:9");
-        if !self.active.load(Ordering::SeqCst) {
+        if !self.0.active.load(Ordering::SeqCst) {
             let mut status = Status::failed_precondition("not the active master");
-            let leader = self.leader.lock().map(|l| l.clone()).unwrap_or_default();
+            let leader = self.0.leader.lock().map(|l| l.clone()).unwrap_or_default();
             status
                 .metadata_mut()
-                .insert(LEADER_METADATA, leader.parse().unwrap());
+                .insert(metadata::LEADER, leader.parse().unwrap());
             return Err(status);
         }
-        self.registrations.fetch_add(1, Ordering::SeqCst);
+        self.0.registrations.fetch_add(1, Ordering::SeqCst);
         Ok(Response::new(proto::RegisterReply {
-            epoch: self.epoch.load(Ordering::SeqCst),
+            epoch: self.0.epoch.load(Ordering::SeqCst),
         }))
     }
 
@@ -60,8 +64,8 @@ impl Control for Arc<FakeMaster> {
         request: Request<Streaming<proto::Ping>>,
     ) -> Result<Response<PongStream>, Status> {
         let mut pings = request.into_inner();
-        let me = self.clone();
-        let mut stop = self.stop.clone();
+        let me = self.0.clone();
+        let mut stop = self.0.stop.clone();
         let stream = async_stream(move |tx| async move {
             loop {
                 tokio::select! {
@@ -123,7 +127,7 @@ async fn fake_master(active: bool, epoch: u64, pong: bool) -> Running {
         pings: AtomicU64::new(0),
         stop: stop_rx.clone(),
     });
-    let service = ControlServer::new(master.clone());
+    let service = ControlServer::new(FakeControl(master.clone()));
     let mut shutdown = stop_rx;
     let server = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()

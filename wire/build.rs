@@ -1,5 +1,5 @@
-//! Generates the gRPC code from `proto/dsm.proto` with the vendored `protoc`,
-//! so a fresh machine needs no system protobuf compiler.
+//! Generates the gRPC code (clients and servers) from `proto/dsm.proto` with the
+//! vendored `protoc`, so a fresh machine needs no system protobuf compiler.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
