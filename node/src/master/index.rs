@@ -13,11 +13,20 @@
 //! Invariant (version order): an entry's version only moves forward; an older
 //! version arriving late (a slow concurrent WRITE, a replayed record) never
 //! replaces a newer one. Checked by `tests::versions_only_move_forward`.
+//!
+//! Memory: the index holds an entry for every key of the cluster, so its cost
+//! per key bounds how many keys a master can serve. A key of up to 16 bytes is
+//! stored in place, and its metadata in 40 bytes ([`Stored::Compact`]) when it
+//! fits: at most [`INLINE_HOLDERS`] holders numbered below `u16::MAX` (the
+//! usual replication factors) and a log position below 4 GiB in a segment
+//! numbered below 2^32. Anything larger is boxed, with no limit. Measured by
+//! `tests/index_memory.rs`: about 90 bytes per key beyond the key's bytes.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 use crate::version::Version;
 use crate::wal::LogPos;
@@ -25,6 +34,15 @@ use crate::wal::LogPos;
 /// Small, stable number the master gives each slave identity, so that
 /// holder lists stay compact.
 pub type SlaveIdx = u32;
+
+/// Holders an entry keeps in place, without a heap allocation.
+pub const INLINE_HOLDERS: usize = 6;
+
+/// The slaves known to hold a version.
+pub type Holders = SmallVec<[SlaveIdx; INLINE_HOLDERS]>;
+
+/// A key as the index stores it: in place up to 16 bytes.
+type StoredKey = SmallVec<[u8; 16]>;
 
 /// What the master knows of one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,15 +52,122 @@ pub struct KeyMeta {
     /// Where the record of `version` is in the log (the fallback copy).
     pub pos: LogPos,
     /// Slaves known to hold exactly `version` (live or not).
-    pub holders: Vec<SlaveIdx>,
+    pub holders: Holders,
     /// The key was deleted at `version` (a tombstone: no value).
     pub deleted: bool,
+}
+
+/// A [`KeyMeta`] as the index stores it.
+#[derive(Debug)]
+enum Stored {
+    /// Everything in 40 bytes: the common case.
+    Compact {
+        version: Version,
+        file_no: u32,
+        offset: u32,
+        deleted: bool,
+        /// How many of `holders` are used.
+        len: u8,
+        holders: [u16; INLINE_HOLDERS],
+    },
+    /// What does not fit in place.
+    Boxed(Box<KeyMeta>),
+}
+
+impl Stored {
+    fn new(meta: KeyMeta) -> Stored {
+        let mut holders = [0; INLINE_HOLDERS];
+        let fits = meta.holders.len() <= INLINE_HOLDERS
+            && meta.holders.iter().zip(&mut holders).all(|(&h, slot)| {
+                u16::try_from(h)
+                    .ok()
+                    .filter(|&id| id != u16::MAX)
+                    .map(|id| *slot = id)
+                    .is_some()
+            });
+        match (
+            u32::try_from(meta.pos.file_no),
+            u32::try_from(meta.pos.offset),
+        ) {
+            (Ok(file_no), Ok(offset)) if fits => Stored::Compact {
+                version: meta.version,
+                file_no,
+                offset,
+                deleted: meta.deleted,
+                // At most INLINE_HOLDERS, checked above.
+                len: meta.holders.len() as u8,
+                holders,
+            },
+            _ => Stored::Boxed(Box::new(meta)),
+        }
+    }
+
+    fn meta(&self) -> KeyMeta {
+        match self {
+            Stored::Compact {
+                version,
+                file_no,
+                offset,
+                deleted,
+                len,
+                holders,
+            } => KeyMeta {
+                version: *version,
+                pos: LogPos {
+                    file_no: u64::from(*file_no),
+                    offset: u64::from(*offset),
+                },
+                holders: holders[..usize::from(*len)]
+                    .iter()
+                    .map(|&h| SlaveIdx::from(h))
+                    .collect(),
+                deleted: *deleted,
+            },
+            Stored::Boxed(meta) => KeyMeta::clone(meta),
+        }
+    }
+
+    fn version(&self) -> Version {
+        match self {
+            Stored::Compact { version, .. } => *version,
+            Stored::Boxed(meta) => meta.version,
+        }
+    }
+
+    fn deleted(&self) -> bool {
+        match self {
+            Stored::Compact { deleted, .. } => *deleted,
+            Stored::Boxed(meta) => meta.deleted,
+        }
+    }
+
+    /// Changes the metadata, storing the result as compactly as it fits.
+    fn update(&mut self, change: impl FnOnce(&mut KeyMeta)) {
+        let mut meta = self.meta();
+        change(&mut meta);
+        *self = Stored::new(meta);
+    }
+
+    /// Number of holders for which `live` is true.
+    fn count_holders(&self, live: impl Fn(SlaveIdx) -> bool) -> usize {
+        match self {
+            Stored::Compact { len, holders, .. } => holders[..usize::from(*len)]
+                .iter()
+                .filter(|&&h| live(SlaveIdx::from(h)))
+                .count(),
+            Stored::Boxed(meta) => meta.holders.iter().filter(|&&h| live(h)).count(),
+        }
+    }
+
+    fn held_by(&self, slave: SlaveIdx) -> bool {
+        self.count_holders(|h| h == slave) > 0
+    }
 }
 
 /// The key → metadata map, in key order.
 #[derive(Debug, Default)]
 pub struct Index {
-    keys: BTreeMap<Bytes, KeyMeta>,
+    keys: BTreeMap<StoredKey, Stored>,
     /// Entries that are tombstones.
     tombstones: usize,
 }
@@ -77,20 +202,20 @@ impl Index {
             .keys
             .range::<[u8], _>((lower, Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
-            .filter(|(_, m)| !m.deleted);
+            .filter(|(_, m)| !m.deleted());
         for (key, meta) in range {
             if found.len() == limit {
                 more = true;
                 break;
             }
-            found.push((key.clone(), meta.version));
+            found.push((Bytes::copy_from_slice(key), meta.version()));
         }
         (found, more)
     }
 
     /// Metadata of `key`.
-    pub fn get(&self, key: &[u8]) -> Option<&KeyMeta> {
-        self.keys.get(key)
+    pub fn get(&self, key: &[u8]) -> Option<KeyMeta> {
+        self.keys.get(key).map(Stored::meta)
     }
 
     /// Records `version` of `key` (a deletion when `deleted`) as the latest,
@@ -98,38 +223,41 @@ impl Index {
     /// whether it was recorded.
     pub fn record(
         &mut self,
-        key: &Bytes,
+        key: &[u8],
         version: Version,
         pos: LogPos,
-        holders: Vec<SlaveIdx>,
+        holders: impl IntoIterator<Item = SlaveIdx>,
         deleted: bool,
     ) -> bool {
         let meta = KeyMeta {
             version,
             pos,
-            holders,
+            holders: holders.into_iter().collect(),
             deleted,
         };
-        match self.keys.get_mut(key.as_ref()) {
-            Some(current) if current.version >= version => {
-                if current.version == version {
-                    for h in meta.holders {
-                        if !current.holders.contains(&h) {
-                            current.holders.push(h);
+        match self.keys.get_mut(key) {
+            Some(current) if current.version() >= version => {
+                if current.version() == version {
+                    current.update(|known| {
+                        for h in meta.holders {
+                            if !known.holders.contains(&h) {
+                                known.holders.push(h);
+                            }
                         }
-                    }
+                    });
                 }
                 false
             }
             Some(current) => {
-                self.tombstones -= usize::from(current.deleted);
+                self.tombstones -= usize::from(current.deleted());
                 self.tombstones += usize::from(deleted);
-                *current = meta;
+                *current = Stored::new(meta);
                 true
             }
             None => {
                 self.tombstones += usize::from(deleted);
-                self.keys.insert(key.clone(), meta);
+                self.keys
+                    .insert(StoredKey::from_slice(key), Stored::new(meta));
                 true
             }
         }
@@ -141,7 +269,7 @@ impl Index {
         if self
             .keys
             .get(key)
-            .is_some_and(|m| m.deleted && m.version == version)
+            .is_some_and(|m| m.deleted() && m.version() == version)
         {
             self.keys.remove(key);
             self.tombstones -= 1;
@@ -152,9 +280,9 @@ impl Index {
     /// the latest version.
     pub fn add_holder(&mut self, key: &[u8], version: Version, slave: SlaveIdx) -> bool {
         match self.keys.get_mut(key) {
-            Some(meta) if meta.version == version => {
-                if !meta.holders.contains(&slave) {
-                    meta.holders.push(slave);
+            Some(meta) if meta.version() == version => {
+                if !meta.held_by(slave) {
+                    meta.update(|meta| meta.holders.push(slave));
                 }
                 true
             }
@@ -164,25 +292,27 @@ impl Index {
 
     /// Notes that `slave` does not hold the latest version of `key`.
     pub fn remove_holder(&mut self, key: &[u8], slave: SlaveIdx) {
-        if let Some(meta) = self.keys.get_mut(key) {
-            meta.holders.retain(|h| *h != slave);
+        if let Some(meta) = self.keys.get_mut(key)
+            && meta.held_by(slave)
+        {
+            meta.update(|meta| meta.holders.retain(|h| *h != slave));
         }
     }
 
     /// Forgets everything `slave` was known to hold (before its inventory
     /// is read again).
     pub fn forget_slave(&mut self, slave: SlaveIdx) {
-        for meta in self.keys.values_mut() {
-            meta.holders.retain(|h| *h != slave);
+        for meta in self.keys.values_mut().filter(|m| m.held_by(slave)) {
+            meta.update(|meta| meta.holders.retain(|h| *h != slave));
         }
     }
 
     /// The record of `key` at `version` moved (log compaction).
     pub fn moved(&mut self, key: &[u8], version: Version, pos: LogPos) {
         if let Some(meta) = self.keys.get_mut(key)
-            && meta.version == version
+            && meta.version() == version
         {
-            meta.pos = pos;
+            meta.update(|meta| meta.pos = pos);
         }
     }
 
@@ -196,8 +326,8 @@ impl Index {
     ) -> Vec<Bytes> {
         self.keys
             .iter()
-            .filter(|(_, m)| m.holders.iter().filter(|h| live(**h)).count() < target)
-            .map(|(k, _)| k.clone())
+            .filter(|(_, m)| m.count_holders(&live) < target)
+            .map(|(k, _)| Bytes::copy_from_slice(k))
             .take(limit)
             .collect()
     }
@@ -206,24 +336,21 @@ impl Index {
     pub fn count_under_replicated(&self, target: usize, live: impl Fn(SlaveIdx) -> bool) -> usize {
         self.keys
             .values()
-            .filter(|m| m.holders.iter().filter(|h| live(**h)).count() < target)
+            .filter(|m| m.count_holders(&live) < target)
             .count()
     }
 
     /// Number of keys whose latest version `slave` holds.
     pub fn count_held_by(&self, slave: SlaveIdx) -> usize {
-        self.keys
-            .values()
-            .filter(|m| m.holders.contains(&slave))
-            .count()
+        self.keys.values().filter(|m| m.held_by(slave)).count()
     }
 
     /// Keys whose latest version `slave` holds, at most `limit` of them.
     pub fn held_by(&self, slave: SlaveIdx, limit: usize) -> Vec<Bytes> {
         self.keys
             .iter()
-            .filter(|(_, m)| m.holders.contains(&slave))
-            .map(|(k, _)| k.clone())
+            .filter(|(_, m)| m.held_by(slave))
+            .map(|(k, _)| Bytes::copy_from_slice(k))
             .take(limit)
             .collect()
     }
@@ -245,7 +372,7 @@ mod tests {
         assert!(!index.record(&key, Version::new(1, 4), pos(4), vec![2], false));
         assert_eq!(index.get(b"k").map(|m| m.version), Some(Version::new(1, 5)));
         assert!(index.record(&key, Version::new(2, 1), pos(9), vec![2], false));
-        assert_eq!(index.get(b"k").map(|m| m.holders.clone()), Some(vec![2]));
+        assert_eq!(index.get(b"k").map(|m| m.holders.to_vec()), Some(vec![2]));
     }
 
     #[test]
@@ -294,5 +421,49 @@ mod tests {
         index.purge(b"app/b", Version::new(1, 5));
         assert!(index.get(b"app/b").is_none());
         assert_eq!(index.len(), 3);
+    }
+
+    /// The sizes the memory budget rests on.
+    #[test]
+    fn an_entry_is_a_24_byte_key_and_40_bytes_of_metadata() {
+        assert_eq!(std::mem::size_of::<StoredKey>(), 24);
+        assert_eq!(std::mem::size_of::<Stored>(), 40);
+    }
+
+    /// Metadata that does not fit in place (many holders, a large slave
+    /// number, a position past 4 GiB) is kept whole, and moves back in
+    /// place when it fits again.
+    #[test]
+    fn metadata_too_large_to_fit_in_place_is_kept_whole() {
+        let mut index = Index::default();
+        let key = Bytes::from_static(b"a key longer than sixteen bytes");
+        let far = LogPos {
+            file_no: 7,
+            offset: u64::from(u32::MAX) + 1,
+        };
+        let many: Vec<SlaveIdx> = (0..INLINE_HOLDERS as u32 + 2).collect();
+        index.record(&key, Version::new(1, 1), far, many.clone(), false);
+        let meta = index.get(&key).unwrap();
+        assert_eq!((meta.pos, meta.holders.to_vec()), (far, many));
+        assert!(matches!(index.keys.get(&key[..]), Some(Stored::Boxed(_))));
+
+        index.add_holder(&key, Version::new(1, 1), SlaveIdx::from(u16::MAX) + 5);
+        assert!(
+            index
+                .get(&key)
+                .unwrap()
+                .holders
+                .contains(&(SlaveIdx::from(u16::MAX) + 5))
+        );
+        index.record(&key, Version::new(1, 2), pos(3), [1, 2], false);
+        assert!(matches!(
+            index.keys.get(&key[..]),
+            Some(Stored::Compact { .. })
+        ));
+        let meta = index.get(&key).unwrap();
+        assert_eq!((meta.pos, meta.holders.to_vec()), (pos(3), vec![1, 2]));
+        index.remove_holder(&key, 1);
+        assert_eq!(index.held_by(2, 10), vec![key.clone()]);
+        assert_eq!(index.count_held_by(1), 0);
     }
 }

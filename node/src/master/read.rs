@@ -45,10 +45,7 @@ impl Master {
             .check_key(&key)
             .map_err(|e| MasterError::invalid(e.to_string()))?;
         let term = self.serving_term()?;
-        let meta = lock(&self.index)
-            .get(&key)
-            .filter(|meta| !meta.deleted)
-            .cloned();
+        let meta = lock(&self.index).get(&key).filter(|meta| !meta.deleted);
         let Some(meta) = meta else {
             if !broken_read() {
                 term.barrier.ticket().await?;

@@ -14,7 +14,7 @@ use tonic::Status;
 use tracing::{info, warn};
 
 use super::error::MasterError;
-use super::index::SlaveIdx;
+use super::index::{Holders, SlaveIdx};
 use super::slaves::SlaveHandle;
 use super::{Master, Term, lock, placement};
 use crate::metrics;
@@ -147,7 +147,7 @@ impl Master {
     }
 
     /// The live slaves among `holders`.
-    pub(super) fn live_holders(&self, holders: &[SlaveIdx]) -> Vec<Arc<SlaveHandle>> {
+    pub(super) fn live_holders(&self, holders: &Holders) -> Vec<Arc<SlaveHandle>> {
         let slaves = lock(&self.slaves);
         holders
             .iter()
@@ -161,8 +161,8 @@ impl Master {
         &self,
         term: &Term,
         key: &Bytes,
-    ) -> Option<(Option<Bytes>, Version, Vec<SlaveIdx>)> {
-        let meta = lock(&self.index).get(key).cloned()?;
+    ) -> Option<(Option<Bytes>, Version, Holders)> {
+        let meta = lock(&self.index).get(key)?;
         if meta.deleted {
             return Some((None, meta.version, meta.holders));
         }
