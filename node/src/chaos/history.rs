@@ -1,10 +1,13 @@
 //! The history of a nemesis run and its analysis.
 //!
-//! [`Recorder`] stamps every client operation with monotonic times when it is
-//! invoked and when it completes, as one of: ok (with what was read, or the
-//! version a WRITE was given), fail (a definite error: the operation had no
-//! effect) or unknown (timeout, lost connection, no quorum: it may take
-//! effect at any time after its invocation, or never). An operation still
+//! [`Recorder`] stamps every client operation (READ, WRITE, compare-and-set,
+//! DELETE) with monotonic times when it is invoked and when it completes, as
+//! one of: ok (with what was read, the version a WRITE or compare-and-set was
+//! given, or what a DELETE deleted), refused (a compare-and-set whose
+//! condition did not hold: definite, nothing changed), fail (a definite
+//! error: the operation had no effect) or unknown (timeout, lost connection,
+//! no quorum: it may take effect at any time after its invocation, or
+//! never). An operation still
 //! running when the history is taken is unknown too. An operation is one
 //! client call, whatever retries the client made inside it: that is the
 //! history clients observe.
@@ -12,18 +15,32 @@
 //! [`analyse`] splits the history by key (a register per key; linearizability
 //! is compositional, so each key is checked alone) and builds the register
 //! history for [`super::checker`]:
-//! - every READ must return a value some WRITE of that key wrote, and not
-//!   before that WRITE was invoked;
-//! - an effect is a (value, version) pair, and each WRITE call has exactly
-//!   one (WRITEs are exactly-once): the version an acknowledged WRITE
-//!   returned, or, for a WRITE whose outcome is unknown, the version READs saw
-//!   with its value. A value seen with any other version was applied twice:
-//!   a violation;
-//! - an unknown WRITE whose value nobody read is left out: placing it after
-//!   everything else is always possible, and is the same as never;
+//! - every READ must return a value some WRITE or compare-and-set (CAS) of
+//!   that key wrote, and not before it was invoked; the value of one that
+//!   failed definitely or was refused must never be read;
+//! - an effect is a (value, version) pair, and each WRITE or CAS call has at
+//!   most one (they are exactly-once): the version an acknowledged one
+//!   returned, or, for one whose outcome is unknown, the version READs saw
+//!   with its value. A value seen with any other version was applied twice,
+//!   and two values with one version mean a version was given twice: both
+//!   violations;
+//! - an acknowledged CAS is a register CAS from the effect whose version it
+//!   expected (versions map to effects as above; `Absent` is the empty
+//!   register) to its own effect. One whose expected version maps to no
+//!   effect is checked as the plain WRITE it also is: weaker, never wrong;
+//! - a refused CAS is an observation, a READ of the effect at its `current`
+//!   version (of nothing, when the key did not exist); it is left out when
+//!   that version maps to no effect;
+//! - an acknowledged DELETE empties the register; one that found nothing to
+//!   delete is a READ of nothing; one whose outcome is unknown empties it at
+//!   some point after its call, or never (always legal, so it is kept);
+//! - an unknown WRITE or CAS somebody read took effect after its call; one
+//!   whose value nobody read is left out: for a WRITE placing it after
+//!   everything else is always possible and is the same as never, and a CAS
+//!   may have been refused;
 //! - failed or unknown READs are left out: they have no effect.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -41,6 +58,36 @@ pub enum Call {
         /// The value.
         value: String,
     },
+    /// WRITE this (unique) value only if the key's latest version is
+    /// `expect`, or, for `None`, only if the key does not exist.
+    CompareAndSet {
+        /// The value.
+        value: String,
+        /// The version the key must be at (`None`: absent).
+        expect: Option<Version>,
+    },
+    /// DELETE the key.
+    Delete,
+}
+
+impl Call {
+    /// The unique value this call writes, if it writes one.
+    pub fn value(&self) -> Option<&str> {
+        match self {
+            Call::Write { value } | Call::CompareAndSet { value, .. } => Some(value),
+            Call::Read | Call::Delete => None,
+        }
+    }
+
+    /// The call's name in reports.
+    fn name(&self) -> &'static str {
+        match self {
+            Call::Read => "READ",
+            Call::Write { .. } => "WRITE",
+            Call::CompareAndSet { .. } => "compare-and-set",
+            Call::Delete => "DELETE",
+        }
+    }
 }
 
 /// How an operation ended.
@@ -53,10 +100,22 @@ pub enum Completion {
         /// What was read.
         found: Option<(String, Version)>,
     },
-    /// A WRITE was acknowledged with this version.
+    /// A WRITE or compare-and-set was acknowledged with this version.
     Written {
         /// Its version.
         version: Version,
+    },
+    /// A compare-and-set (or conditional DELETE) found the key in another
+    /// state: definite, nothing changed.
+    Refused {
+        /// The key's version then (`None`: it did not exist).
+        current: Option<Version>,
+    },
+    /// A DELETE was acknowledged.
+    Deleted {
+        /// The version of its tombstone, or `None` when the key did not
+        /// exist (nothing was deleted).
+        version: Option<Version>,
     },
     /// A definite failure: the operation had no effect.
     Fail {
@@ -68,6 +127,20 @@ pub enum Completion {
         /// The error.
         error: String,
     },
+}
+
+impl Completion {
+    /// Whether the operation was answered (a result or a refusal), rather
+    /// than failed, unknown or still running.
+    pub fn answered(&self) -> bool {
+        matches!(
+            self,
+            Completion::Read { .. }
+                | Completion::Written { .. }
+                | Completion::Refused { .. }
+                | Completion::Deleted { .. }
+        )
+    }
 }
 
 /// One operation of the history.
@@ -185,6 +258,20 @@ pub struct Counts {
     pub write_fail: usize,
     /// WRITEs whose outcome is unknown.
     pub write_unknown: usize,
+    /// Acknowledged compare-and-sets.
+    pub cas_ok: usize,
+    /// Compare-and-sets refused because the key was in another state.
+    pub cas_refused: usize,
+    /// Compare-and-sets that failed definitely.
+    pub cas_fail: usize,
+    /// Compare-and-sets whose outcome is unknown.
+    pub cas_unknown: usize,
+    /// Acknowledged DELETEs (whether or not there was anything to delete).
+    pub delete_ok: usize,
+    /// DELETEs that failed definitely.
+    pub delete_fail: usize,
+    /// DELETEs whose outcome is unknown.
+    pub delete_unknown: usize,
 }
 
 impl Counts {
@@ -192,31 +279,44 @@ impl Counts {
     pub fn of(ops: &[Op]) -> Counts {
         let mut c = Counts::default();
         for op in ops {
-            let read = op.call == Call::Read;
             if matches!(op.completion, Completion::Read { found: None }) {
                 c.read_not_found += 1;
             }
-            let slot = match (&op.completion, read) {
-                (Completion::Read { .. }, _) => &mut c.read_ok,
-                (Completion::Written { .. }, _) => &mut c.write_ok,
-                (Completion::Fail { .. }, true) => &mut c.read_fail,
-                (Completion::Fail { .. }, false) => &mut c.write_fail,
-                (_, true) => &mut c.read_unknown,
-                (_, false) => &mut c.write_unknown,
+            let (ok, fail, unknown) = match op.call {
+                Call::Read => (&mut c.read_ok, &mut c.read_fail, &mut c.read_unknown),
+                Call::Write { .. } => (&mut c.write_ok, &mut c.write_fail, &mut c.write_unknown),
+                Call::CompareAndSet { .. } => (&mut c.cas_ok, &mut c.cas_fail, &mut c.cas_unknown),
+                Call::Delete => (&mut c.delete_ok, &mut c.delete_fail, &mut c.delete_unknown),
+            };
+            let slot = match op.completion {
+                Completion::Refused { .. } => &mut c.cas_refused,
+                Completion::Read { .. }
+                | Completion::Written { .. }
+                | Completion::Deleted { .. } => ok,
+                Completion::Fail { .. } => fail,
+                Completion::Pending | Completion::Unknown { .. } => unknown,
             };
             *slot += 1;
         }
         c
     }
 
-    /// Operations that completed with a result.
+    /// Operations that were answered (a result or a refusal).
     pub fn ok(&self) -> usize {
-        self.read_ok + self.write_ok
+        self.read_ok + self.write_ok + self.cas_ok + self.cas_refused + self.delete_ok
     }
 
     /// Every operation.
     pub fn total(&self) -> usize {
-        self.ok() + self.read_fail + self.read_unknown + self.write_fail + self.write_unknown
+        self.ok()
+            + self.read_fail
+            + self.read_unknown
+            + self.write_fail
+            + self.write_unknown
+            + self.cas_fail
+            + self.cas_unknown
+            + self.delete_fail
+            + self.delete_unknown
     }
 }
 
@@ -267,99 +367,9 @@ pub fn analyse(ops: &[Op], budget: u64) -> Analysis {
 }
 
 fn check_key(key: &str, ops: &[&Op], budget: u64, analysis: &mut Analysis) {
-    // value -> the WRITE that wrote it.
-    let mut writer: HashMap<&str, &Op> = HashMap::new();
-    for op in ops {
-        if let Call::Write { value } = &op.call
-            && let Some(other) = writer.insert(value.as_str(), op)
-        {
-            analysis.violations.push(Violation {
-                key: key.to_string(),
-                what: format!("the value {value:?} was written twice: the history is unusable"),
-                excerpt: excerpt(&[other, op]),
-            });
-            return;
-        }
-    }
-    // Each WRITE's one effect: its acknowledged version, or the first
-    // version a READ saw with its value.
-    let mut effect_of: HashMap<usize, Version> = HashMap::new();
-    for op in ops {
-        if let Completion::Written { version } = &op.completion {
-            effect_of.insert(op.index, *version);
-        }
-    }
-    let mut register: Vec<Operation> = Vec::new();
-    let mut seen_unknown: BTreeMap<usize, Version> = BTreeMap::new();
-    for op in ops {
-        match (&op.call, &op.completion) {
-            (Call::Read, Completion::Read { found }) => {
-                let seen = match found {
-                    None => None,
-                    Some((value, version)) => {
-                        let Some(w) = writer.get(value.as_str()) else {
-                            analysis.violations.push(Violation {
-                                key: key.to_string(),
-                                what: format!("a READ returned {value:?}, which no WRITE wrote"),
-                                excerpt: excerpt(&[op]),
-                            });
-                            continue;
-                        };
-                        if let Completion::Fail { error } = &w.completion {
-                            analysis.violations.push(Violation {
-                                key: key.to_string(),
-                                what: format!("a WRITE that failed definitely ({error}) was read"),
-                                excerpt: excerpt(&[w, op]),
-                            });
-                            continue;
-                        }
-                        let effect = *effect_of.entry(w.index).or_insert(*version);
-                        if effect != *version {
-                            analysis.violations.push(Violation {
-                                key: key.to_string(),
-                                what: format!(
-                                    "the WRITE of {value:?} was applied twice (versions {effect} and {version}): a retry was not deduplicated"
-                                ),
-                                excerpt: excerpt(&[w, op]),
-                            });
-                            continue;
-                        }
-                        if !matches!(w.completion, Completion::Written { .. }) {
-                            seen_unknown.insert(w.index, effect);
-                        }
-                        Some(w.index as u64)
-                    }
-                };
-                register.push(Operation {
-                    id: op.index,
-                    call: op.invoked,
-                    ret: op.completed,
-                    op: RegisterOp::Read(seen),
-                });
-            }
-            (Call::Write { .. }, Completion::Written { .. }) => {
-                register.push(Operation {
-                    id: op.index,
-                    call: op.invoked,
-                    ret: op.completed,
-                    op: RegisterOp::Write(op.index as u64),
-                });
-            }
-            _ => {}
-        }
-    }
-    // Unknown WRITEs somebody read took effect at some point after their call.
-    for index in seen_unknown.keys() {
-        let Some(w) = ops.iter().find(|o| o.index == *index) else {
-            continue;
-        };
-        register.push(Operation {
-            id: w.index,
-            call: w.invoked,
-            ret: NEVER,
-            op: RegisterOp::Write(w.index as u64),
-        });
-    }
+    let Some(register) = register_history(key, ops, &mut analysis.violations) else {
+        return;
+    };
     match checker::check(&register, budget) {
         Verdict::Linearizable => {}
         Verdict::Inconclusive { steps } => {
@@ -409,6 +419,167 @@ fn check_key(key: &str, ops: &[&Op], budget: u64, analysis: &mut Analysis) {
     }
 }
 
+/// The register history of one key's operations (see the module
+/// documentation); violations found on the way are added to `violations`.
+/// `None` when the history cannot be checked at all.
+fn register_history(
+    key: &str,
+    ops: &[&Op],
+    violations: &mut Vec<Violation>,
+) -> Option<Vec<Operation>> {
+    let mut report = |what: String, involved: &[&Op]| {
+        violations.push(Violation {
+            key: key.to_string(),
+            what,
+            excerpt: excerpt(involved),
+        });
+    };
+    // value -> the WRITE or compare-and-set that wrote it.
+    let mut writer: HashMap<&str, &Op> = HashMap::new();
+    for op in ops {
+        if let Some(value) = op.call.value()
+            && let Some(other) = writer.insert(value, op)
+        {
+            report(
+                format!("the value {value:?} was written twice: the history is unusable"),
+                &[other, op],
+            );
+            return None;
+        }
+    }
+    // Each writer's one effect: its acknowledged version, or the first
+    // version a READ saw with its value.
+    let mut effect_of: HashMap<usize, Version> = ops
+        .iter()
+        .filter_map(|op| match op.completion {
+            Completion::Written { version } => Some((op.index, version)),
+            _ => None,
+        })
+        .collect();
+    let mut register: Vec<Operation> = Vec::new();
+    let mut seen_unknown: BTreeSet<usize> = BTreeSet::new();
+    for op in ops {
+        let (Call::Read, Completion::Read { found }) = (&op.call, &op.completion) else {
+            continue;
+        };
+        let seen = match found {
+            None => None,
+            Some((value, version)) => {
+                let Some(w) = writer.get(value.as_str()) else {
+                    report(
+                        format!("a READ returned {value:?}, which no WRITE wrote"),
+                        &[op],
+                    );
+                    continue;
+                };
+                let without_effect = match &w.completion {
+                    Completion::Fail { error } => Some(format!("failed definitely ({error})")),
+                    Completion::Refused { .. } => Some("was refused".to_string()),
+                    _ => None,
+                };
+                if let Some(why) = without_effect {
+                    report(format!("a {} that {why} was read", w.call.name()), &[w, op]);
+                    continue;
+                }
+                let effect = *effect_of.entry(w.index).or_insert(*version);
+                if effect != *version {
+                    report(
+                        format!(
+                            "the {} of {value:?} was applied twice (versions {effect} and {version}): a retry was not deduplicated",
+                            w.call.name()
+                        ),
+                        &[w, op],
+                    );
+                    continue;
+                }
+                if !matches!(w.completion, Completion::Written { .. }) {
+                    seen_unknown.insert(w.index);
+                }
+                Some(w.index as u64)
+            }
+        };
+        register.push(Operation {
+            id: op.index,
+            call: op.invoked,
+            ret: op.completed,
+            op: RegisterOp::Read(seen),
+        });
+    }
+    // version -> the effect with that version, for what compare-and-sets
+    // expected and what refusals found. In history order, so that reports
+    // are the same from run to run.
+    let mut at_version: HashMap<Version, &Op> = HashMap::new();
+    for op in ops {
+        let Some(version) = effect_of.get(&op.index) else {
+            continue;
+        };
+        if let Some(other) = at_version.get(version) {
+            report(
+                format!("two values were given the version {version}"),
+                &[other, op],
+            );
+            continue;
+        }
+        at_version.insert(*version, op);
+    }
+    let effect_at = |version: &Version| at_version.get(version).map(|w| w.index as u64);
+    let cas = |expect: &Option<Version>, write: u64| match expect {
+        None => RegisterOp::Cas {
+            expect: None,
+            write,
+        },
+        Some(v) => match effect_at(v) {
+            Some(e) => RegisterOp::Cas {
+                expect: Some(e),
+                write,
+            },
+            // The READ this version came from was itself reported, or it
+            // came from outside the history: the CAS is still a WRITE, and
+            // checking only that cannot invent a violation.
+            None => RegisterOp::Write(write),
+        },
+    };
+    for op in ops {
+        let id = op.index as u64;
+        let unknown_seen = seen_unknown.contains(&op.index);
+        let (ret, register_op) = match (&op.call, &op.completion) {
+            (Call::Write { .. }, Completion::Written { .. }) => {
+                (op.completed, RegisterOp::Write(id))
+            }
+            (Call::CompareAndSet { expect, .. }, Completion::Written { .. }) => {
+                (op.completed, cas(expect, id))
+            }
+            // Unknown ones somebody read took effect at some point after
+            // their call.
+            (Call::Write { .. }, _) if unknown_seen => (NEVER, RegisterOp::Write(id)),
+            (Call::CompareAndSet { expect, .. }, _) if unknown_seen => (NEVER, cas(expect, id)),
+            (_, Completion::Refused { current: None }) => (op.completed, RegisterOp::Read(None)),
+            (_, Completion::Refused { current: Some(v) }) => match effect_at(v) {
+                Some(e) => (op.completed, RegisterOp::Read(Some(e))),
+                None => continue,
+            },
+            (Call::Delete, Completion::Deleted { version: Some(_) }) => {
+                (op.completed, RegisterOp::Delete)
+            }
+            // Nothing to delete: the DELETE saw that the key did not exist.
+            (Call::Delete, Completion::Deleted { version: None }) => {
+                (op.completed, RegisterOp::Read(None))
+            }
+            (Call::Delete, Completion::Pending | Completion::Unknown { .. }) => {
+                (NEVER, RegisterOp::Delete)
+            }
+            _ => continue,
+        };
+        register.push(Operation {
+            id: op.index,
+            call: op.invoked,
+            ret,
+            op: register_op,
+        });
+    }
+    Some(register)
+}
+
 /// One line per operation: `#index p<process> [invoked, completed] call -> completion`.
 pub fn excerpt(ops: &[&Op]) -> String {
     let ms = |t: Time| {
@@ -423,6 +594,15 @@ pub fn excerpt(ops: &[&Op]) -> String {
         let call = match &op.call {
             Call::Read => "read".to_string(),
             Call::Write { value } => format!("write {value}"),
+            Call::CompareAndSet {
+                value,
+                expect: Some(v),
+            } => format!("cas {value} if @{v}"),
+            Call::CompareAndSet {
+                value,
+                expect: None,
+            } => format!("cas {value} if absent"),
+            Call::Delete => "delete".to_string(),
         };
         let result = match &op.completion {
             Completion::Pending => "pending".to_string(),
@@ -431,6 +611,10 @@ pub fn excerpt(ops: &[&Op]) -> String {
                 found: Some((v, ver)),
             } => format!("{v} @{ver}"),
             Completion::Written { version } => format!("ok @{version}"),
+            Completion::Refused { current: Some(v) } => format!("refused, key @{v}"),
+            Completion::Refused { current: None } => "refused, key absent".to_string(),
+            Completion::Deleted { version: Some(v) } => format!("deleted @{v}"),
+            Completion::Deleted { version: None } => "nothing to delete".to_string(),
             Completion::Fail { error } => format!("FAIL {error}"),
             Completion::Unknown { error } => format!("UNKNOWN {error}"),
         };
@@ -457,6 +641,7 @@ mod tests {
         Version::new(1, seq)
     }
 
+    #[derive(Clone)]
     struct H(Vec<Op>);
 
     impl H {
@@ -492,11 +677,250 @@ mod tests {
             let found = found.map(|(x, s)| (x.to_string(), v(s)));
             self.op(Call::Read, t, Completion::Read { found })
         }
+        /// A compare-and-set of `value` expecting version `expect` (`None`:
+        /// absent).
+        fn cas(
+            self,
+            value: &str,
+            expect: Option<u64>,
+            t: (Time, Time),
+            completion: Completion,
+        ) -> Self {
+            let call = Call::CompareAndSet {
+                value: value.into(),
+                expect: expect.map(v),
+            };
+            self.op(call, t, completion)
+        }
+        fn delete(self, t: (Time, Time), completion: Completion) -> Self {
+            self.op(Call::Delete, t, completion)
+        }
         fn analyse(&self) -> Analysis {
             analyse(&self.0, checker::DEFAULT_BUDGET)
         }
     }
 
+    fn ok(seq: u64) -> Completion {
+        Completion::Written { version: v(seq) }
+    }
+
+    fn refused(current: Option<u64>) -> Completion {
+        Completion::Refused {
+            current: current.map(v),
+        }
+    }
+
+    fn deleted(seq: Option<u64>) -> Completion {
+        Completion::Deleted {
+            version: seq.map(v),
+        }
+    }
+
+    fn unknown() -> Completion {
+        Completion::Unknown {
+            error: "timeout".into(),
+        }
+    }
+
+    fn not_linearizable(a: &Analysis) -> bool {
+        a.violations
+            .iter()
+            .any(|v| v.what.starts_with("not linearizable"))
+    }
+
+    #[test]
+    fn compare_and_sets_and_deletes_pass_and_are_counted() {
+        let a = H(Vec::new())
+            .write("a", (0, 1), Some(1))
+            .cas("b", Some(1), (2, 3), ok(2))
+            .cas("c", Some(1), (4, 5), refused(Some(2)))
+            .read((6, 7), Some(("b", 2)))
+            .delete((8, 9), deleted(Some(3)))
+            .read((10, 11), None)
+            .cas("d", None, (12, 13), ok(4))
+            .cas("e", None, (14, 15), refused(Some(4)))
+            .delete((16, NEVER), unknown())
+            .read((17, 18), Some(("d", 4)))
+            .read((19, 20), None)
+            .analyse();
+        assert!(a.violations.is_empty(), "{:?}", a.violations);
+        let c = &a.counts;
+        assert_eq!((c.cas_ok, c.cas_refused, c.cas_unknown), (2, 2, 0));
+        assert_eq!((c.delete_ok, c.delete_unknown), (1, 1));
+        assert_eq!(c.total(), 11);
+    }
+
+    /// Two increments of a counter from the same read: both acknowledged,
+    /// so one of them was lost.
+    #[test]
+    fn a_lost_increment_is_a_violation() {
+        let base = H(Vec::new())
+            .cas("1:c0.1", None, (0, 1), ok(1))
+            .read((2, 3), Some(("1:c0.1", 1)))
+            .read((2, 3), Some(("1:c0.1", 1)));
+        // One after the other, and overlapping.
+        for second in [(6, 7), (4, 8)] {
+            let a = base
+                .clone()
+                .cas("2:c1.2", Some(1), (4, 5), ok(2))
+                .cas("2:c2.2", Some(1), second, ok(3))
+                .read((10, 11), Some(("2:c2.2", 3)))
+                .analyse();
+            assert!(not_linearizable(&a), "{second:?}: {:?}", a.violations);
+        }
+        // The second one refused is the correct outcome.
+        let a = base
+            .cas("2:c1.2", Some(1), (4, 5), ok(2))
+            .cas("2:c2.2", Some(1), (6, 7), refused(Some(2)))
+            .read((10, 11), Some(("2:c1.2", 2)))
+            .analyse();
+        assert!(a.violations.is_empty(), "{:?}", a.violations);
+    }
+
+    #[test]
+    fn a_refusal_is_checked_as_a_read() {
+        let base = H(Vec::new())
+            .write("a", (0, 1), Some(1))
+            .write("b", (2, 3), Some(2));
+        // Refused with the current version: fine.
+        let a = base
+            .clone()
+            .cas("x", Some(1), (4, 5), refused(Some(2)))
+            .analyse();
+        assert!(a.violations.is_empty(), "{:?}", a.violations);
+        // Refused with a stale version, or claiming the key is absent.
+        for current in [Some(1), None] {
+            let a = base
+                .clone()
+                .cas("x", Some(7), (4, 5), refused(current))
+                .analyse();
+            assert!(not_linearizable(&a), "{current:?}: {:?}", a.violations);
+        }
+        // A refused compare-and-set must have had no effect.
+        let a = base
+            .cas("x", Some(1), (4, 5), refused(Some(2)))
+            .read((6, 7), Some(("x", 3)))
+            .analyse();
+        assert!(
+            a.violations.iter().any(|v| v.what.contains("was refused")),
+            "{:?}",
+            a.violations
+        );
+    }
+
+    /// A refusal names the version it found, maybe that of a WRITE still
+    /// running: a READ after the refusal must not return an older value
+    /// (what a refusal answered before READs saw that WRITE looks like).
+    #[test]
+    fn a_stale_read_after_a_refusal_is_a_violation() {
+        let base = H(Vec::new())
+            .write("a", (0, 1), Some(1))
+            .write("b", (2, 20), Some(2))
+            .cas("x", Some(1), (3, 4), refused(Some(2)));
+        let a = base.clone().read((5, 6), Some(("a", 1))).analyse();
+        assert!(not_linearizable(&a), "{:?}", a.violations);
+        // The WRITE's value after the refusal, or the old one before it.
+        let a = base.clone().read((5, 6), Some(("b", 2))).analyse();
+        assert!(a.violations.is_empty(), "{:?}", a.violations);
+        let a = H(Vec::new())
+            .write("a", (0, 1), Some(1))
+            .write("b", (2, 20), Some(2))
+            .read((3, 4), Some(("a", 1)))
+            .cas("x", Some(1), (5, 6), refused(Some(2)))
+            .analyse();
+        assert!(a.violations.is_empty(), "{:?}", a.violations);
+        // Likewise after a DELETE that found nothing while a DELETE ran.
+        let a = H(Vec::new())
+            .write("a", (0, 1), Some(1))
+            .delete((2, 20), deleted(Some(2)))
+            .delete((3, 4), deleted(None))
+            .read((5, 6), Some(("a", 1)))
+            .analyse();
+        assert!(not_linearizable(&a), "{:?}", a.violations);
+    }
+
+    #[test]
+    fn a_deleted_value_read_after_the_delete_is_a_violation() {
+        let base = H(Vec::new())
+            .write("a", (0, 1), Some(1))
+            .delete((2, 3), deleted(Some(2)));
+        let a = base.clone().read((4, 5), None).analyse();
+        assert!(a.violations.is_empty(), "{:?}", a.violations);
+        let a = base.read((4, 5), Some(("a", 1))).analyse();
+        assert!(not_linearizable(&a), "{:?}", a.violations);
+        // A DELETE that found nothing while the key held a value.
+        let a = H(Vec::new())
+            .write("a", (0, 1), Some(1))
+            .delete((2, 3), deleted(None))
+            .analyse();
+        assert!(not_linearizable(&a), "{:?}", a.violations);
+    }
+
+    #[test]
+    fn an_unknown_delete_takes_effect_once_or_never() {
+        let base = H(Vec::new())
+            .write("a", (0, 1), Some(1))
+            .delete((2, NEVER), unknown())
+            .read((4, 5), Some(("a", 1)));
+        for last in [None, Some(("a", 1))] {
+            let a = base.clone().read((6, 7), last).analyse();
+            assert!(a.violations.is_empty(), "{last:?}: {:?}", a.violations);
+        }
+        let a = H(Vec::new())
+            .write("a", (0, 1), Some(1))
+            .delete((2, NEVER), unknown())
+            .read((4, 5), None)
+            .read((6, 7), Some(("a", 1)))
+            .analyse();
+        assert!(not_linearizable(&a), "{:?}", a.violations);
+    }
+
+    #[test]
+    fn an_unknown_compare_and_set_seen_is_checked_from_what_it_expected() {
+        // Seen, so it took effect; but the key no longer held version 1
+        // after "c" was acknowledged, before the CAS was invoked.
+        let a = H(Vec::new())
+            .write("a", (0, 1), Some(1))
+            .write("c", (2, 3), Some(2))
+            .cas("b", Some(1), (4, NEVER), unknown())
+            .read((10, 11), Some(("b", 3)))
+            .analyse();
+        assert!(not_linearizable(&a), "{:?}", a.violations);
+        // Not seen: it may have been refused, and is left out.
+        let a = H(Vec::new())
+            .write("a", (0, 1), Some(1))
+            .write("c", (2, 3), Some(2))
+            .cas("b", Some(1), (4, NEVER), unknown())
+            .read((10, 11), Some(("c", 2)))
+            .analyse();
+        assert!(a.violations.is_empty(), "{:?}", a.violations);
+    }
+
+    #[test]
+    fn a_compare_and_set_of_an_unknown_version_is_checked_as_a_write() {
+        let a = H(Vec::new())
+            .write("a", (0, 1), Some(1))
+            .cas("b", Some(9), (2, 3), ok(2))
+            .read((4, 5), Some(("b", 2)))
+            .analyse();
+        assert!(a.violations.is_empty(), "{:?}", a.violations);
+    }
+
+    #[test]
+    fn one_version_given_to_two_values_is_a_violation() {
+        let a = H(Vec::new())
+            .write("a", (0, 1), Some(1))
+            .write("b", (2, 3), None)
+            .read((4, 5), Some(("b", 1)))
+            .analyse();
+        assert!(
+            a.violations
+                .iter()
+                .any(|v| v.what.contains("given the version 1.1")),
+            "{:?}",
+            a.violations
+        );
+    }
     #[test]
     fn clean_history_passes_and_is_counted() {
         let a = H(Vec::new())
