@@ -6,10 +6,20 @@
 //! a key overlap) and on *fresh* keys all through the run (each written once,
 //! read by others, often before it exists: NOT_FOUND is read and checked), a
 //! client retrying on its own (its retries are not separate operations:
-//! WRITEs are exactly-once), compactions asked of both masters all the time
-//! beside the masters' own, and, during every long pause of the active master,
-//! READs and WRITEs sent to the paused master on connections it had open
-//! (*pinned* clients that never fail over), for keys its successor wrote.
+//! WRITEs and DELETEs are exactly-once), compactions asked of both masters all
+//! the time beside the masters' own, and, during every long pause of the
+//! active master, READs and WRITEs sent to the paused master on connections it
+//! had open (*pinned* clients that never fail over), for keys its successor
+//! wrote. On hot keys, beside READs and WRITEs of unique values, a few
+//! operations are a READ followed by a compare-and-set (CAS) of a unique value
+//! expecting the version just read (or an absent key), and a few DELETE the
+//! key (rarely, so READs mostly find values). On two *counter* keys, `n0` and
+//! `n1`, clients increment: READ `n:…` (absent is 0), then CAS
+//! `n+1:c<process>.<k>` expecting the version read; every READ and CAS is in
+//! the history. At the end each counter must hold at least the acknowledged
+//! increments and at most those plus the ones of unknown outcome, and no two
+//! acknowledged increments may have written the same count: either would be a
+//! lost increment ([`check_counter`]).
 //!
 //! A run:
 //! 1. start the cluster; wait until the master serves with every slave live;
@@ -18,8 +28,9 @@
 //!    time, pause;
 //! 3. stop the clients, heal everything, and require a WRITE to succeed
 //!    within [`HEAL_BOUND`]; wait for the cluster to settle; READ every hot
-//!    key and the fresh keys (a lost acknowledged WRITE shows up here);
-//! 4. check the history.
+//!    key, the counters and the fresh keys (a lost acknowledged WRITE shows up
+//!    here);
+//! 4. check the history and the counters.
 //!
 //! The seed fixes the fault schedule (kinds, targets, hold times) and the
 //! clients' choices, not the thread interleavings: a replay reproduces the
@@ -44,7 +55,7 @@ use super::history::{self, Analysis, Call, Completion, Recorder};
 use crate::client::{Client, ClientConfig, ClientError};
 use crate::proto::kv_client::KvClient;
 use crate::proto::{ReadRequest, StatusRequest, WriteRequest};
-use crate::version::Version;
+use crate::version::{Expect, Version};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -61,6 +72,8 @@ const PINNED_TIMEOUT: Duration = Duration::from_secs(15);
 const RECENT_FRESH: usize = 256;
 /// Fresh keys read back at the end, at most (the most recent ones).
 const FINAL_FRESH_READS: usize = 3000;
+/// Keys incremented by compare-and-set.
+const COUNTERS: [&str; 2] = ["n0", "n1"];
 
 /// A deliberately broken master the nemesis must catch (test-only builds).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -172,6 +185,8 @@ pub struct Summary {
     pub compactions: usize,
     /// Time from healing the last fault to the first acknowledged WRITE.
     pub heal_to_write: Option<Duration>,
+    /// The compare-and-set counters, checked.
+    pub counters: Vec<Counter>,
     /// Everything that makes the run fail (violations included), in words.
     pub failures: Vec<String>,
     /// Where the member logs, the history and the fault timeline are.
@@ -202,6 +217,16 @@ impl Summary {
             s,
             "  write: {} ok, {} failed, {} unknown",
             c.write_ok, c.write_fail, c.write_unknown
+        );
+        let _ = writeln!(
+            s,
+            "  cas:   {} ok, {} refused, {} failed, {} unknown",
+            c.cas_ok, c.cas_refused, c.cas_fail, c.cas_unknown
+        );
+        let _ = writeln!(
+            s,
+            "  delete: {} ok, {} failed, {} unknown",
+            c.delete_ok, c.delete_fail, c.delete_unknown
         );
         let _ = writeln!(
             s,
@@ -237,6 +262,9 @@ impl Summary {
                 let _ = writeln!(s, "first WRITE after healing: FAILED");
             }
         }
+        for counter in &self.counters {
+            let _ = writeln!(s, "cas counter {counter}");
+        }
         let a = &self.analysis;
         let _ = writeln!(
             s,
@@ -256,6 +284,107 @@ impl Summary {
         let _ = writeln!(s, "result: {}", if self.passed() { "PASS" } else { "FAIL" });
         s
     }
+}
+
+/// The result of checking one compare-and-set counter ([`check_counter`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counter {
+    /// The key.
+    pub key: String,
+    /// Increments acknowledged.
+    pub acked: u64,
+    /// Increments whose outcome is unknown (they may or may not count).
+    pub unknown: u64,
+    /// The count read back at the end; `None` when that READ failed (which
+    /// fails the run on its own) or found something that is not a count.
+    pub last: Option<u64>,
+    /// What is wrong, in words; empty when the counter is right.
+    pub problems: Vec<String>,
+}
+
+impl std::fmt::Display for Counter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.last {
+            Some(n) => write!(f, "{} = {n}", self.key)?,
+            None => write!(f, "{} = ?", self.key)?,
+        }
+        let verdict = if self.problems.is_empty() {
+            "ok"
+        } else {
+            "FAIL"
+        };
+        write!(
+            f,
+            " ({} acked, {} unknown) {verdict}",
+            self.acked, self.unknown
+        )
+    }
+}
+
+/// The count in a counter's value `n:c<process>.<k>`.
+fn count_of(value: &str) -> Option<u64> {
+    value.split_once(':')?.0.parse().ok()
+}
+
+/// Checks counter `key` against the history `ops`: with `S` increments
+/// (compare-and-sets of the key) acknowledged and `U` of unknown outcome, the
+/// final count `F` must satisfy `S <= F <= S + U`, and no two acknowledged
+/// increments may have written the same count. `last` is what the final READ
+/// found: `None` when it failed, `Some(None)` when the key does not exist
+/// (a count of 0).
+pub fn check_counter(key: &str, ops: &[history::Op], last: Option<Option<&str>>) -> Counter {
+    let mut counter = Counter {
+        key: key.to_string(),
+        acked: 0,
+        unknown: 0,
+        last: None,
+        problems: Vec::new(),
+    };
+    let mut wrote: BTreeMap<u64, usize> = BTreeMap::new();
+    for op in ops.iter().filter(|op| op.key == key) {
+        let Call::CompareAndSet { value, .. } = &op.call else {
+            continue;
+        };
+        match op.completion {
+            Completion::Written { .. } => {
+                counter.acked += 1;
+                if let Some(n) = count_of(value)
+                    && let Some(other) = wrote.insert(n, op.index)
+                {
+                    counter.problems.push(format!(
+                        "counter {key}: increments #{other} and #{} were both acknowledged as {n}: an increment was lost",
+                        op.index
+                    ));
+                }
+            }
+            Completion::Pending | Completion::Unknown { .. } => counter.unknown += 1,
+            _ => {}
+        }
+    }
+    counter.last = match last {
+        None => None,
+        Some(None) => Some(0),
+        Some(Some(value)) => {
+            let n = count_of(value);
+            if n.is_none() {
+                counter.problems.push(format!(
+                    "counter {key} holds {value:?}, which is not a count"
+                ));
+            }
+            n
+        }
+    };
+    let (acked, unknown) = (counter.acked, counter.unknown);
+    match counter.last {
+        Some(n) if n < acked => counter.problems.push(format!(
+            "counter {key}: {acked} increments acknowledged but the final value is {n}: an increment was lost"
+        )),
+        Some(n) if n > acked + unknown => counter.problems.push(format!(
+            "counter {key}: the final value is {n} but only {acked} increments were acknowledged and {unknown} have an unknown outcome: an increment took effect twice, or a refused one took effect"
+        )),
+        _ => {}
+    }
+    counter
 }
 
 /// The keys clients share.
@@ -286,7 +415,8 @@ impl Workload {
     }
 }
 
-/// One client: READs and WRITEs of unique values on hot and fresh keys.
+/// One client: READs, WRITEs of unique values, compare-and-sets and DELETEs
+/// on hot keys, increments of the counters, READs and WRITEs of fresh keys.
 async fn client_loop(
     process: usize,
     endpoints: Vec<String>,
@@ -306,16 +436,29 @@ async fn client_loop(
     while !stop.is_cancelled() {
         n += 1;
         let value = format!("c{process}.{n}");
+        let hot = &workload.hot[rng.random_range(0..workload.hot.len())];
         match rng.random_range(0..100) {
-            0..=34 => {
-                let key = &workload.hot[rng.random_range(0..workload.hot.len())];
-                read(&client, process, key, &recorder).await;
+            0..=29 => {
+                read(&client, process, hot, &recorder).await;
             }
-            35..=59 => {
-                let key = &workload.hot[rng.random_range(0..workload.hot.len())];
-                write(&client, process, key, &value, &recorder).await;
+            30..=49 => {
+                write(&client, process, hot, &value, &recorder).await;
             }
-            60..=79 => {
+            50..=54 => {
+                if let Some(found) = read(&client, process, hot, &recorder).await {
+                    let expect = found.map(|(_, version)| version);
+                    let call = Call::CompareAndSet { value, expect };
+                    perform(&client, process, hot, call, &recorder).await;
+                }
+            }
+            55..=57 => {
+                perform(&client, process, hot, Call::Delete, &recorder).await;
+            }
+            58..=67 => {
+                let key = COUNTERS[rng.random_range(0..COUNTERS.len())];
+                increment(&client, process, key, &value, &recorder).await;
+            }
+            68..=84 => {
                 let key = format!("f{process}.{n}");
                 workload.remember(&key);
                 if write(&client, process, &key, &value, &recorder).await {
@@ -335,23 +478,66 @@ async fn client_loop(
     }
 }
 
-async fn read(client: &Client, process: usize, key: &str, recorder: &Recorder) -> bool {
-    let index = recorder.invoke(process, key, Call::Read);
-    let result = client.read(key.as_bytes()).await;
-    let ok = result.is_ok();
-    let completion = match result {
-        Ok(found) => Completion::Read {
+/// Runs `call` on `key` through `client`, recorded in the history; returns
+/// how it ended.
+async fn perform(
+    client: &Client,
+    process: usize,
+    key: &str,
+    call: Call,
+    recorder: &Recorder,
+) -> Completion {
+    let index = recorder.invoke(process, key, call.clone());
+    let k = key.as_bytes();
+    let result = match call {
+        Call::Read => client.read(k).await.map(|found| Completion::Read {
             found: found.map(|(v, version)| (String::from_utf8_lossy(&v).into_owned(), version)),
-        },
-        Err(e @ (ClientError::InvalidArgument(_) | ClientError::NotFound(_))) => Completion::Fail {
+        }),
+        Call::Write { value } => client
+            .write(k, value.as_bytes())
+            .await
+            .map(|version| Completion::Written { version }),
+        Call::CompareAndSet { value, expect } => {
+            let expect = expect.map_or(Expect::Absent, Expect::Version);
+            client
+                .write_if(k, value.as_bytes(), expect)
+                .await
+                .map(|version| Completion::Written { version })
+        }
+        Call::Delete => client
+            .delete(k)
+            .await
+            .map(|version| Completion::Deleted { version }),
+    };
+    let completion = match result {
+        Ok(completion) => completion,
+        // Definite: the condition did not hold, or the server refused the
+        // input. Nothing else is.
+        Err(ClientError::ConditionFailed { current }) => Completion::Refused { current },
+        Err(e @ ClientError::InvalidArgument(_)) => Completion::Fail {
             error: e.to_string(),
         },
         Err(e) => Completion::Unknown { error: short(&e) },
     };
-    recorder.complete(index, completion);
-    ok
+    recorder.complete(index, completion.clone());
+    completion
 }
 
+/// READs `key`: what it found (`Some(None)`: not found), or `None` when the
+/// READ failed or its outcome is unknown.
+async fn read(
+    client: &Client,
+    process: usize,
+    key: &str,
+    recorder: &Recorder,
+) -> Option<Option<(String, Version)>> {
+    match perform(client, process, key, Call::Read, recorder).await {
+        Completion::Read { found } => Some(found),
+        _ => None,
+    }
+}
+
+/// WRITEs `value` under `key`; true when acknowledged.
 async fn write(
     client: &Client,
     process: usize,
@@ -359,25 +545,36 @@ async fn write(
     value: &str,
     recorder: &Recorder,
 ) -> bool {
-    let index = recorder.invoke(
-        process,
-        key,
-        Call::Write {
-            value: value.to_string(),
-        },
-    );
-    let result = client.write(key.as_bytes(), value.as_bytes()).await;
-    let ok = result.is_ok();
-    let completion = match result {
-        Ok(version) => Completion::Written { version },
-        // Definite: the server refused the input. Nothing else is.
-        Err(e @ ClientError::InvalidArgument(_)) => Completion::Fail {
-            error: e.to_string(),
-        },
-        Err(e) => Completion::Unknown { error: short(&e) },
+    let call = Call::Write {
+        value: value.to_string(),
     };
-    recorder.complete(index, completion);
-    ok
+    matches!(
+        perform(client, process, key, call, recorder).await,
+        Completion::Written { .. }
+    )
+}
+
+/// Increments counter `key`: READs its count (absent is 0), then writes the
+/// next count, tagged with the unique `tag`, by a compare-and-set expecting
+/// the version read. A refused increment is just not counted.
+async fn increment(client: &Client, process: usize, key: &str, tag: &str, recorder: &Recorder) {
+    let Some(found) = read(client, process, key, recorder).await else {
+        return;
+    };
+    let (count, expect) = match found {
+        None => (0, None),
+        Some((value, version)) => match count_of(&value) {
+            Some(count) => (count, Some(version)),
+            // Not a count: the history check reports a value nobody wrote,
+            // and the counter check the final value.
+            None => return,
+        },
+    };
+    let call = Call::CompareAndSet {
+        value: format!("{}:{tag}", count + 1),
+        expect,
+    };
+    perform(client, process, key, call, recorder).await;
 }
 
 fn short(e: &ClientError) -> String {
@@ -778,13 +975,20 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
             .collect()
     };
     say(&format!(
-        "reading back {} hot and {} fresh keys...",
+        "reading back {} hot keys, {} counters and {} fresh keys...",
         workload.hot.len(),
+        COUNTERS.len(),
         fresh.len()
     ));
-    for key in workload.hot.iter().chain(fresh.iter()) {
-        if !read(&final_client, final_process, key, &recorder).await {
+    let mut last_counts = BTreeMap::new();
+    let counters = COUNTERS.iter().map(|k| k.to_string());
+    for key in workload.hot.iter().cloned().chain(counters).chain(fresh) {
+        let found = read(&final_client, final_process, &key, &recorder).await;
+        if found.is_none() {
             failures.push(format!("the final READ of {key} failed after healing"));
+        }
+        if COUNTERS.contains(&key.as_str()) {
+            last_counts.insert(key, found);
         }
     }
 
@@ -792,12 +996,7 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
     let ok_before_first_fault = ops
         .iter()
         .filter(|op| op.completed < first_fault)
-        .filter(|op| {
-            matches!(
-                op.completion,
-                Completion::Read { .. } | Completion::Written { .. }
-            )
-        })
+        .filter(|op| op.completion.answered())
         .count();
     if ok_before_first_fault < config.min_ops_before_faults {
         failures.push(format!(
@@ -824,6 +1023,18 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
             "key {key}: the linearizability check ran out of budget (inconclusive)"
         ));
     }
+    let counters: Vec<Counter> = last_counts
+        .iter()
+        .map(|(key, found)| {
+            let last = found
+                .as_ref()
+                .map(|found| found.as_ref().map(|(value, _)| value.as_str()));
+            check_counter(key, &ops, last)
+        })
+        .collect();
+    for counter in &counters {
+        failures.extend(counter.problems.iter().cloned());
+    }
     write_report(&config.dir, &ops, &timeline);
     Ok(Summary {
         seed: config.seed,
@@ -834,6 +1045,7 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
         pinned_ops,
         compactions,
         heal_to_write,
+        counters,
         failures,
         dir: config.dir.clone(),
         elapsed: Duration::ZERO,
@@ -845,4 +1057,97 @@ fn write_report(dir: &Path, ops: &[history::Op], timeline: &str) {
     let all: Vec<&history::Op> = ops.iter().collect();
     let _ = std::fs::write(dir.join("history.txt"), history::excerpt(&all));
     let _ = std::fs::write(dir.join("faults.txt"), timeline);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A history of increments of `n0`: each `(count, completion)` is one
+    /// compare-and-set writing that count.
+    fn increments(outcomes: &[(u64, Completion)]) -> Vec<history::Op> {
+        outcomes
+            .iter()
+            .enumerate()
+            .map(|(index, (count, completion))| history::Op {
+                index,
+                process: index,
+                key: "n0".into(),
+                call: Call::CompareAndSet {
+                    value: format!("{count}:c{index}.1"),
+                    expect: None,
+                },
+                invoked: index as u64,
+                completed: index as u64 + 1,
+                completion: completion.clone(),
+            })
+            .collect()
+    }
+
+    fn acked(seq: u64) -> Completion {
+        Completion::Written {
+            version: Version::new(1, seq),
+        }
+    }
+
+    fn unknown() -> Completion {
+        Completion::Unknown {
+            error: "timeout".into(),
+        }
+    }
+
+    fn refused() -> Completion {
+        Completion::Refused { current: None }
+    }
+
+    #[test]
+    fn a_counter_between_acked_and_acked_plus_unknown_is_right() {
+        let ops = increments(&[(1, acked(1)), (2, acked(2)), (3, unknown()), (3, refused())]);
+        for last in ["2:c1.1", "3:c2.1"] {
+            let counter = check_counter("n0", &ops, Some(Some(last)));
+            assert!(counter.problems.is_empty(), "{last}: {counter:?}");
+            assert_eq!((counter.acked, counter.unknown), (2, 1));
+        }
+        let counter = check_counter("n0", &ops, Some(Some("2:c1.1")));
+        assert_eq!(counter.to_string(), "n0 = 2 (2 acked, 1 unknown) ok");
+        // The final READ failed: nothing to compare with (the run fails on
+        // that alone).
+        assert!(check_counter("n0", &ops, None).problems.is_empty());
+        // No increment at all, and the key absent.
+        assert!(check_counter("n0", &[], Some(None)).problems.is_empty());
+    }
+
+    #[test]
+    fn a_final_count_below_the_acknowledged_increments_is_a_lost_increment() {
+        let ops = increments(&[(1, acked(1)), (2, acked(2)), (3, acked(3))]);
+        let counter = check_counter("n0", &ops, Some(Some("2:c1.1")));
+        assert_eq!(
+            counter.problems,
+            [
+                "counter n0: 3 increments acknowledged but the final value is 2: an increment was lost"
+            ]
+        );
+        assert!(counter.to_string().ends_with("FAIL"), "{counter}");
+        let counter = check_counter("n0", &ops, Some(None));
+        assert_eq!(counter.problems.len(), 1, "{counter:?}");
+    }
+
+    #[test]
+    fn two_acknowledged_increments_of_one_count_are_a_lost_increment() {
+        // The final count even matches, since a third one made up for it.
+        let ops = increments(&[(1, acked(1)), (2, acked(2)), (2, acked(3)), (3, unknown())]);
+        let counter = check_counter("n0", &ops, Some(Some("3:c3.1")));
+        assert_eq!(counter.problems.len(), 1, "{counter:?}");
+        assert!(counter.problems[0].contains("#1 and #2"), "{counter:?}");
+    }
+
+    #[test]
+    fn a_final_count_above_every_possible_increment_is_reported() {
+        let ops = increments(&[(1, acked(1)), (2, refused())]);
+        let counter = check_counter("n0", &ops, Some(Some("2:c1.1")));
+        assert_eq!(counter.problems.len(), 1, "{counter:?}");
+        let counter = check_counter("n0", &ops, Some(Some("garbage")));
+        assert_eq!(counter.problems.len(), 1, "{counter:?}");
+        assert_eq!(counter.last, None);
+    }
 }
