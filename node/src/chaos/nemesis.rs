@@ -1,25 +1,14 @@
 //! The nemesis: a real [`Cluster`] under concurrent clients and random
 //! faults drawn from a seeded RNG ([`super::faults`]); the history the clients
-//! observed is checked afterwards ([`super::history`]).
+//! observed ([`super::history`]) is checked afterwards ([`super::analysis`]).
 //!
-//! The workload: concurrent clients on a few *hot* keys (so that operations on
-//! a key overlap) and on *fresh* keys all through the run (each written once,
-//! read by others, often before it exists: NOT_FOUND is read and checked), a
-//! client retrying on its own (its retries are not separate operations:
-//! WRITEs and DELETEs are exactly-once), compactions asked of both masters all
-//! the time beside the masters' own, and, during every long pause of the
-//! active master, READs and WRITEs sent to the paused master on connections it
-//! had open (*pinned* clients that never fail over), for keys its successor
-//! wrote. On hot keys, beside READs and WRITEs of unique values, a few
-//! operations are a READ followed by a compare-and-set (CAS) of a unique value
-//! expecting the version just read (or an absent key), and a few DELETE the
-//! key (rarely, so READs mostly find values). On two *counter* keys, `n0` and
-//! `n1`, clients increment: READ `n:…` (absent is 0), then CAS
-//! `n+1:c<process>.<k>` expecting the version read; every READ and CAS is in
-//! the history. At the end each counter must hold at least the acknowledged
-//! increments and at most those plus the ones of unknown outcome, and no two
-//! acknowledged increments may have written the same count: either would be a
-//! lost increment ([`check_counter`]).
+//! The workload: the clients of `chaos::workload` (READs, WRITEs,
+//! compare-and-sets and DELETEs of hot keys, fresh keys, the counters of
+//! [`super::counters`]), compactions asked of both masters all the time
+//! beside the masters' own, and, during every long pause of the active
+//! master, the *pinned* clients of `chaos::pinned`, which send the paused
+//! master READs and WRITEs on connections it had open, for keys its successor
+//! wrote. At the end each counter is checked ([`check_counter`]).
 //!
 //! A run:
 //! 1. start the cluster; wait until the master serves with every slave live;
@@ -36,28 +25,26 @@
 //! clients' choices, not the thread interleavings: a replay reproduces the
 //! same faults, usually the same failure.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use dsm_wire::Role;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::analysis::{self, Analysis};
 use super::cluster::Cluster;
+use super::counters::{COUNTERS, Counter, check_counter};
 use super::faults::{self, Budget, Fault, Focus, Targets};
-use super::history::{self, Analysis, Call, Completion, Recorder};
-use crate::client::{Client, ClientConfig, ClientError};
-use crate::proto::kv_client::KvClient;
-use crate::proto::{ReadRequest, StatusRequest, WriteRequest};
-use crate::version::{Expect, Version};
-use tonic::Code;
-use tonic::transport::Channel;
+use super::history::{self, Recorder};
+use super::pinned::{PINNED_TIMEOUT, Pinned, PinnedClient};
+use super::workload::{Workload, client_loop, read, write};
+use crate::client::{Client, ClientConfig};
 
 /// Longest wait for a WRITE to succeed once every fault is healed.
 pub const HEAL_BOUND: Duration = Duration::from_secs(60);
@@ -65,15 +52,8 @@ pub const HEAL_BOUND: Duration = Duration::from_secs(60);
 pub const READY_BOUND: Duration = Duration::from_secs(60);
 /// Longest wait, between episodes, for slaves to rejoin.
 const SETTLE_BOUND: Duration = Duration::from_secs(5);
-/// Timeout of the pinned clients: longer than any pause, so that what a
-/// paused master answers when it wakes is what they see.
-const PINNED_TIMEOUT: Duration = Duration::from_secs(15);
-/// Fresh keys remembered for reads by other clients.
-const RECENT_FRESH: usize = 256;
 /// Fresh keys read back at the end, at most (the most recent ones).
 const FINAL_FRESH_READS: usize = 3000;
-/// Keys incremented by compare-and-set.
-const COUNTERS: [&str; 2] = ["n0", "n1"];
 
 /// A deliberately broken master the nemesis must catch (test-only builds).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -286,481 +266,6 @@ impl Summary {
     }
 }
 
-/// The result of checking one compare-and-set counter ([`check_counter`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Counter {
-    /// The key.
-    pub key: String,
-    /// Increments acknowledged.
-    pub acked: u64,
-    /// Increments whose outcome is unknown (they may or may not count).
-    pub unknown: u64,
-    /// The count read back at the end; `None` when that READ failed (which
-    /// fails the run on its own) or found something that is not a count.
-    pub last: Option<u64>,
-    /// What is wrong, in words; empty when the counter is right.
-    pub problems: Vec<String>,
-}
-
-impl std::fmt::Display for Counter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.last {
-            Some(n) => write!(f, "{} = {n}", self.key)?,
-            None => write!(f, "{} = ?", self.key)?,
-        }
-        let verdict = if self.problems.is_empty() {
-            "ok"
-        } else {
-            "FAIL"
-        };
-        write!(
-            f,
-            " ({} acked, {} unknown) {verdict}",
-            self.acked, self.unknown
-        )
-    }
-}
-
-/// The count in a counter's value `n:c<process>.<k>`.
-fn count_of(value: &str) -> Option<u64> {
-    value.split_once(':')?.0.parse().ok()
-}
-
-/// Checks counter `key` against the history `ops`: with `S` increments
-/// (compare-and-sets of the key) acknowledged and `U` of unknown outcome, the
-/// final count `F` must satisfy `S <= F <= S + U`, and no two acknowledged
-/// increments may have written the same count. `last` is what the final READ
-/// found: `None` when it failed, `Some(None)` when the key does not exist
-/// (a count of 0).
-pub fn check_counter(key: &str, ops: &[history::Op], last: Option<Option<&str>>) -> Counter {
-    let mut counter = Counter {
-        key: key.to_string(),
-        acked: 0,
-        unknown: 0,
-        last: None,
-        problems: Vec::new(),
-    };
-    let mut wrote: BTreeMap<u64, usize> = BTreeMap::new();
-    for op in ops.iter().filter(|op| op.key == key) {
-        let Call::CompareAndSet { value, .. } = &op.call else {
-            continue;
-        };
-        match op.completion {
-            Completion::Written { .. } => {
-                counter.acked += 1;
-                if let Some(n) = count_of(value)
-                    && let Some(other) = wrote.insert(n, op.index)
-                {
-                    counter.problems.push(format!(
-                        "counter {key}: increments #{other} and #{} were both acknowledged as {n}: an increment was lost",
-                        op.index
-                    ));
-                }
-            }
-            Completion::Pending | Completion::Unknown { .. } => counter.unknown += 1,
-            _ => {}
-        }
-    }
-    counter.last = match last {
-        None => None,
-        Some(None) => Some(0),
-        Some(Some(value)) => {
-            let n = count_of(value);
-            if n.is_none() {
-                counter.problems.push(format!(
-                    "counter {key} holds {value:?}, which is not a count"
-                ));
-            }
-            n
-        }
-    };
-    let (acked, unknown) = (counter.acked, counter.unknown);
-    match counter.last {
-        Some(n) if n < acked => counter.problems.push(format!(
-            "counter {key}: {acked} increments acknowledged but the final value is {n}: an increment was lost"
-        )),
-        Some(n) if n > acked + unknown => counter.problems.push(format!(
-            "counter {key}: the final value is {n} but only {acked} increments were acknowledged and {unknown} have an unknown outcome: an increment took effect twice, or a refused one took effect"
-        )),
-        _ => {}
-    }
-    counter
-}
-
-/// The keys clients share.
-struct Workload {
-    hot: Vec<String>,
-    /// Fresh keys recently written (or being written), for others to read.
-    recent: Mutex<VecDeque<String>>,
-    /// Fresh keys whose WRITE was acknowledged, for the final reads.
-    acked: Mutex<Vec<String>>,
-}
-
-impl Workload {
-    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn remember(&self, key: &str) {
-        let mut recent = Self::lock(&self.recent);
-        if recent.len() == RECENT_FRESH {
-            recent.pop_front();
-        }
-        recent.push_back(key.to_string());
-    }
-
-    fn recent_key(&self, rng: &mut StdRng) -> Option<String> {
-        let recent = Self::lock(&self.recent);
-        (!recent.is_empty()).then(|| recent[rng.random_range(0..recent.len())].clone())
-    }
-}
-
-/// One client: READs, WRITEs of unique values, compare-and-sets and DELETEs
-/// on hot keys, increments of the counters, READs and WRITEs of fresh keys.
-async fn client_loop(
-    process: usize,
-    endpoints: Vec<String>,
-    workload: Arc<Workload>,
-    recorder: Arc<Recorder>,
-    stop: CancellationToken,
-    seed: u64,
-) {
-    let client = Client::new(ClientConfig {
-        endpoints,
-        timeout: Duration::from_secs(2),
-        retry_for: Duration::from_secs(3),
-    });
-    let mut rng =
-        StdRng::seed_from_u64(seed ^ (process as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let mut n = 0u64;
-    while !stop.is_cancelled() {
-        n += 1;
-        let value = format!("c{process}.{n}");
-        let hot = &workload.hot[rng.random_range(0..workload.hot.len())];
-        match rng.random_range(0..100) {
-            0..=29 => {
-                read(&client, process, hot, &recorder).await;
-            }
-            30..=49 => {
-                write(&client, process, hot, &value, &recorder).await;
-            }
-            50..=54 => {
-                if let Some(found) = read(&client, process, hot, &recorder).await {
-                    let expect = found.map(|(_, version)| version);
-                    let call = Call::CompareAndSet { value, expect };
-                    perform(&client, process, hot, call, &recorder).await;
-                }
-            }
-            55..=57 => {
-                perform(&client, process, hot, Call::Delete, &recorder).await;
-            }
-            58..=67 => {
-                let key = COUNTERS[rng.random_range(0..COUNTERS.len())];
-                increment(&client, process, key, &value, &recorder).await;
-            }
-            68..=84 => {
-                let key = format!("f{process}.{n}");
-                workload.remember(&key);
-                if write(&client, process, &key, &value, &recorder).await {
-                    Workload::lock(&workload.acked).push(key);
-                }
-            }
-            _ => {
-                // A recent fresh key (maybe still being written), or one
-                // nobody ever writes.
-                let key = match workload.recent_key(&mut rng) {
-                    Some(key) if rng.random_bool(0.9) => key,
-                    _ => format!("never{process}.{n}"),
-                };
-                read(&client, process, &key, &recorder).await;
-            }
-        }
-    }
-}
-
-/// Runs `call` on `key` through `client`, recorded in the history; returns
-/// how it ended.
-async fn perform(
-    client: &Client,
-    process: usize,
-    key: &str,
-    call: Call,
-    recorder: &Recorder,
-) -> Completion {
-    let index = recorder.invoke(process, key, call.clone());
-    let k = key.as_bytes();
-    let result = match call {
-        Call::Read => client.read(k).await.map(|found| Completion::Read {
-            found: found.map(|(v, version)| (String::from_utf8_lossy(&v).into_owned(), version)),
-        }),
-        Call::Write { value } => client
-            .write(k, value.as_bytes())
-            .await
-            .map(|version| Completion::Written { version }),
-        Call::CompareAndSet { value, expect } => {
-            let expect = expect.map_or(Expect::Absent, Expect::Version);
-            client
-                .write_if(k, value.as_bytes(), expect)
-                .await
-                .map(|version| Completion::Written { version })
-        }
-        Call::Delete => client
-            .delete(k)
-            .await
-            .map(|version| Completion::Deleted { version }),
-    };
-    let completion = match result {
-        Ok(completion) => completion,
-        // Definite: the condition did not hold, or the server refused the
-        // input. Nothing else is.
-        Err(ClientError::ConditionFailed { current }) => Completion::Refused { current },
-        Err(e @ ClientError::InvalidArgument(_)) => Completion::Fail {
-            error: e.to_string(),
-        },
-        Err(e) => Completion::Unknown { error: short(&e) },
-    };
-    recorder.complete(index, completion.clone());
-    completion
-}
-
-/// READs `key`: what it found (`Some(None)`: not found), or `None` when the
-/// READ failed or its outcome is unknown.
-async fn read(
-    client: &Client,
-    process: usize,
-    key: &str,
-    recorder: &Recorder,
-) -> Option<Option<(String, Version)>> {
-    match perform(client, process, key, Call::Read, recorder).await {
-        Completion::Read { found } => Some(found),
-        _ => None,
-    }
-}
-
-/// WRITEs `value` under `key`; true when acknowledged.
-async fn write(
-    client: &Client,
-    process: usize,
-    key: &str,
-    value: &str,
-    recorder: &Recorder,
-) -> bool {
-    let call = Call::Write {
-        value: value.to_string(),
-    };
-    matches!(
-        perform(client, process, key, call, recorder).await,
-        Completion::Written { .. }
-    )
-}
-
-/// Increments counter `key`: READs its count (absent is 0), then writes the
-/// next count, tagged with the unique `tag`, by a compare-and-set expecting
-/// the version read. A refused increment is just not counted.
-async fn increment(client: &Client, process: usize, key: &str, tag: &str, recorder: &Recorder) {
-    let Some(found) = read(client, process, key, recorder).await else {
-        return;
-    };
-    let (count, expect) = match found {
-        None => (0, None),
-        Some((value, version)) => match count_of(&value) {
-            Some(count) => (count, Some(version)),
-            // Not a count: the history check reports a value nobody wrote,
-            // and the counter check the final value.
-            None => return,
-        },
-    };
-    let call = Call::CompareAndSet {
-        value: format!("{}:{tag}", count + 1),
-        expect,
-    };
-    perform(client, process, key, call, recorder).await;
-}
-
-fn short(e: &ClientError) -> String {
-    match e {
-        ClientError::Unavailable { attempts, .. } => {
-            format!("unavailable after {attempts} attempt(s)")
-        }
-        other => other.to_string().chars().take(120).collect(),
-    }
-}
-
-/// A raw `Kv` client of one master: one attempt per call, no failover, no
-/// leader hint followed, so its answers are that master's own.
-#[derive(Clone)]
-struct PinnedClient {
-    kv: KvClient<Channel>,
-}
-
-impl PinnedClient {
-    fn new(address: &str) -> anyhow::Result<PinnedClient> {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .context("pinned client address")?
-            .connect_timeout(Duration::from_secs(2));
-        Ok(PinnedClient {
-            kv: KvClient::new(endpoint.connect_lazy()),
-        })
-    }
-
-    async fn read(&self, key: &str) -> Completion {
-        let mut request = tonic::Request::new(ReadRequest {
-            key: key.as_bytes().to_vec(),
-        });
-        request.set_timeout(PINNED_TIMEOUT);
-        match self.kv.clone().read(request).await {
-            Ok(reply) => {
-                let reply = reply.into_inner();
-                Completion::Read {
-                    found: Some((
-                        String::from_utf8_lossy(&reply.value).into_owned(),
-                        reply.version.map(Version::from).unwrap_or_default(),
-                    )),
-                }
-            }
-            Err(status) => pinned_outcome(status, true),
-        }
-    }
-
-    async fn write(&self, key: &str, value: &str) -> Completion {
-        let mut request = tonic::Request::new(WriteRequest {
-            key: key.as_bytes().to_vec(),
-            value: value.as_bytes().to_vec(),
-            ..WriteRequest::default()
-        });
-        request.set_timeout(PINNED_TIMEOUT);
-        match self.kv.clone().write(request).await {
-            Ok(reply) => Completion::Written {
-                version: reply
-                    .into_inner()
-                    .version
-                    .map(Version::from)
-                    .unwrap_or_default(),
-            },
-            Err(status) => pinned_outcome(status, false),
-        }
-    }
-
-    async fn status(&self) {
-        let mut request = tonic::Request::new(StatusRequest {});
-        request.set_timeout(PINNED_TIMEOUT);
-        let _ = self.kv.clone().status(request).await;
-    }
-}
-
-/// What a pinned call's error means for the history: NOT_FOUND is an answer,
-/// a standby's refusal or bad input is a definite failure, the rest unknown.
-fn pinned_outcome(status: tonic::Status, read: bool) -> Completion {
-    match status.code() {
-        Code::NotFound if read => Completion::Read { found: None },
-        Code::FailedPrecondition | Code::InvalidArgument => Completion::Fail {
-            error: status.message().to_string(),
-        },
-        _ => Completion::Unknown {
-            error: format!("{:?}: {}", status.code(), status.message()),
-        },
-    }
-}
-
-/// Clients that talk to one master only and never fail over, with
-/// connections kept open all through the run.
-struct Pinned {
-    clients: [PinnedClient; 2],
-    /// Watches who is active, bypassing the proxies.
-    observers: [Client; 2],
-    /// Process ids of their operations in the history.
-    process: usize,
-}
-
-impl Pinned {
-    /// Keeps each pinned client's connection open (a status call every half
-    /// second; one stuck on a paused master just waits).
-    fn keep_open(&self, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
-        self.clients
-            .iter()
-            .map(|client| {
-                let (client, stop) = (client.clone(), stop.clone());
-                tokio::spawn(async move {
-                    while !stop.is_cancelled() {
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = client.status() => {}
-                        }
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                })
-            })
-            .collect()
-    }
-
-    /// During a long pause of master `m`, until `until`: once the other one
-    /// serves, WRITE fresh keys through it, then send the paused master READs
-    /// of those keys (and of hot keys) and WRITEs, on its open connection.
-    /// Returns how many operations were sent to the paused master.
-    async fn probe(
-        &self,
-        m: usize,
-        until: Instant,
-        workload: &Workload,
-        recorder: &Arc<Recorder>,
-        failover: &Client,
-        n: u64,
-    ) -> usize {
-        let other = &self.observers[1 - m];
-        loop {
-            if Instant::now() + Duration::from_millis(1500) > until {
-                return 0;
-            }
-            if other
-                .endpoint_status()
-                .await
-                .is_ok_and(|s| s.role() == Some(Role::Active))
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let mut fresh = Vec::new();
-        for i in 0..5 {
-            let key = format!("p{n}.{i}");
-            if write(failover, self.process, &key, &format!("p{n}.{i}"), recorder).await {
-                Workload::lock(&workload.acked).push(key.clone());
-                fresh.push(key);
-            }
-        }
-        if Instant::now() + Duration::from_millis(500) > until {
-            return 0;
-        }
-        let paused = &self.clients[m];
-        let mut sent = Vec::new();
-        for key in fresh.iter().chain(workload.hot.iter()) {
-            let (client, key, recorder) = (paused.clone(), key.clone(), recorder.clone());
-            let process = self.process;
-            sent.push(tokio::spawn(async move {
-                let index = recorder.invoke(process, &key, Call::Read);
-                recorder.complete(index, client.read(&key).await);
-            }));
-        }
-        for i in 0..2 {
-            let (client, recorder) = (paused.clone(), recorder.clone());
-            let (key, process) = (format!("pw{n}.{i}"), self.process);
-            sent.push(tokio::spawn(async move {
-                let value = key.clone();
-                let call = Call::Write {
-                    value: value.clone(),
-                };
-                let index = recorder.invoke(process, &key, call);
-                recorder.complete(index, client.write(&key, &value).await);
-            }));
-        }
-        let ops = sent.len();
-        for task in sent {
-            let _ = task.await;
-        }
-        ops
-    }
-}
-
 /// Asks both masters to compact, again and again, beside their own
 /// automatic compactions; a paused master gets its requests when it wakes.
 fn compaction_storm(
@@ -811,11 +316,9 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
         }
     };
     let recorder = Arc::new(Recorder::new());
-    let workload = Arc::new(Workload {
-        hot: (0..config.keys.max(1)).map(|k| format!("k{k}")).collect(),
-        recent: Mutex::new(VecDeque::new()),
-        acked: Mutex::new(Vec::new()),
-    });
+    let workload = Arc::new(Workload::new(
+        (0..config.keys.max(1)).map(|k| format!("k{k}")).collect(),
+    ));
     let stop = CancellationToken::new();
     // Clients stop however this function ends (error, interruption).
     let _stop_clients = stop.clone().drop_guard();
@@ -1011,7 +514,7 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
     let budget = config.checker_budget;
     let analysis = {
         let ops = ops.clone();
-        tokio::task::spawn_blocking(move || history::analyse(&ops, budget))
+        tokio::task::spawn_blocking(move || analysis::analyse(&ops, budget))
             .await
             .context("the checker panicked")?
     };
@@ -1057,97 +560,4 @@ fn write_report(dir: &Path, ops: &[history::Op], timeline: &str) {
     let all: Vec<&history::Op> = ops.iter().collect();
     let _ = std::fs::write(dir.join("history.txt"), history::excerpt(&all));
     let _ = std::fs::write(dir.join("faults.txt"), timeline);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A history of increments of `n0`: each `(count, completion)` is one
-    /// compare-and-set writing that count.
-    fn increments(outcomes: &[(u64, Completion)]) -> Vec<history::Op> {
-        outcomes
-            .iter()
-            .enumerate()
-            .map(|(index, (count, completion))| history::Op {
-                index,
-                process: index,
-                key: "n0".into(),
-                call: Call::CompareAndSet {
-                    value: format!("{count}:c{index}.1"),
-                    expect: None,
-                },
-                invoked: index as u64,
-                completed: index as u64 + 1,
-                completion: completion.clone(),
-            })
-            .collect()
-    }
-
-    fn acked(seq: u64) -> Completion {
-        Completion::Written {
-            version: Version::new(1, seq),
-        }
-    }
-
-    fn unknown() -> Completion {
-        Completion::Unknown {
-            error: "timeout".into(),
-        }
-    }
-
-    fn refused() -> Completion {
-        Completion::Refused { current: None }
-    }
-
-    #[test]
-    fn a_counter_between_acked_and_acked_plus_unknown_is_right() {
-        let ops = increments(&[(1, acked(1)), (2, acked(2)), (3, unknown()), (3, refused())]);
-        for last in ["2:c1.1", "3:c2.1"] {
-            let counter = check_counter("n0", &ops, Some(Some(last)));
-            assert!(counter.problems.is_empty(), "{last}: {counter:?}");
-            assert_eq!((counter.acked, counter.unknown), (2, 1));
-        }
-        let counter = check_counter("n0", &ops, Some(Some("2:c1.1")));
-        assert_eq!(counter.to_string(), "n0 = 2 (2 acked, 1 unknown) ok");
-        // The final READ failed: nothing to compare with (the run fails on
-        // that alone).
-        assert!(check_counter("n0", &ops, None).problems.is_empty());
-        // No increment at all, and the key absent.
-        assert!(check_counter("n0", &[], Some(None)).problems.is_empty());
-    }
-
-    #[test]
-    fn a_final_count_below_the_acknowledged_increments_is_a_lost_increment() {
-        let ops = increments(&[(1, acked(1)), (2, acked(2)), (3, acked(3))]);
-        let counter = check_counter("n0", &ops, Some(Some("2:c1.1")));
-        assert_eq!(
-            counter.problems,
-            [
-                "counter n0: 3 increments acknowledged but the final value is 2: an increment was lost"
-            ]
-        );
-        assert!(counter.to_string().ends_with("FAIL"), "{counter}");
-        let counter = check_counter("n0", &ops, Some(None));
-        assert_eq!(counter.problems.len(), 1, "{counter:?}");
-    }
-
-    #[test]
-    fn two_acknowledged_increments_of_one_count_are_a_lost_increment() {
-        // The final count even matches, since a third one made up for it.
-        let ops = increments(&[(1, acked(1)), (2, acked(2)), (2, acked(3)), (3, unknown())]);
-        let counter = check_counter("n0", &ops, Some(Some("3:c3.1")));
-        assert_eq!(counter.problems.len(), 1, "{counter:?}");
-        assert!(counter.problems[0].contains("#1 and #2"), "{counter:?}");
-    }
-
-    #[test]
-    fn a_final_count_above_every_possible_increment_is_reported() {
-        let ops = increments(&[(1, acked(1)), (2, refused())]);
-        let counter = check_counter("n0", &ops, Some(Some("2:c1.1")));
-        assert_eq!(counter.problems.len(), 1, "{counter:?}");
-        let counter = check_counter("n0", &ops, Some(Some("garbage")));
-        assert_eq!(counter.problems.len(), 1, "{counter:?}");
-        assert_eq!(counter.last, None);
-    }
 }
