@@ -77,8 +77,10 @@ async fn run(config: NemesisConfig) -> Summary {
 /// kill -9 (during compactions too), SIGSTOPs shorter than the lease and of
 /// 6-10 s with READs and WRITEs sent to the paused master, link faults, wall
 /// clocks shifted forward and backward by more than the lease, fresh keys
-/// (NOT_FOUND read) and concurrent compactions: every key's history is
-/// linearizable and a WRITE succeeds soon after healing.
+/// (NOT_FOUND read), compare-and-sets, DELETEs, counters incremented by
+/// compare-and-set and concurrent compactions: every key's history is
+/// linearizable, no increment is lost and a WRITE succeeds soon after
+/// healing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_seeded_run_is_linearizable() {
     assert!(
@@ -104,9 +106,18 @@ async fn short_seeded_run_is_linearizable() {
     assert!(drawn("SIGSTOP active master 6-10 s") > 0, "no long pause");
     assert!(summary.pinned_ops > 0, "nothing sent to a paused master");
     assert!(summary.compactions > 0, "no concurrent compaction");
+    let counts = &summary.analysis.counts;
     assert!(
-        summary.analysis.counts.read_not_found > 0,
+        counts.read_not_found > 0,
         "fresh keys never read as NOT_FOUND"
+    );
+    assert!(counts.cas_ok > 0, "no compare-and-set acknowledged");
+    assert!(counts.cas_refused > 0, "no compare-and-set refused");
+    assert!(counts.delete_ok > 0, "no DELETE acknowledged");
+    assert!(
+        summary.counters.iter().all(|c| c.acked > 0),
+        "a counter was never incremented: {:?}",
+        summary.counters
     );
 }
 

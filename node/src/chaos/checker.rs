@@ -9,12 +9,16 @@
 //! operations. This file is small and tested on its own.
 //!
 //! The model is a register holding an *effect id* (or nothing, for a key
-//! never written): `Write(e)` sets it, `Read(x)` is legal iff it holds `x`.
+//! never written or deleted): `Write(e)` sets it, `Read(x)` is legal iff it
+//! holds `x`, `Cas { expect, write }` is legal iff it holds `expect` and then
+//! holds `write` (a compare-and-set), `Delete` empties it.
 //! An operation is an interval `[call, ret]` of monotonic time; an operation
 //! whose outcome is unknown (timeout, lost connection) has `ret = `[`NEVER`]:
-//! it may take effect at any point after its call, or never (placing it
-//! after everything else is the same as never). Failed reads have no effect
-//! and are left out by the caller.
+//! it takes effect at some point after its call. For a `Write` or a `Delete`
+//! that includes never (placing it after everything else is the same as
+//! never, and always legal); a `Cas` is legal only from its expected state,
+//! so the caller passes an unknown one only when its effect was seen. Failed
+//! reads have no effect and are left out by the caller.
 //!
 //! The search: walk the time-ordered list of call/return events; at a call,
 //! try to linearize that operation now (apply it to the model, remove its
@@ -40,6 +44,16 @@ pub enum RegisterOp {
     Write(u64),
     /// Read this effect id, or `None` (key not found).
     Read(Option<u64>),
+    /// Compare-and-set: found `expect` (`None`: the key did not exist), then
+    /// wrote the value with effect id `write`.
+    Cas {
+        /// What the register held.
+        expect: Option<u64>,
+        /// The effect id written.
+        write: u64,
+    },
+    /// Deleted the key: the register is empty afterwards, whatever it held.
+    Delete,
 }
 
 /// One operation of a single key's history.
@@ -186,12 +200,14 @@ fn apply(state: Option<u64>, op: RegisterOp) -> (bool, Option<u64>) {
     match op {
         RegisterOp::Write(e) => (true, Some(e)),
         RegisterOp::Read(seen) => (seen == state, state),
+        RegisterOp::Cas { expect, write } => (expect == state, Some(write)),
+        RegisterOp::Delete => (true, None),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::RegisterOp::{Read, Write};
+    use super::RegisterOp::{Cas, Delete, Read, Write};
     use super::*;
 
     fn op(id: usize, call: Time, ret: Time, op: RegisterOp) -> Operation {
@@ -339,6 +355,158 @@ mod tests {
             }
             v => panic!("expected a violation, got {v:?}"),
         }
+    }
+
+    #[test]
+    fn compare_and_set_needs_the_expected_value() {
+        assert!(linearizable(&[
+            op(
+                0,
+                0,
+                1,
+                Cas {
+                    expect: None,
+                    write: 1
+                }
+            ),
+            op(
+                1,
+                2,
+                3,
+                Cas {
+                    expect: Some(1),
+                    write: 2
+                }
+            ),
+            op(2, 4, 5, Read(Some(2))),
+        ]));
+        // The register holds 1, not 2: the CAS cannot have succeeded.
+        assert!(!linearizable(&[
+            op(0, 0, 1, Write(1)),
+            op(
+                1,
+                2,
+                3,
+                Cas {
+                    expect: Some(2),
+                    write: 3
+                }
+            ),
+        ]));
+        // Expecting an absent key while it holds a value.
+        assert!(!linearizable(&[
+            op(0, 0, 1, Write(1)),
+            op(
+                1,
+                2,
+                3,
+                Cas {
+                    expect: None,
+                    write: 2
+                }
+            ),
+        ]));
+    }
+
+    #[test]
+    fn two_compare_and_sets_from_one_state_cannot_both_succeed() {
+        // Concurrent: whichever goes first changes what the other expects.
+        let concurrent = [
+            op(0, 0, 1, Write(1)),
+            op(
+                1,
+                2,
+                10,
+                Cas {
+                    expect: Some(1),
+                    write: 2,
+                },
+            ),
+            op(
+                2,
+                3,
+                11,
+                Cas {
+                    expect: Some(1),
+                    write: 3,
+                },
+            ),
+        ];
+        assert!(!linearizable(&concurrent));
+        // One of them alone is fine, and so is a chain.
+        assert!(linearizable(&concurrent[..2]));
+        assert!(linearizable(&[
+            concurrent[0],
+            concurrent[1],
+            op(
+                2,
+                3,
+                11,
+                Cas {
+                    expect: Some(2),
+                    write: 3
+                }
+            ),
+        ]));
+        // An unknown second one cannot have taken effect and been read.
+        assert!(!linearizable(&[
+            concurrent[0],
+            concurrent[1],
+            op(
+                2,
+                3,
+                NEVER,
+                Cas {
+                    expect: Some(1),
+                    write: 3
+                }
+            ),
+            op(3, 20, 21, Read(Some(3))),
+        ]));
+    }
+
+    #[test]
+    fn a_deleted_value_is_gone_once_the_delete_completed() {
+        let deleted = [op(0, 0, 1, Write(1)), op(1, 2, 3, Delete)];
+        let mut h = deleted.to_vec();
+        h.push(op(2, 4, 5, Read(None)));
+        h.push(op(
+            3,
+            6,
+            7,
+            Cas {
+                expect: None,
+                write: 2,
+            },
+        ));
+        h.push(op(4, 8, 9, Read(Some(2))));
+        assert!(linearizable(&h));
+        let mut h = deleted.to_vec();
+        h.push(op(2, 4, 5, Read(Some(1))));
+        assert!(!linearizable(&h));
+        // During the delete, either is fine.
+        assert!(linearizable(&[
+            op(0, 0, 1, Write(1)),
+            op(1, 2, 10, Delete),
+            op(2, 3, 4, Read(Some(1))),
+            op(3, 5, 6, Read(None)),
+        ]));
+    }
+
+    #[test]
+    fn unknown_delete_may_take_effect_late_or_never() {
+        let base = [op(0, 0, 1, Write(1)), op(1, 2, NEVER, Delete)];
+        for later in [Read(Some(1)), Read(None)] {
+            let mut h = base.to_vec();
+            h.push(op(2, 10, 11, Read(Some(1))));
+            h.push(op(3, 20, 21, later));
+            assert!(linearizable(&h), "{later:?}");
+        }
+        // But only once: the value cannot come back.
+        let mut h = base.to_vec();
+        h.push(op(2, 10, 11, Read(None)));
+        h.push(op(3, 20, 21, Read(Some(1))));
+        assert!(!linearizable(&h));
     }
 
     #[test]

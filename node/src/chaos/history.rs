@@ -1,34 +1,23 @@
-//! The history of a nemesis run and its analysis.
+//! The history of a nemesis run: what clients asked and how each call
+//! ended, as they observed it.
 //!
-//! [`Recorder`] stamps every client operation with monotonic times when it is
-//! invoked and when it completes, as one of: ok (with what was read, or the
-//! version a WRITE was given), fail (a definite error: the operation had no
-//! effect) or unknown (timeout, lost connection, no quorum: it may take
-//! effect at any time after its invocation, or never). An operation still
-//! running when the history is taken is unknown too. An operation is one
-//! client call, whatever retries the client made inside it: that is the
-//! history clients observe.
-//!
-//! [`analyse`] splits the history by key (a register per key; linearizability
-//! is compositional, so each key is checked alone) and builds the register
-//! history for [`super::checker`]:
-//! - every READ must return a value some WRITE of that key wrote, and not
-//!   before that WRITE was invoked;
-//! - an effect is a (value, version) pair, and each WRITE call has exactly
-//!   one (WRITEs are exactly-once): the version an acknowledged WRITE
-//!   returned, or, for a WRITE whose outcome is unknown, the version READs saw
-//!   with its value. A value seen with any other version was applied twice:
-//!   a violation;
-//! - an unknown WRITE whose value nobody read is left out: placing it after
-//!   everything else is always possible, and is the same as never;
-//! - failed or unknown READs are left out: they have no effect.
+//! [`Recorder`] stamps every client operation (READ, WRITE, compare-and-set,
+//! DELETE) with monotonic times when it is invoked and when it completes, as
+//! one of: ok (with what was read, the version a WRITE or compare-and-set was
+//! given, or what a DELETE deleted), refused (a compare-and-set whose
+//! condition did not hold: definite, nothing changed), fail (a definite
+//! error: the operation had no effect) or unknown (timeout, lost connection,
+//! no quorum: it may take effect at any time after its invocation, or
+//! never). An operation still running when the history is taken is unknown
+//! too. An operation is one client call, whatever retries the client made
+//! inside it: that is the history clients observe. [`super::analysis`]
+//! checks it.
 
-use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::checker::{self, NEVER, Operation, RegisterOp, Time, Verdict};
+use super::checker::{NEVER, Time};
 use crate::version::Version;
 
 /// What a client asked for.
@@ -41,6 +30,36 @@ pub enum Call {
         /// The value.
         value: String,
     },
+    /// WRITE this (unique) value only if the key's latest version is
+    /// `expect`, or, for `None`, only if the key does not exist.
+    CompareAndSet {
+        /// The value.
+        value: String,
+        /// The version the key must be at (`None`: absent).
+        expect: Option<Version>,
+    },
+    /// DELETE the key.
+    Delete,
+}
+
+impl Call {
+    /// The unique value this call writes, if it writes one.
+    pub fn value(&self) -> Option<&str> {
+        match self {
+            Call::Write { value } | Call::CompareAndSet { value, .. } => Some(value),
+            Call::Read | Call::Delete => None,
+        }
+    }
+
+    /// The call's name in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Call::Read => "READ",
+            Call::Write { .. } => "WRITE",
+            Call::CompareAndSet { .. } => "compare-and-set",
+            Call::Delete => "DELETE",
+        }
+    }
 }
 
 /// How an operation ended.
@@ -53,10 +72,22 @@ pub enum Completion {
         /// What was read.
         found: Option<(String, Version)>,
     },
-    /// A WRITE was acknowledged with this version.
+    /// A WRITE or compare-and-set was acknowledged with this version.
     Written {
         /// Its version.
         version: Version,
+    },
+    /// A compare-and-set (or conditional DELETE) found the key in another
+    /// state: definite, nothing changed.
+    Refused {
+        /// The key's version then (`None`: it did not exist).
+        current: Option<Version>,
+    },
+    /// A DELETE was acknowledged.
+    Deleted {
+        /// The version of its tombstone, or `None` when the key did not
+        /// exist (nothing was deleted).
+        version: Option<Version>,
     },
     /// A definite failure: the operation had no effect.
     Fail {
@@ -68,6 +99,20 @@ pub enum Completion {
         /// The error.
         error: String,
     },
+}
+
+impl Completion {
+    /// Whether the operation was answered (a result or a refusal), rather
+    /// than failed, unknown or still running.
+    pub fn answered(&self) -> bool {
+        matches!(
+            self,
+            Completion::Read { .. }
+                | Completion::Written { .. }
+                | Completion::Refused { .. }
+                | Completion::Deleted { .. }
+        )
+    }
 }
 
 /// One operation of the history.
@@ -185,6 +230,20 @@ pub struct Counts {
     pub write_fail: usize,
     /// WRITEs whose outcome is unknown.
     pub write_unknown: usize,
+    /// Acknowledged compare-and-sets.
+    pub cas_ok: usize,
+    /// Compare-and-sets refused because the key was in another state.
+    pub cas_refused: usize,
+    /// Compare-and-sets that failed definitely.
+    pub cas_fail: usize,
+    /// Compare-and-sets whose outcome is unknown.
+    pub cas_unknown: usize,
+    /// Acknowledged DELETEs (whether or not there was anything to delete).
+    pub delete_ok: usize,
+    /// DELETEs that failed definitely.
+    pub delete_fail: usize,
+    /// DELETEs whose outcome is unknown.
+    pub delete_unknown: usize,
 }
 
 impl Counts {
@@ -192,220 +251,44 @@ impl Counts {
     pub fn of(ops: &[Op]) -> Counts {
         let mut c = Counts::default();
         for op in ops {
-            let read = op.call == Call::Read;
             if matches!(op.completion, Completion::Read { found: None }) {
                 c.read_not_found += 1;
             }
-            let slot = match (&op.completion, read) {
-                (Completion::Read { .. }, _) => &mut c.read_ok,
-                (Completion::Written { .. }, _) => &mut c.write_ok,
-                (Completion::Fail { .. }, true) => &mut c.read_fail,
-                (Completion::Fail { .. }, false) => &mut c.write_fail,
-                (_, true) => &mut c.read_unknown,
-                (_, false) => &mut c.write_unknown,
+            let (ok, fail, unknown) = match op.call {
+                Call::Read => (&mut c.read_ok, &mut c.read_fail, &mut c.read_unknown),
+                Call::Write { .. } => (&mut c.write_ok, &mut c.write_fail, &mut c.write_unknown),
+                Call::CompareAndSet { .. } => (&mut c.cas_ok, &mut c.cas_fail, &mut c.cas_unknown),
+                Call::Delete => (&mut c.delete_ok, &mut c.delete_fail, &mut c.delete_unknown),
+            };
+            let slot = match op.completion {
+                Completion::Refused { .. } => &mut c.cas_refused,
+                Completion::Read { .. }
+                | Completion::Written { .. }
+                | Completion::Deleted { .. } => ok,
+                Completion::Fail { .. } => fail,
+                Completion::Pending | Completion::Unknown { .. } => unknown,
             };
             *slot += 1;
         }
         c
     }
 
-    /// Operations that completed with a result.
+    /// Operations that were answered (a result or a refusal).
     pub fn ok(&self) -> usize {
-        self.read_ok + self.write_ok
+        self.read_ok + self.write_ok + self.cas_ok + self.cas_refused + self.delete_ok
     }
 
     /// Every operation.
     pub fn total(&self) -> usize {
-        self.ok() + self.read_fail + self.read_unknown + self.write_fail + self.write_unknown
-    }
-}
-
-/// A broken guarantee, with the operations that show it.
-#[derive(Clone, Debug)]
-pub struct Violation {
-    /// The key.
-    pub key: String,
-    /// What is wrong, in words.
-    pub what: String,
-    /// The operations involved, one per line, for the report.
-    pub excerpt: String,
-}
-
-/// The result of checking a whole history.
-#[derive(Clone, Debug, Default)]
-pub struct Analysis {
-    /// Operations by outcome.
-    pub counts: Counts,
-    /// Keys whose history was checked.
-    pub keys: usize,
-    /// Broken guarantees; empty when the history is linearizable.
-    pub violations: Vec<Violation>,
-    /// Keys whose check ran out of budget.
-    pub inconclusive: Vec<String>,
-    /// Time the checker took.
-    pub check_time: Duration,
-}
-
-/// Checks `ops` per key (see the module documentation), with `budget`
-/// search steps per key.
-pub fn analyse(ops: &[Op], budget: u64) -> Analysis {
-    let started = Instant::now();
-    let mut by_key: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
-    for op in ops {
-        by_key.entry(op.key.as_str()).or_default().push(op);
-    }
-    let mut analysis = Analysis {
-        counts: Counts::of(ops),
-        keys: by_key.len(),
-        ..Analysis::default()
-    };
-    for (key, key_ops) in by_key {
-        check_key(key, &key_ops, budget, &mut analysis);
-    }
-    analysis.check_time = started.elapsed();
-    analysis
-}
-
-fn check_key(key: &str, ops: &[&Op], budget: u64, analysis: &mut Analysis) {
-    // value -> the WRITE that wrote it.
-    let mut writer: HashMap<&str, &Op> = HashMap::new();
-    for op in ops {
-        if let Call::Write { value } = &op.call
-            && let Some(other) = writer.insert(value.as_str(), op)
-        {
-            analysis.violations.push(Violation {
-                key: key.to_string(),
-                what: format!("the value {value:?} was written twice: the history is unusable"),
-                excerpt: excerpt(&[other, op]),
-            });
-            return;
-        }
-    }
-    // Each WRITE's one effect: its acknowledged version, or the first
-    // version a READ saw with its value.
-    let mut effect_of: HashMap<usize, Version> = HashMap::new();
-    for op in ops {
-        if let Completion::Written { version } = &op.completion {
-            effect_of.insert(op.index, *version);
-        }
-    }
-    let mut register: Vec<Operation> = Vec::new();
-    let mut seen_unknown: BTreeMap<usize, Version> = BTreeMap::new();
-    for op in ops {
-        match (&op.call, &op.completion) {
-            (Call::Read, Completion::Read { found }) => {
-                let seen = match found {
-                    None => None,
-                    Some((value, version)) => {
-                        let Some(w) = writer.get(value.as_str()) else {
-                            analysis.violations.push(Violation {
-                                key: key.to_string(),
-                                what: format!("a READ returned {value:?}, which no WRITE wrote"),
-                                excerpt: excerpt(&[op]),
-                            });
-                            continue;
-                        };
-                        if let Completion::Fail { error } = &w.completion {
-                            analysis.violations.push(Violation {
-                                key: key.to_string(),
-                                what: format!("a WRITE that failed definitely ({error}) was read"),
-                                excerpt: excerpt(&[w, op]),
-                            });
-                            continue;
-                        }
-                        let effect = *effect_of.entry(w.index).or_insert(*version);
-                        if effect != *version {
-                            analysis.violations.push(Violation {
-                                key: key.to_string(),
-                                what: format!(
-                                    "the WRITE of {value:?} was applied twice (versions {effect} and {version}): a retry was not deduplicated"
-                                ),
-                                excerpt: excerpt(&[w, op]),
-                            });
-                            continue;
-                        }
-                        if !matches!(w.completion, Completion::Written { .. }) {
-                            seen_unknown.insert(w.index, effect);
-                        }
-                        Some(w.index as u64)
-                    }
-                };
-                register.push(Operation {
-                    id: op.index,
-                    call: op.invoked,
-                    ret: op.completed,
-                    op: RegisterOp::Read(seen),
-                });
-            }
-            (Call::Write { .. }, Completion::Written { .. }) => {
-                register.push(Operation {
-                    id: op.index,
-                    call: op.invoked,
-                    ret: op.completed,
-                    op: RegisterOp::Write(op.index as u64),
-                });
-            }
-            _ => {}
-        }
-    }
-    // Unknown WRITEs somebody read took effect at some point after their call.
-    for index in seen_unknown.keys() {
-        let Some(w) = ops.iter().find(|o| o.index == *index) else {
-            continue;
-        };
-        register.push(Operation {
-            id: w.index,
-            call: w.invoked,
-            ret: NEVER,
-            op: RegisterOp::Write(w.index as u64),
-        });
-    }
-    match checker::check(&register, budget) {
-        Verdict::Linearizable => {}
-        Verdict::Inconclusive { steps } => {
-            tracing::warn!(key, steps, "linearizability check ran out of budget");
-            analysis.inconclusive.push(key.to_string());
-        }
-        Verdict::Violation(c) => {
-            let by_index: HashMap<usize, &Op> = ops.iter().map(|o| (o.index, *o)).collect();
-            let Some(stuck) = by_index.get(&c.stuck_at) else {
-                return;
-            };
-            let tail: Vec<&Op> = c
-                .longest_prefix
-                .iter()
-                .rev()
-                .take(6)
-                .rev()
-                .filter_map(|i| by_index.get(i).copied())
-                .collect();
-            // Everything that overlapped the stuck operation, too.
-            let overlapping: Vec<&Op> = ops
-                .iter()
-                .copied()
-                .filter(|o| o.index != stuck.index)
-                .filter(|o| o.invoked <= stuck.completed && o.completed >= stuck.invoked)
-                .filter(|o| !matches!(o.completion, Completion::Fail { .. }))
-                .take(12)
-                .collect();
-            let mut text = String::from("longest linearizable prefix ends with:\n");
-            text += &excerpt(&tail);
-            text += "could not linearize:\n";
-            text += &excerpt(&[stuck]);
-            if !overlapping.is_empty() {
-                text += "concurrent with it:\n";
-                text += &excerpt(&overlapping);
-            }
-            analysis.violations.push(Violation {
-                key: key.to_string(),
-                what: format!(
-                    "not linearizable: op #{} cannot be placed after {} linearized op(s)",
-                    stuck.index,
-                    c.longest_prefix.len()
-                ),
-                excerpt: text,
-            });
-        }
+        self.ok()
+            + self.read_fail
+            + self.read_unknown
+            + self.write_fail
+            + self.write_unknown
+            + self.cas_fail
+            + self.cas_unknown
+            + self.delete_fail
+            + self.delete_unknown
     }
 }
 
@@ -423,6 +306,15 @@ pub fn excerpt(ops: &[&Op]) -> String {
         let call = match &op.call {
             Call::Read => "read".to_string(),
             Call::Write { value } => format!("write {value}"),
+            Call::CompareAndSet {
+                value,
+                expect: Some(v),
+            } => format!("cas {value} if @{v}"),
+            Call::CompareAndSet {
+                value,
+                expect: None,
+            } => format!("cas {value} if absent"),
+            Call::Delete => "delete".to_string(),
         };
         let result = match &op.completion {
             Completion::Pending => "pending".to_string(),
@@ -431,6 +323,10 @@ pub fn excerpt(ops: &[&Op]) -> String {
                 found: Some((v, ver)),
             } => format!("{v} @{ver}"),
             Completion::Written { version } => format!("ok @{version}"),
+            Completion::Refused { current: Some(v) } => format!("refused, key @{v}"),
+            Completion::Refused { current: None } => "refused, key absent".to_string(),
+            Completion::Deleted { version: Some(v) } => format!("deleted @{v}"),
+            Completion::Deleted { version: None } => "nothing to delete".to_string(),
             Completion::Fail { error } => format!("FAIL {error}"),
             Completion::Unknown { error } => format!("UNKNOWN {error}"),
         };
@@ -447,185 +343,4 @@ pub fn excerpt(ops: &[&Op]) -> String {
         );
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn v(seq: u64) -> Version {
-        Version::new(1, seq)
-    }
-
-    struct H(Vec<Op>);
-
-    impl H {
-        fn op(mut self, call: Call, t: (Time, Time), completion: Completion) -> Self {
-            let index = self.0.len();
-            self.0.push(Op {
-                index,
-                process: index,
-                key: "k".into(),
-                call,
-                invoked: t.0,
-                completed: t.1,
-                completion,
-            });
-            self
-        }
-        fn write(self, value: &str, t: (Time, Time), version: Option<u64>) -> Self {
-            let completion = match version {
-                Some(s) => Completion::Written { version: v(s) },
-                None => Completion::Unknown {
-                    error: "timeout".into(),
-                },
-            };
-            self.op(
-                Call::Write {
-                    value: value.into(),
-                },
-                t,
-                completion,
-            )
-        }
-        fn read(self, t: (Time, Time), found: Option<(&str, u64)>) -> Self {
-            let found = found.map(|(x, s)| (x.to_string(), v(s)));
-            self.op(Call::Read, t, Completion::Read { found })
-        }
-        fn analyse(&self) -> Analysis {
-            analyse(&self.0, checker::DEFAULT_BUDGET)
-        }
-    }
-
-    #[test]
-    fn clean_history_passes_and_is_counted() {
-        let a = H(Vec::new())
-            .read((0, 1), None)
-            .write("a", (2, 3), Some(1))
-            .read((4, 5), Some(("a", 1)))
-            .op(
-                Call::Read,
-                (6, 7),
-                Completion::Unknown {
-                    error: "timeout".into(),
-                },
-            )
-            .analyse();
-        assert!(a.violations.is_empty(), "{:?}", a.violations);
-        assert_eq!(a.counts.read_ok, 2);
-        assert_eq!(a.counts.write_ok, 1);
-        assert_eq!(a.counts.read_unknown, 1);
-    }
-
-    #[test]
-    fn stale_read_is_reported_with_an_excerpt() {
-        let a = H(Vec::new())
-            .write("a", (0, 1), Some(1))
-            .write("b", (2, 3), Some(2))
-            .read((4, 5), Some(("a", 1)))
-            .analyse();
-        assert_eq!(a.violations.len(), 1);
-        let text = &a.violations[0].excerpt;
-        assert!(text.contains("#2"), "{text}");
-        assert!(text.contains("a @1.1"), "{text}");
-    }
-
-    #[test]
-    fn unwritten_value_is_reported() {
-        let a = H(Vec::new())
-            .write("a", (0, 1), Some(1))
-            .read((2, 3), Some(("zzz", 9)))
-            .analyse();
-        assert!(
-            a.violations
-                .iter()
-                .any(|v| v.what.contains("no WRITE wrote")),
-            "{:?}",
-            a.violations
-        );
-    }
-
-    /// A retry applied twice (the bug
-    /// `master::tests::a_retry_after_failover_is_not_applied_again` guards
-    /// against): the WRITE of "a" acknowledged with version 1, "b" with 2, then a late retry of the WRITE of "a" applied as version 3
-    /// and read: a, b, a, which no order of the client calls explains.
-    #[test]
-    fn a_retried_write_applied_twice_is_a_violation() {
-        let a = H(Vec::new())
-            .write("a", (0, 10), Some(1))
-            .write("b", (11, 12), Some(2))
-            .read((13, 14), Some(("b", 2)))
-            .read((15, 16), Some(("a", 3)))
-            .analyse();
-        assert_eq!(a.violations.len(), 1, "{:?}", a.violations);
-        assert!(a.violations[0].what.contains("applied twice"));
-        // The same with a WRITE whose outcome its client never learnt: seen
-        // with two versions.
-        let a = H(Vec::new())
-            .write("a", (0, 10), None)
-            .read((11, 12), Some(("a", 1)))
-            .read((13, 14), Some(("a", 4)))
-            .analyse();
-        assert_eq!(a.violations.len(), 1, "{:?}", a.violations);
-    }
-
-    #[test]
-    fn old_version_read_again_is_still_stale() {
-        let a = H(Vec::new())
-            .write("a", (0, 10), Some(1))
-            .write("b", (11, 12), Some(2))
-            .read((13, 14), Some(("b", 2)))
-            .read((15, 16), Some(("a", 1)))
-            .analyse();
-        assert_eq!(a.violations.len(), 1, "{:?}", a.violations);
-    }
-
-    #[test]
-    fn unknown_write_seen_then_gone_is_a_violation() {
-        let a = H(Vec::new())
-            .write("a", (0, 1), Some(1))
-            .write("b", (2, 3), None)
-            .read((4, 5), Some(("b", 2)))
-            .read((6, 7), Some(("a", 1)))
-            .analyse();
-        assert_eq!(a.violations.len(), 1, "{:?}", a.violations);
-    }
-
-    #[test]
-    fn unknown_write_never_seen_is_dropped() {
-        let a = H(Vec::new())
-            .write("a", (0, 1), Some(1))
-            .write("b", (2, 3), None)
-            .read((4, 5), Some(("a", 1)))
-            .analyse();
-        assert!(a.violations.is_empty(), "{:?}", a.violations);
-    }
-
-    #[test]
-    fn lost_acknowledged_write_is_a_violation() {
-        // The final read after healing finds an older value.
-        let a = H(Vec::new())
-            .write("a", (0, 1), Some(1))
-            .write("b", (2, 3), Some(2))
-            .read((100, 101), Some(("a", 1)))
-            .analyse();
-        assert_eq!(a.violations.len(), 1);
-        let a = H(Vec::new())
-            .write("a", (0, 1), Some(1))
-            .read((100, 101), None)
-            .analyse();
-        assert_eq!(a.violations.len(), 1);
-    }
-
-    #[test]
-    fn keys_are_checked_separately() {
-        let mut h = H(Vec::new())
-            .write("a", (0, 1), Some(1))
-            .read((2, 3), Some(("a", 1)));
-        h.0[1].key = "other".into();
-        let a = h.analyse();
-        // On key "other" nobody wrote "a".
-        assert_eq!(a.keys, 2);
-        assert_eq!(a.violations.len(), 1);
-    }
 }

@@ -9,21 +9,29 @@
 //! - [`cluster`]: the processes and proxies of the cluster under test, and
 //!   their wall clocks (libfaketime);
 //! - [`faults`]: the fault model, pure and seeded;
-//! - [`history`]: the operation history (invoke / ok / fail / unknown, with
-//!   monotonic timestamps) and its analysis, key by key;
+//! - [`history`]: the operation history (invoke / ok / refused / fail /
+//!   unknown, with monotonic timestamps);
+//! - [`analysis`]: the history's check, key by key;
 //! - [`checker`]: the linearizability checker for one register
 //!   (Wing–Gong–Lowe, as in Porcupine), with a search budget;
-//! - [`nemesis`]: the workload, the pinned clients and the driver.
+//! - [`nemesis`]: the driver: a run from start to summary;
+//! - `workload`: the clients, on hot keys, fresh keys and counters;
+//! - `pinned`: clients kept on a paused master's open connections;
+//! - [`counters`]: the keys incremented by compare-and-set, and their check.
 //!
 //! docs/RELIABILITY.md describes the guarantees, the fault matrix and the
 //! measured results.
 
+pub mod analysis;
 pub mod checker;
 pub mod cluster;
+pub mod counters;
 pub mod faults;
 pub mod history;
 pub mod nemesis;
+mod pinned;
 pub mod proxy;
+mod workload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,15 +1,14 @@
 //! The nemesis: a real [`Cluster`] under concurrent clients and random
 //! faults drawn from a seeded RNG ([`super::faults`]); the history the clients
-//! observed is checked afterwards ([`super::history`]).
+//! observed ([`super::history`]) is checked afterwards ([`super::analysis`]).
 //!
-//! The workload: concurrent clients on a few *hot* keys (so that operations on
-//! a key overlap) and on *fresh* keys all through the run (each written once,
-//! read by others, often before it exists: NOT_FOUND is read and checked), a
-//! client retrying on its own (its retries are not separate operations:
-//! WRITEs are exactly-once), compactions asked of both masters all the time
-//! beside the masters' own, and, during every long pause of the active master,
-//! READs and WRITEs sent to the paused master on connections it had open
-//! (*pinned* clients that never fail over), for keys its successor wrote.
+//! The workload: the clients of `chaos::workload` (READs, WRITEs,
+//! compare-and-sets and DELETEs of hot keys, fresh keys, the counters of
+//! [`super::counters`]), compactions asked of both masters all the time
+//! beside the masters' own, and, during every long pause of the active
+//! master, the *pinned* clients of `chaos::pinned`, which send the paused
+//! master READs and WRITEs on connections it had open, for keys its successor
+//! wrote. At the end each counter is checked ([`check_counter`]).
 //!
 //! A run:
 //! 1. start the cluster; wait until the master serves with every slave live;
@@ -18,35 +17,34 @@
 //!    time, pause;
 //! 3. stop the clients, heal everything, and require a WRITE to succeed
 //!    within [`HEAL_BOUND`]; wait for the cluster to settle; READ every hot
-//!    key and the fresh keys (a lost acknowledged WRITE shows up here);
-//! 4. check the history.
+//!    key, the counters and the fresh keys (a lost acknowledged WRITE shows up
+//!    here);
+//! 4. check the history and the counters.
 //!
 //! The seed fixes the fault schedule (kinds, targets, hold times) and the
 //! clients' choices, not the thread interleavings: a replay reproduces the
 //! same faults, usually the same failure.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use dsm_wire::Role;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::analysis::{self, Analysis};
 use super::cluster::Cluster;
+use super::counters::{COUNTERS, Counter, check_counter};
 use super::faults::{self, Budget, Fault, Focus, Targets};
-use super::history::{self, Analysis, Call, Completion, Recorder};
-use crate::client::{Client, ClientConfig, ClientError};
-use crate::proto::kv_client::KvClient;
-use crate::proto::{ReadRequest, StatusRequest, WriteRequest};
-use crate::version::Version;
-use tonic::Code;
-use tonic::transport::Channel;
+use super::history::{self, Recorder};
+use super::pinned::{PINNED_TIMEOUT, Pinned, PinnedClient};
+use super::workload::{Workload, client_loop, read, write};
+use crate::client::{Client, ClientConfig};
 
 /// Longest wait for a WRITE to succeed once every fault is healed.
 pub const HEAL_BOUND: Duration = Duration::from_secs(60);
@@ -54,11 +52,6 @@ pub const HEAL_BOUND: Duration = Duration::from_secs(60);
 pub const READY_BOUND: Duration = Duration::from_secs(60);
 /// Longest wait, between episodes, for slaves to rejoin.
 const SETTLE_BOUND: Duration = Duration::from_secs(5);
-/// Timeout of the pinned clients: longer than any pause, so that what a
-/// paused master answers when it wakes is what they see.
-const PINNED_TIMEOUT: Duration = Duration::from_secs(15);
-/// Fresh keys remembered for reads by other clients.
-const RECENT_FRESH: usize = 256;
 /// Fresh keys read back at the end, at most (the most recent ones).
 const FINAL_FRESH_READS: usize = 3000;
 
@@ -172,6 +165,8 @@ pub struct Summary {
     pub compactions: usize,
     /// Time from healing the last fault to the first acknowledged WRITE.
     pub heal_to_write: Option<Duration>,
+    /// The compare-and-set counters, checked.
+    pub counters: Vec<Counter>,
     /// Everything that makes the run fail (violations included), in words.
     pub failures: Vec<String>,
     /// Where the member logs, the history and the fault timeline are.
@@ -202,6 +197,16 @@ impl Summary {
             s,
             "  write: {} ok, {} failed, {} unknown",
             c.write_ok, c.write_fail, c.write_unknown
+        );
+        let _ = writeln!(
+            s,
+            "  cas:   {} ok, {} refused, {} failed, {} unknown",
+            c.cas_ok, c.cas_refused, c.cas_fail, c.cas_unknown
+        );
+        let _ = writeln!(
+            s,
+            "  delete: {} ok, {} failed, {} unknown",
+            c.delete_ok, c.delete_fail, c.delete_unknown
         );
         let _ = writeln!(
             s,
@@ -237,6 +242,9 @@ impl Summary {
                 let _ = writeln!(s, "first WRITE after healing: FAILED");
             }
         }
+        for counter in &self.counters {
+            let _ = writeln!(s, "cas counter {counter}");
+        }
         let a = &self.analysis;
         let _ = writeln!(
             s,
@@ -255,312 +263,6 @@ impl Summary {
         let _ = writeln!(s, "details: {}", self.dir.display());
         let _ = writeln!(s, "result: {}", if self.passed() { "PASS" } else { "FAIL" });
         s
-    }
-}
-
-/// The keys clients share.
-struct Workload {
-    hot: Vec<String>,
-    /// Fresh keys recently written (or being written), for others to read.
-    recent: Mutex<VecDeque<String>>,
-    /// Fresh keys whose WRITE was acknowledged, for the final reads.
-    acked: Mutex<Vec<String>>,
-}
-
-impl Workload {
-    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn remember(&self, key: &str) {
-        let mut recent = Self::lock(&self.recent);
-        if recent.len() == RECENT_FRESH {
-            recent.pop_front();
-        }
-        recent.push_back(key.to_string());
-    }
-
-    fn recent_key(&self, rng: &mut StdRng) -> Option<String> {
-        let recent = Self::lock(&self.recent);
-        (!recent.is_empty()).then(|| recent[rng.random_range(0..recent.len())].clone())
-    }
-}
-
-/// One client: READs and WRITEs of unique values on hot and fresh keys.
-async fn client_loop(
-    process: usize,
-    endpoints: Vec<String>,
-    workload: Arc<Workload>,
-    recorder: Arc<Recorder>,
-    stop: CancellationToken,
-    seed: u64,
-) {
-    let client = Client::new(ClientConfig {
-        endpoints,
-        timeout: Duration::from_secs(2),
-        retry_for: Duration::from_secs(3),
-    });
-    let mut rng =
-        StdRng::seed_from_u64(seed ^ (process as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let mut n = 0u64;
-    while !stop.is_cancelled() {
-        n += 1;
-        let value = format!("c{process}.{n}");
-        match rng.random_range(0..100) {
-            0..=34 => {
-                let key = &workload.hot[rng.random_range(0..workload.hot.len())];
-                read(&client, process, key, &recorder).await;
-            }
-            35..=59 => {
-                let key = &workload.hot[rng.random_range(0..workload.hot.len())];
-                write(&client, process, key, &value, &recorder).await;
-            }
-            60..=79 => {
-                let key = format!("f{process}.{n}");
-                workload.remember(&key);
-                if write(&client, process, &key, &value, &recorder).await {
-                    Workload::lock(&workload.acked).push(key);
-                }
-            }
-            _ => {
-                // A recent fresh key (maybe still being written), or one
-                // nobody ever writes.
-                let key = match workload.recent_key(&mut rng) {
-                    Some(key) if rng.random_bool(0.9) => key,
-                    _ => format!("never{process}.{n}"),
-                };
-                read(&client, process, &key, &recorder).await;
-            }
-        }
-    }
-}
-
-async fn read(client: &Client, process: usize, key: &str, recorder: &Recorder) -> bool {
-    let index = recorder.invoke(process, key, Call::Read);
-    let result = client.read(key.as_bytes()).await;
-    let ok = result.is_ok();
-    let completion = match result {
-        Ok(found) => Completion::Read {
-            found: found.map(|(v, version)| (String::from_utf8_lossy(&v).into_owned(), version)),
-        },
-        Err(e @ (ClientError::InvalidArgument(_) | ClientError::NotFound(_))) => Completion::Fail {
-            error: e.to_string(),
-        },
-        Err(e) => Completion::Unknown { error: short(&e) },
-    };
-    recorder.complete(index, completion);
-    ok
-}
-
-async fn write(
-    client: &Client,
-    process: usize,
-    key: &str,
-    value: &str,
-    recorder: &Recorder,
-) -> bool {
-    let index = recorder.invoke(
-        process,
-        key,
-        Call::Write {
-            value: value.to_string(),
-        },
-    );
-    let result = client.write(key.as_bytes(), value.as_bytes()).await;
-    let ok = result.is_ok();
-    let completion = match result {
-        Ok(version) => Completion::Written { version },
-        // Definite: the server refused the input. Nothing else is.
-        Err(e @ ClientError::InvalidArgument(_)) => Completion::Fail {
-            error: e.to_string(),
-        },
-        Err(e) => Completion::Unknown { error: short(&e) },
-    };
-    recorder.complete(index, completion);
-    ok
-}
-
-fn short(e: &ClientError) -> String {
-    match e {
-        ClientError::Unavailable { attempts, .. } => {
-            format!("unavailable after {attempts} attempt(s)")
-        }
-        other => other.to_string().chars().take(120).collect(),
-    }
-}
-
-/// A raw `Kv` client of one master: one attempt per call, no failover, no
-/// leader hint followed, so its answers are that master's own.
-#[derive(Clone)]
-struct PinnedClient {
-    kv: KvClient<Channel>,
-}
-
-impl PinnedClient {
-    fn new(address: &str) -> anyhow::Result<PinnedClient> {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .context("pinned client address")?
-            .connect_timeout(Duration::from_secs(2));
-        Ok(PinnedClient {
-            kv: KvClient::new(endpoint.connect_lazy()),
-        })
-    }
-
-    async fn read(&self, key: &str) -> Completion {
-        let mut request = tonic::Request::new(ReadRequest {
-            key: key.as_bytes().to_vec(),
-        });
-        request.set_timeout(PINNED_TIMEOUT);
-        match self.kv.clone().read(request).await {
-            Ok(reply) => {
-                let reply = reply.into_inner();
-                Completion::Read {
-                    found: Some((
-                        String::from_utf8_lossy(&reply.value).into_owned(),
-                        reply.version.map(Version::from).unwrap_or_default(),
-                    )),
-                }
-            }
-            Err(status) => pinned_outcome(status, true),
-        }
-    }
-
-    async fn write(&self, key: &str, value: &str) -> Completion {
-        let mut request = tonic::Request::new(WriteRequest {
-            key: key.as_bytes().to_vec(),
-            value: value.as_bytes().to_vec(),
-            ..WriteRequest::default()
-        });
-        request.set_timeout(PINNED_TIMEOUT);
-        match self.kv.clone().write(request).await {
-            Ok(reply) => Completion::Written {
-                version: reply
-                    .into_inner()
-                    .version
-                    .map(Version::from)
-                    .unwrap_or_default(),
-            },
-            Err(status) => pinned_outcome(status, false),
-        }
-    }
-
-    async fn status(&self) {
-        let mut request = tonic::Request::new(StatusRequest {});
-        request.set_timeout(PINNED_TIMEOUT);
-        let _ = self.kv.clone().status(request).await;
-    }
-}
-
-/// What a pinned call's error means for the history: NOT_FOUND is an answer,
-/// a standby's refusal or bad input is a definite failure, the rest unknown.
-fn pinned_outcome(status: tonic::Status, read: bool) -> Completion {
-    match status.code() {
-        Code::NotFound if read => Completion::Read { found: None },
-        Code::FailedPrecondition | Code::InvalidArgument => Completion::Fail {
-            error: status.message().to_string(),
-        },
-        _ => Completion::Unknown {
-            error: format!("{:?}: {}", status.code(), status.message()),
-        },
-    }
-}
-
-/// Clients that talk to one master only and never fail over, with
-/// connections kept open all through the run.
-struct Pinned {
-    clients: [PinnedClient; 2],
-    /// Watches who is active, bypassing the proxies.
-    observers: [Client; 2],
-    /// Process ids of their operations in the history.
-    process: usize,
-}
-
-impl Pinned {
-    /// Keeps each pinned client's connection open (a status call every half
-    /// second; one stuck on a paused master just waits).
-    fn keep_open(&self, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
-        self.clients
-            .iter()
-            .map(|client| {
-                let (client, stop) = (client.clone(), stop.clone());
-                tokio::spawn(async move {
-                    while !stop.is_cancelled() {
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = client.status() => {}
-                        }
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                })
-            })
-            .collect()
-    }
-
-    /// During a long pause of master `m`, until `until`: once the other one
-    /// serves, WRITE fresh keys through it, then send the paused master READs
-    /// of those keys (and of hot keys) and WRITEs, on its open connection.
-    /// Returns how many operations were sent to the paused master.
-    async fn probe(
-        &self,
-        m: usize,
-        until: Instant,
-        workload: &Workload,
-        recorder: &Arc<Recorder>,
-        failover: &Client,
-        n: u64,
-    ) -> usize {
-        let other = &self.observers[1 - m];
-        loop {
-            if Instant::now() + Duration::from_millis(1500) > until {
-                return 0;
-            }
-            if other
-                .endpoint_status()
-                .await
-                .is_ok_and(|s| s.role() == Some(Role::Active))
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let mut fresh = Vec::new();
-        for i in 0..5 {
-            let key = format!("p{n}.{i}");
-            if write(failover, self.process, &key, &format!("p{n}.{i}"), recorder).await {
-                Workload::lock(&workload.acked).push(key.clone());
-                fresh.push(key);
-            }
-        }
-        if Instant::now() + Duration::from_millis(500) > until {
-            return 0;
-        }
-        let paused = &self.clients[m];
-        let mut sent = Vec::new();
-        for key in fresh.iter().chain(workload.hot.iter()) {
-            let (client, key, recorder) = (paused.clone(), key.clone(), recorder.clone());
-            let process = self.process;
-            sent.push(tokio::spawn(async move {
-                let index = recorder.invoke(process, &key, Call::Read);
-                recorder.complete(index, client.read(&key).await);
-            }));
-        }
-        for i in 0..2 {
-            let (client, recorder) = (paused.clone(), recorder.clone());
-            let (key, process) = (format!("pw{n}.{i}"), self.process);
-            sent.push(tokio::spawn(async move {
-                let value = key.clone();
-                let call = Call::Write {
-                    value: value.clone(),
-                };
-                let index = recorder.invoke(process, &key, call);
-                recorder.complete(index, client.write(&key, &value).await);
-            }));
-        }
-        let ops = sent.len();
-        for task in sent {
-            let _ = task.await;
-        }
-        ops
     }
 }
 
@@ -614,11 +316,9 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
         }
     };
     let recorder = Arc::new(Recorder::new());
-    let workload = Arc::new(Workload {
-        hot: (0..config.keys.max(1)).map(|k| format!("k{k}")).collect(),
-        recent: Mutex::new(VecDeque::new()),
-        acked: Mutex::new(Vec::new()),
-    });
+    let workload = Arc::new(Workload::new(
+        (0..config.keys.max(1)).map(|k| format!("k{k}")).collect(),
+    ));
     let stop = CancellationToken::new();
     // Clients stop however this function ends (error, interruption).
     let _stop_clients = stop.clone().drop_guard();
@@ -778,13 +478,20 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
             .collect()
     };
     say(&format!(
-        "reading back {} hot and {} fresh keys...",
+        "reading back {} hot keys, {} counters and {} fresh keys...",
         workload.hot.len(),
+        COUNTERS.len(),
         fresh.len()
     ));
-    for key in workload.hot.iter().chain(fresh.iter()) {
-        if !read(&final_client, final_process, key, &recorder).await {
+    let mut last_counts = BTreeMap::new();
+    let counters = COUNTERS.iter().map(|k| k.to_string());
+    for key in workload.hot.iter().cloned().chain(counters).chain(fresh) {
+        let found = read(&final_client, final_process, &key, &recorder).await;
+        if found.is_none() {
             failures.push(format!("the final READ of {key} failed after healing"));
+        }
+        if COUNTERS.contains(&key.as_str()) {
+            last_counts.insert(key, found);
         }
     }
 
@@ -792,12 +499,7 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
     let ok_before_first_fault = ops
         .iter()
         .filter(|op| op.completed < first_fault)
-        .filter(|op| {
-            matches!(
-                op.completion,
-                Completion::Read { .. } | Completion::Written { .. }
-            )
-        })
+        .filter(|op| op.completion.answered())
         .count();
     if ok_before_first_fault < config.min_ops_before_faults {
         failures.push(format!(
@@ -812,7 +514,7 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
     let budget = config.checker_budget;
     let analysis = {
         let ops = ops.clone();
-        tokio::task::spawn_blocking(move || history::analyse(&ops, budget))
+        tokio::task::spawn_blocking(move || analysis::analyse(&ops, budget))
             .await
             .context("the checker panicked")?
     };
@@ -824,6 +526,18 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
             "key {key}: the linearizability check ran out of budget (inconclusive)"
         ));
     }
+    let counters: Vec<Counter> = last_counts
+        .iter()
+        .map(|(key, found)| {
+            let last = found
+                .as_ref()
+                .map(|found| found.as_ref().map(|(value, _)| value.as_str()));
+            check_counter(key, &ops, last)
+        })
+        .collect();
+    for counter in &counters {
+        failures.extend(counter.problems.iter().cloned());
+    }
     write_report(&config.dir, &ops, &timeline);
     Ok(Summary {
         seed: config.seed,
@@ -834,6 +548,7 @@ async fn drive(config: &NemesisConfig, cluster: &mut Cluster) -> anyhow::Result<
         pinned_ops,
         compactions,
         heal_to_write,
+        counters,
         failures,
         dir: config.dir.clone(),
         elapsed: Duration::ZERO,

@@ -36,6 +36,9 @@ enum LinkState {
     Down,
     /// Calls wait until the link changes (a frozen process, a blackhole).
     Frozen,
+    /// PUTs wait until the link changes (a slave stuck storing); every other
+    /// call passes.
+    PutsFrozen,
 }
 
 /// A slave's durable state, as the real store keeps it.
@@ -119,11 +122,12 @@ struct MemLink {
 }
 
 impl MemLink {
-    /// Waits while frozen, fails while down.
-    async fn pass(&self) -> Result<(), Status> {
+    /// Waits while frozen (a PUT, `put`, also while PUTs are frozen), fails
+    /// while down.
+    async fn pass(&self, put: bool) -> Result<(), Status> {
         let mut link = self.link.clone();
         let state = *link
-            .wait_for(|s| *s != LinkState::Frozen)
+            .wait_for(|s| *s != LinkState::Frozen && !(put && *s == LinkState::PutsFrozen))
             .await
             .map_err(|_| Status::unavailable("network gone"))?;
         match state {
@@ -140,7 +144,7 @@ fn stale(epoch: u64, fenced: u64) -> Status {
 #[tonic::async_trait]
 impl SlaveLink for MemLink {
     async fn put(&self, request: PutRequest) -> Result<PutReply, Status> {
-        self.pass().await?;
+        self.pass(true).await?;
         let mut s = self.state.lock().unwrap();
         if request.epoch < s.epoch {
             return Err(stale(request.epoch, s.epoch));
@@ -158,7 +162,7 @@ impl SlaveLink for MemLink {
     }
 
     async fn get(&self, request: GetRequest) -> Result<GetReply, Status> {
-        self.pass().await?;
+        self.pass(false).await?;
         let mut s = self.state.lock().unwrap();
         if request.epoch < s.epoch {
             return Err(stale(request.epoch, s.epoch));
@@ -176,14 +180,14 @@ impl SlaveLink for MemLink {
     }
 
     async fn fence(&self, epoch: u64) -> Result<u64, Status> {
-        self.pass().await?;
+        self.pass(false).await?;
         let mut s = self.state.lock().unwrap();
         s.epoch = s.epoch.max(epoch);
         Ok(s.epoch)
     }
 
     async fn inventory(&self, epoch: u64) -> Result<InventoryStream, Status> {
-        self.pass().await?;
+        self.pass(false).await?;
         let s = self.state.lock().unwrap();
         if epoch < s.epoch {
             return Err(stale(epoch, s.epoch));
@@ -709,6 +713,62 @@ async fn concurrent_compare_and_sets_of_one_version_let_one_win() {
     let (value, version) = a.read(bytes("counter")).await.unwrap();
     assert_eq!(version, winners[0]);
     assert!(value.starts_with(b"from-"));
+}
+
+/// A failed condition is an observation of the key's latest logged version,
+/// which may belong to a WRITE still replicating: it is answered only once
+/// READs return that version too, or a READ after the refusal could return
+/// the value the refusal said was replaced. The same for a DELETE finding
+/// nothing to delete because a DELETE is still replicating.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_is_answered_once_reads_see_what_it_observed() {
+    let h = Harness::new();
+    let (a, _) = h.first_master().await;
+    let v1 = write(&a, "k", "v1").await.unwrap();
+    write(&a, "gone", "x").await.unwrap();
+    // (key, what is replicating, the observer: value and condition).
+    let cases = [
+        ("k", Some("v2"), Some("v3"), Some(Expect::Version(v1))),
+        ("gone", None, None, None),
+    ];
+    for (key, replicating, value, expect) in cases {
+        // The WRITE (or DELETE) is logged; its puts stall on every slave,
+        // while the term can still be confirmed.
+        h.net.set_all("a", LinkState::PutsFrozen);
+        let stalled = {
+            let a = a.clone();
+            tokio::spawn(async move { a.apply(mutation(key, replicating, None)).await })
+        };
+        wait_until(|| super::lock(&a.ordering.in_flight).contains_key(key.as_bytes())).await;
+        let observed = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                let answer = a.apply(mutation(key, value, expect)).await;
+                // What a READ would return, the moment the answer came.
+                let indexed = super::lock(&a.index).get(key.as_bytes()).map(|m| m.version);
+                (answer, indexed)
+            })
+        };
+        // On the paused clock: time for an answer that does not wait for
+        // the puts (the term is confirmed without them), well within the
+        // slave timeout.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        h.net.set_all("a", LinkState::Up);
+        let written = stalled.await.unwrap().unwrap().version.unwrap();
+        let (answer, indexed) = observed.await.unwrap();
+        match answer {
+            Err(MasterError::ConditionFailed { current, .. }) => {
+                assert_eq!(current, Some(written), "{key}: the refusal names the WRITE");
+            }
+            Ok(nothing) => assert_eq!(nothing.version, None, "{key}: nothing to delete"),
+            Err(other) => panic!("{key}: {other}"),
+        }
+        assert_eq!(
+            indexed,
+            Some(written),
+            "{key}: answered before READs returned the version it observed"
+        );
+    }
 }
 
 /// DELETE: the key is gone for READ and LIST; deleting it again writes

@@ -21,8 +21,12 @@
 //! before any other WRITE of the key can be: a key's WRITEs hold a shared lock
 //! of the key's stripe from their check to their append, conditional ones the
 //! exclusive lock. A failed condition is an observation, answered only once the
-//! term is confirmed ([`super::barrier`]). Checked by
-//! `master::tests::concurrent_compare_and_sets_of_one_version_let_one_win`.
+//! term is confirmed ([`super::barrier`]) and once READs return the version it
+//! observed: a refusal naming a WRITE still replicating, answered at once,
+//! would let a READ after it return the older value (the nemesis's CAS
+//! counters found this). Checked by
+//! `master::tests::concurrent_compare_and_sets_of_one_version_let_one_win` and
+//! `master::tests::a_refusal_is_answered_once_reads_see_what_it_observed`.
 //!
 //! A DELETE is a WRITE of a tombstone; deleting a key that does not exist
 //! writes nothing.
@@ -119,7 +123,10 @@ pub struct KeyOrder {
     hasher: RandomState,
     /// The latest version appended for keys whose WRITE is still
     /// replicating (so not in the index yet), and whether it deletes.
-    in_flight: std::sync::Mutex<HashMap<Bytes, (Version, bool)>>,
+    pub(super) in_flight: std::sync::Mutex<HashMap<Bytes, (Version, bool)>>,
+    /// Woken whenever a WRITE is recorded in the index, for observations
+    /// waiting until READs return what they saw in flight.
+    recorded: tokio::sync::Notify,
 }
 
 impl Default for KeyOrder {
@@ -128,6 +135,7 @@ impl Default for KeyOrder {
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
             hasher: RandomState::new(),
             in_flight: std::sync::Mutex::new(HashMap::new()),
+            recorded: tokio::sync::Notify::new(),
         }
     }
 }
@@ -147,10 +155,13 @@ impl KeyOrder {
     }
 
     fn recorded(&self, key: &[u8], version: Version) {
-        let mut in_flight = lock(&self.in_flight);
-        if in_flight.get(key).is_some_and(|(v, _)| *v <= version) {
-            in_flight.remove(key);
+        {
+            let mut in_flight = lock(&self.in_flight);
+            if in_flight.get(key).is_some_and(|(v, _)| *v <= version) {
+                in_flight.remove(key);
+            }
         }
+        self.recorded.notify_waiters();
     }
 }
 
@@ -243,6 +254,24 @@ impl Master {
         indexed.max(in_flight)
     }
 
+    /// Waits until READs return `version` of `key` or a later one: until the
+    /// index holds it, or nothing of the key is still replicating.
+    async fn wait_recorded(&self, key: &[u8], version: Version) {
+        loop {
+            // Registered before looking, so a recording in between wakes it.
+            let notified = self.ordering.recorded.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let indexed = lock(&self.index)
+                .get(key)
+                .is_some_and(|meta| meta.version >= version);
+            if indexed || !lock(&self.ordering.in_flight).contains_key(key) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// A WRITE or DELETE seen for the first time.
     async fn apply_fresh(
         &self,
@@ -280,9 +309,8 @@ impl Master {
             (Some(stripe.read().await), None)
         };
         if observe {
-            let current = self
-                .latest_logged(&key)
-                .and_then(|(v, deleted)| (!deleted).then_some(v));
+            let latest = self.latest_logged(&key);
+            let current = latest.and_then(|(v, deleted)| (!deleted).then_some(v));
             let refused = match expect {
                 Some(expect) if !expect.holds(current) => Some(condition_failed(&key, current)),
                 _ => None,
@@ -290,10 +318,13 @@ impl Master {
             if refused.is_some() || (value.is_none() && current.is_none()) {
                 drop(exclusive);
                 abandon();
+                if let Some((observed, _)) = latest {
+                    self.wait_recorded(&key, observed).await;
+                }
                 term.barrier.ticket().await?;
                 term.check_can_ack()?;
                 return match refused {
-                    Some(status) => Err(status),
+                    Some(refusal) => Err(refusal),
                     None => Ok(Written {
                         version: None,
                         deduplicated: false,
