@@ -62,6 +62,17 @@ fn config(name: &str, default_duration: Duration) -> (NemesisConfig, tempfile::T
     (config, dir)
 }
 
+/// Runs of a broken build before the checker is said to miss its bug. A bug
+/// shows only in some interleavings (a master woken from a pause may notice
+/// it was deposed before it answers what it received while paused), so one
+/// run can see nothing; each attempt takes the next seed.
+#[cfg(any(
+    feature = "chaos-broken-ack",
+    feature = "chaos-broken-takeover",
+    feature = "chaos-broken-read"
+))]
+const CATCH_ATTEMPTS: u64 = 4;
+
 /// Runs the nemesis with a hard bound on the whole run.
 async fn run(config: NemesisConfig) -> Summary {
     let bound = config.duration + Duration::from_secs(240);
@@ -168,23 +179,29 @@ async fn blackholed_slave_link_is_routed_around_and_heals() {
 }
 
 /// Runs the nemesis against masters with the bug `broken`, drawing `focus`
-/// faults for `duration`, and requires the history to show it.
+/// faults for `duration`, and requires the history of one of
+/// [`CATCH_ATTEMPTS`] runs to show it.
 #[cfg(any(
     feature = "chaos-broken-ack",
     feature = "chaos-broken-takeover",
     feature = "chaos-broken-read"
 ))]
 async fn assert_caught(name: &str, broken: Broken, focus: Focus, duration: Duration) {
-    let (mut config, _dir) = config(name, duration);
-    config.broken = broken;
-    config.focus = focus;
-    let summary = run(config).await;
-    assert!(
-        !summary.analysis.violations.is_empty(),
-        "the checker missed {broken:?} (seed {})",
-        summary.seed
-    );
-    assert!(!summary.passed());
+    let mut missed = Vec::new();
+    for attempt in 0..CATCH_ATTEMPTS {
+        let (mut config, _dir) = config(name, duration);
+        config.seed = config.seed.wrapping_add(attempt);
+        config.broken = broken;
+        config.focus = focus;
+        let summary = run(config).await;
+        if !summary.analysis.violations.is_empty() {
+            assert!(!summary.passed());
+            return;
+        }
+        eprintln!("{name}: seed {} saw no violation", summary.seed);
+        missed.push(summary.seed);
+    }
+    panic!("the checker missed {broken:?} in {CATCH_ATTEMPTS} runs (seeds {missed:?})");
 }
 
 /// The checker is shown to work on a real bug: masters started with
