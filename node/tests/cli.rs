@@ -73,7 +73,7 @@ fn malformed_flags_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn log_dump_prints_the_seed_format() {
+async fn log_dump_prints_write_key_value_lines() {
     bounded(async {
         let mut cluster = Cluster::start(Options::default()).await;
         let client = cluster.client();
