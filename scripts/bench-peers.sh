@@ -8,12 +8,15 @@
 #
 #   bash scripts/bench-peers.sh            # about 10 minutes
 #   SECS=5 bash scripts/bench-peers.sh     # shorter points
+#   DEPTH=16 bash scripts/bench-peers.sh   # requests in flight per pipelined
+#                                          # client in the deep row (default 8)
 #
 # Loopback only; every process is bounded by `timeout` and stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-10}
 WARMUP=${WARMUP:-2}
+DEPTH=${DEPTH:-8}
 CLIENTS=(1 16 64)
 work=$(mktemp -d)
 pids=()
@@ -59,13 +62,15 @@ print(f"{statistics.median(samples):.0f}")
 EOF
 )
 
-for api in unary pipelined; do
+# name, API, requests in flight per client
+for run in "unary unary 1" "pipelined pipelined 1" "pipelined-deep pipelined $DEPTH"; do
+    read -r name api depth <<<"$run"
     for c in "${CLIENTS[@]}"; do
-        echo "dsm bench --api $api --clients $c..." >&2
-        timeout 300 "$dsm" bench --api "$api" --clients "$c" --slaves 3 --write-ratio 0.3 \
-            --keys 1000 --value-size 100 --warmup "${WARMUP}s" --duration "${SECS}s" \
-            --json "$work/dsm-$api-$c.json" >/dev/null 2>&1
-        python3 - "$work/dsm-$api-$c.json" "dsm-$api" "$c" >>"$results" <<'EOF'
+        echo "dsm bench --api $api --depth $depth --clients $c..." >&2
+        timeout 300 "$dsm" bench --api "$api" --depth "$depth" --clients "$c" --slaves 3 \
+            --write-ratio 0.3 --keys 1000 --value-size 100 --warmup "${WARMUP}s" \
+            --duration "${SECS}s" --metrics-listen none --json "$work/dsm-$name-$c.json" >/dev/null 2>&1
+        python3 - "$work/dsm-$name-$c.json" "dsm-$name" "$c" >>"$results" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
 print(sys.argv[2], sys.argv[3], round(d["throughput_ops_per_s"]),
@@ -111,15 +116,23 @@ for i in 0 1 2; do
 done
 sleep 2
 for c in "${CLIENTS[@]}"; do
-    requests=$((c * 4000))
-    timeout 300 redis-benchmark -h 127.0.0.1 -p 16400 -t set,get -n "$requests" -r 1000 -d 100 \
-        -c "$c" -P 1 --csv --precision 3 | tail -n +2 | tr -d '"' |
-        while IFS=, read -r test rps _avg _min p50 _rest; do
-            echo "redis-$(echo "$test" | tr 'A-Z' 'a-z') $c ${rps%.*} $(python3 -c "print(round(float('$p50')*1000))") 0"
-        done >>"$results"
+    # Several seconds per point at this machine's rates: a SET waits for its
+    # fsync, a GET does not.
+    for test in set get; do
+        if [ "$test" = set ]; then
+            requests=$((c < 4 ? 50000 : c * 6000))
+        else
+            requests=$((c < 4 ? 200000 : 1000000))
+        fi
+        timeout 300 redis-benchmark -h 127.0.0.1 -p 16400 -t "$test" -n "$requests" -r 1000 -d 100 \
+            -c "$c" -P 1 --csv --precision 3 | tail -n +2 | tr -d '"' |
+            while IFS=, read -r name rps _avg _min p50 _rest; do
+                echo "redis-$(echo "$name" | tr 'A-Z' 'a-z') $c ${rps%.*} $(python3 -c "print(round(float('$p50')*1000))") 0"
+            done >>"$results"
+    done
 done
 
-python3 - "$results" "$fsync_p50" <<'EOF'
+python3 - "$results" "$fsync_p50" "$DEPTH" <<'EOF'
 import sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -135,6 +148,7 @@ for c in clients:
 names = [
     ("dsm-unary", "DSM `dsm bench --api unary`"),
     ("dsm-pipelined", "DSM `dsm bench --api pipelined`"),
+    ("dsm-pipelined-deep", f"DSM `dsm bench --api pipelined --depth {sys.argv[3]}`"),
     ("redis-set", "Redis, AOF fsync always + 2 replicas: SET"),
     ("redis-get", "Redis, same setup: GET"),
     ("redis-mix", "Redis, same setup: 30/70 mix (harmonic)"),
@@ -148,7 +162,8 @@ for key, label in names:
 print()
 print(f"fdatasync of a 100-byte append: p50 {fsync:.0f} µs")
 hop = rows.get(("ceiling-unary", 1), (0, 0, 0))[1]
-u64, p64 = ops("dsm-unary", 64), ops("dsm-pipelined", 64)
+u64 = ops("dsm-unary", 64)
+p64 = max(ops("dsm-pipelined", 64), ops("dsm-pipelined-deep", 64))
 ceil64, mix64 = ops("ceiling-unary", 64), ops("redis-mix", 64)
 _, r1, w1 = rows.get(("dsm-unary", 1), (0, 0, 0))
 def verdict(ok):

@@ -73,6 +73,11 @@ pub struct WorkloadArgs {
     /// failover).
     #[arg(long, value_enum, default_value_t = Api::Unary)]
     pub api: Api,
+    /// Requests each client keeps in flight (closed loop only): with the
+    /// pipelined API they share its one stream, with the unary API its
+    /// HTTP/2 connection. At most 1024.
+    #[arg(long, default_value_t = 1)]
+    pub depth: usize,
     /// Where to serve the bench's own /metrics while it runs, or `none`.
     #[arg(long, default_value = "127.0.0.1:9190")]
     pub metrics_listen: MetricsListen,
@@ -154,6 +159,9 @@ pub struct RunArgs {
     pub workload: WorkloadArgs,
 }
 
+/// Most requests one client may keep in flight (`--depth`).
+pub const MAX_DEPTH: usize = 1024;
+
 /// What one measurement does, whoever asked for it (a run or a sweep).
 #[derive(Clone, Debug)]
 pub struct RunParams {
@@ -169,6 +177,8 @@ pub struct RunParams {
     pub rate: Option<f64>,
     /// Client API.
     pub api: Api,
+    /// Requests in flight per client.
+    pub depth: usize,
     /// TLS and token of every client.
     pub security: ClientSecurity,
     /// Prefix of the progress lines (which sweep point this is).
@@ -179,10 +189,20 @@ impl RunParams {
     /// Rejects parameters no run can use.
     ///
     /// # Errors
-    /// No client, a bad rate, or a bad workload (see [`Workload::new`]).
+    /// No client, a bad depth or rate, or a bad workload (see
+    /// [`Workload::new`]).
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.clients == 0 {
             bail!("--clients must be at least 1");
+        }
+        if !(1..=MAX_DEPTH).contains(&self.depth) {
+            bail!(
+                "--depth must be from 1 to {MAX_DEPTH} requests in flight per client, not {}",
+                self.depth
+            );
+        }
+        if self.depth > 1 && self.rate.is_some() {
+            bail!("--depth is for the closed loop: with --rate, add --clients instead");
         }
         if let Some(rate) = self.rate
             && !(rate.is_finite() && rate > 0.0)
@@ -281,10 +301,24 @@ mod tests {
             duration: Duration::from_secs(1),
             rate: None,
             api: Api::Unary,
+            depth: 1,
             security: ClientSecurity::default(),
             label: String::new(),
         };
         assert!(params.validate().is_ok());
+        for depth in [0, MAX_DEPTH + 1] {
+            let bad_depth = RunParams {
+                depth,
+                ..params.clone()
+            };
+            assert!(bad_depth.validate().is_err(), "{depth}");
+        }
+        let deep_open = RunParams {
+            depth: 8,
+            rate: Some(100.0),
+            ..params.clone()
+        };
+        assert!(deep_open.validate().is_err());
         let no_clients = RunParams {
             clients: 0,
             ..params.clone()

@@ -79,6 +79,7 @@ async fn run_once(args: RunArgs) -> anyhow::Result<()> {
         duration: args.duration,
         rate: args.workload.rate,
         api: args.workload.api,
+        depth: args.workload.depth,
         security: ClientSecurity::default(),
         label: String::new(),
     };

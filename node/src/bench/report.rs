@@ -32,6 +32,14 @@ pub struct RunConfig {
     /// Client API (absent from results written before it existed: unary).
     #[serde(default)]
     pub api: super::Api,
+    /// Requests in flight per client (absent from results written before
+    /// it existed: 1).
+    #[serde(default = "one")]
+    pub depth: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Figures of one operation over the measurement.
@@ -125,7 +133,10 @@ impl Summary {
             Some(rate) => format!("open loop at {rate} ops/s"),
             None => "closed loop".to_string(),
         };
-        let mode = format!("{mode}, {} API", c.api);
+        let mode = match c.depth {
+            1 => format!("{mode}, {} API", c.api),
+            depth => format!("{mode}, {} API, {depth} in flight per client", c.api),
+        };
         format!(
             "{} clients, {} slaves ({}), {:.0}% writes, {} keys ({}), {}-byte values, {mode}, {:.1}s measured after {:.0}s warm-up{}",
             c.clients,
@@ -254,6 +265,7 @@ pub(crate) mod tests {
                 duration_s: 30.0,
                 rate: None,
                 api: crate::bench::Api::Unary,
+                depth: 1,
             },
             measured_s: 30.0,
             interrupted: false,

@@ -107,18 +107,22 @@ pub async fn measure(
     });
 
     let period = params.period()?;
-    let mut handles = Vec::with_capacity(params.clients);
+    let mut handles = Vec::with_capacity(params.clients * params.depth);
     for (i, client) in clients.into_iter().enumerate() {
         // Open-loop clients are spread over one period so the requests do
         // not leave in bursts of `clients` at once.
         let first = start + period.map_or(Duration::ZERO, |p| p * i as u32 / params.clients as u32);
-        handles.push(tokio::spawn(run_client(
-            client,
-            workload.clone(),
-            recorder.clone(),
-            ClientSchedule { first, period, end },
-            stop.clone(),
-        )));
+        // `depth` closed loops share the client: that many in flight on it.
+        let client = Arc::new(client);
+        for _ in 0..params.depth {
+            handles.push(tokio::spawn(run_client(
+                client.clone(),
+                workload.clone(),
+                recorder.clone(),
+                ClientSchedule { first, period, end },
+                stop.clone(),
+            )));
+        }
     }
 
     let samples = report_progress(
@@ -169,6 +173,7 @@ pub async fn measure(
             duration_s: params.duration.as_secs_f64(),
             rate: params.rate,
             api: params.api,
+            depth: params.depth,
         },
         measured_s: measured.as_secs_f64(),
         interrupted,
@@ -230,7 +235,7 @@ impl OpMetrics {
 
 /// One client's loop: pick a request, send it, record it, until `end`.
 async fn run_client(
-    client: BenchClient,
+    client: Arc<BenchClient>,
     workload: Arc<Workload>,
     recorder: Arc<Mutex<Recorder>>,
     schedule: ClientSchedule,

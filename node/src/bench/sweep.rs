@@ -50,6 +50,7 @@ pub async fn run(args: SweepArgs) -> anyhow::Result<()> {
         duration: args.duration,
         rate: args.workload.rate,
         api: args.workload.api,
+        depth: args.workload.depth,
         security: Default::default(),
         label: String::new(),
     };
