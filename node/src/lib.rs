@@ -16,7 +16,7 @@
 //! - [`local`]: `dsm local`, a whole cluster as child processes;
 //!   [`process`] supervises each of them, [`ports`] finds them free ports.
 //! - [`snapshot`]: snapshot files (`dsm snapshot save`, `status`, `restore`).
-//! - [`bench`]: `dsm bench`, load generation, results and plots.
+//! - [`bench`](mod@bench): `dsm bench`, load generation, results and plots.
 //! - [`chaos`]: `dsm chaos` and the nemesis test: faults injected at random,
 //!   the history checked for linearizability.
 //! - [`metrics`]: Prometheus metrics and the health endpoints.

@@ -97,10 +97,10 @@ pub struct WorkloadArgs {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Api {
-    /// [`Client`]: unary calls, failover, retries.
+    /// [`crate::client::Client`]: unary calls, failover, retries.
     #[default]
     Unary,
-    /// [`PipelinedClient`]: one stream per client to the active master.
+    /// [`crate::client::pipelined::PipelinedClient`]: one stream per client to the active master.
     Pipelined,
 }
 

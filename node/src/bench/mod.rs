@@ -7,7 +7,7 @@
 //! draws throughput, latency and load plots ([`plot`]); `dsm bench failover`
 //! ([`failover`]) times failovers instead.
 //!
-//! Module map: [`args`] holds the flags and checks them, [`run`] is the
+//! Module map: [`args`] holds the flags and checks them, [`run`](mod@run) is the
 //! measuring engine (clients, warm-up, per-second figures), [`workload`]
 //! picks requests, [`stats`] measures them, [`report`] summarises a run.
 

@@ -16,7 +16,7 @@
 //!
 //! Memory: the index holds an entry for every key of the cluster, so its cost
 //! per key bounds how many keys a master can serve. A key of up to 16 bytes is
-//! stored in place, and its metadata in 40 bytes ([`Stored::Compact`]) when it
+//! stored in place, and its metadata in 40 bytes (`Stored::Compact`) when it
 //! fits: at most [`INLINE_HOLDERS`] holders numbered below `u16::MAX` (the
 //! usual replication factors) and a log position below 4 GiB in a segment
 //! numbered below 2^32. Anything larger is boxed, with no limit. Measured by

@@ -13,7 +13,7 @@
 //!    and serve. Clocks decide only when this happens, never whether it is safe
 //!    ([`term`] has the argument).
 //! 3. **Active.** Serve READs ([`read`], each confirmed by a [`barrier`]
-//!    round) and WRITEs ([`write`], deduplicated by [`sessions`]); admit
+//!    round) and WRITEs ([`write`](mod@write), deduplicated by [`sessions`]); admit
 //!    slaves ([`control`]); re-replicate ([`repair`]); compact the log
 //!    ([`compaction`]); renew the lease. A term ends when a slave or the log
 //!    directory shows a newer epoch, or when the log writer fails (full or

@@ -1,7 +1,7 @@
 //! Re-replication and drains: bringing every key back to `r` live holders
 //! after a slave was lost, a WRITE fell short of its quorum, or a slave is
-//! being drained; and the one-slave calls every path shares ([`Master::put_to`],
-//! [`Master::get_from`], [`Master::read_log`]).
+//! being drained; and the one-slave calls every path shares (`Master::put_to`,
+//! `Master::get_from`, `Master::read_log`).
 
 use std::collections::HashSet;
 use std::sync::Arc;

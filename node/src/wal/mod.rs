@@ -5,7 +5,7 @@
 //! - segments `kv_store.{epoch:08}.{n:08}.log`: the `n`-th segment created by the
 //!   master of `epoch` (logs of older versions named `kv_store.{n:08}.log` read as
 //!   epoch 0). Each opens with the magic [`MAGIC`] and holds length-prefixed,
-//!   CRC-checked records (see [`frame`] for the byte layout). Segments are read in
+//!   CRC-checked records (see `wal/frame.rs` for the byte layout). Segments are read in
 //!   [`SegmentNo`] order, epoch first, so a segment a deposed master creates late
 //!   always sorts *before* its successor's segments;
 //! - `terms/`, the epoch history: one `{epoch}.cut` file per master term that
