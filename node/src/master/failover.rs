@@ -102,10 +102,10 @@ impl Master {
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
-            let Some(term) = self.standby(&cancel, started).await? else {
+            let Some(term) = self.run_as_standby(&cancel, started).await? else {
                 return Ok(());
             };
-            self.active(term, &cancel).await;
+            self.run_as_active(term, &cancel).await;
             if cancel.is_cancelled() {
                 return Ok(());
             }
@@ -114,7 +114,7 @@ impl Master {
 
     /// Replays the log from scratch into a fresh index, then follows it until
     /// this process takes over (Some) or is cancelled (None).
-    async fn standby(
+    async fn run_as_standby(
         self: &Arc<Self>,
         cancel: &CancellationToken,
         started: Instant,
@@ -508,7 +508,11 @@ impl Master {
 
     /// Serves as the active master until deposed or cancelled, renewing the
     /// lease every quarter of its duration.
-    pub(super) async fn active(self: &Arc<Self>, term: Arc<Term>, cancel: &CancellationToken) {
+    pub(super) async fn run_as_active(
+        self: &Arc<Self>,
+        term: Arc<Term>,
+        cancel: &CancellationToken,
+    ) {
         *lock(&self.role) = Role::Active(term.clone());
         let barrier = {
             let master = self.clone();

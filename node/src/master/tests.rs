@@ -258,7 +258,7 @@ impl Harness {
     async fn take_over(&self, master: &Arc<Master>) -> Arc<Term> {
         let term = self.take_over_quietly(master).await;
         let (m, t, cancel) = (master.clone(), term.clone(), self.cancel.clone());
-        tokio::spawn(async move { m.active(t, &cancel).await });
+        tokio::spawn(async move { m.run_as_active(t, &cancel).await });
         wait_until(|| matches!(master.role(), Role::Active(_))).await;
         term
     }
