@@ -191,6 +191,9 @@ async fn assert_caught(name: &str, broken: Broken, focus: Focus, duration: Durat
     for attempt in 0..CATCH_ATTEMPTS {
         let (mut config, _dir) = config(name, duration);
         config.seed = config.seed.wrapping_add(attempt);
+        if attempt > 0 {
+            eprintln!("{name}: attempt {} with seed {}", attempt + 1, config.seed);
+        }
         config.broken = broken;
         config.focus = focus;
         let summary = run(config).await;

@@ -148,19 +148,25 @@ impl Stored {
         *self = Stored::new(meta);
     }
 
+    /// The holders, without building a [`KeyMeta`].
+    fn holders(&self) -> impl Iterator<Item = SlaveIdx> + '_ {
+        let (inline, boxed): (&[u16], &[SlaveIdx]) = match self {
+            Stored::Compact { len, holders, .. } => (&holders[..usize::from(*len)], &[]),
+            Stored::Boxed(meta) => (&[], &meta.holders),
+        };
+        inline
+            .iter()
+            .map(|&h| SlaveIdx::from(h))
+            .chain(boxed.iter().copied())
+    }
+
     /// Number of holders for which `live` is true.
     fn count_holders(&self, live: impl Fn(SlaveIdx) -> bool) -> usize {
-        match self {
-            Stored::Compact { len, holders, .. } => holders[..usize::from(*len)]
-                .iter()
-                .filter(|&&h| live(SlaveIdx::from(h)))
-                .count(),
-            Stored::Boxed(meta) => meta.holders.iter().filter(|&&h| live(h)).count(),
-        }
+        self.holders().filter(|&h| live(h)).count()
     }
 
     fn held_by(&self, slave: SlaveIdx) -> bool {
-        self.count_holders(|h| h == slave) > 0
+        self.holders().any(|h| h == slave)
     }
 }
 
