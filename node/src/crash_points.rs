@@ -6,7 +6,7 @@
 //! (`FailScenario::setup` in `main`), e.g.
 //!
 //! ```text
-//! FAILPOINTS='write::after_fsync_before_replication=3*off->return' dsm master ...
+//! FAILPOINTS='write::after_log_durable=3*off->return' dsm master ...
 //! ```
 //!
 //! lets three WRITEs through that point and crashes the process on the
@@ -25,12 +25,22 @@
 
 /// Validated, before anything is appended to the log.
 pub const BEFORE_LOG_APPEND: &str = "write::before_log_append";
+/// In the log writer thread, before a batch is written. Only for `return`:
+/// the batch is answered as written (so its WRITEs go to their slaves) but
+/// never reaches the file, and the writer thread stops: what a power cut
+/// does to records no fsync covered yet. Combined with
+/// [`AFTER_REPLICATION`], it leaves on the slaves a version the log never
+/// got (a stray).
+pub const LOG_WRITE_LOST: &str = "wal::write_lost";
 /// In the log writer thread: the batch is written (in the page cache) but
-/// not yet fsynced.
+/// not yet fsynced; its WRITEs may be on their way to the slaves.
 pub const AFTER_LOG_WRITE_BEFORE_FSYNC: &str = "wal::after_write_before_fsync";
-/// The record is durable in the log; no slave has it yet.
-pub const AFTER_FSYNC_BEFORE_REPLICATION: &str = "write::after_fsync_before_replication";
-/// A quorum of slaves stored the value; the client has no answer yet.
+/// The record is durable in the log; the slaves may not have it yet.
+pub const AFTER_LOG_DURABLE: &str = "write::after_log_durable";
+/// A quorum of slaves stored the value; the log's fsync may not have
+/// returned yet.
+pub const AFTER_REPLICATION: &str = "write::after_replication";
+/// The record is durable and a quorum stored it; the client has no answer yet.
 pub const AFTER_QUORUM_BEFORE_REPLY: &str = "write::after_quorum_before_reply";
 
 /// Kills this process with SIGKILL: the crash a fail point simulates.

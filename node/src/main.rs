@@ -318,9 +318,10 @@ async fn run_master(args: MasterArgs, prefer_active: bool) -> anyhow::Result<()>
     #[cfg(feature = "chaos-broken-takeover")]
     if args.chaos_broken_takeover {
         tracing::warn!(
-            "--chaos-broken-takeover: wall-clock lease expiry, cut before fencing (test-only)"
+            "--chaos-broken-takeover: wall-clock lease expiry, cut before fencing, no claim check after the log fsync (test-only)"
         );
         dsm::master::failover::BROKEN_TAKEOVER.store(true, std::sync::atomic::Ordering::SeqCst);
+        dsm::wal::SKIP_CLAIM_CHECK.store(true, std::sync::atomic::Ordering::SeqCst);
     }
     #[cfg(feature = "chaos-broken-read")]
     if args.chaos_broken_read {

@@ -47,7 +47,8 @@ const TAKEOVER_RETRY: Duration = Duration::from_millis(200);
 /// `--chaos-broken-takeover`): the takeover of older versions, which the
 /// nemesis must catch — the standby compares the holder's wall-clock stamp
 /// with its own clock, and records its cut before any slave is fenced (slaves
-/// are fenced only when they register again).
+/// are fenced only when they register again); its log writer does not look
+/// for a newer claim after an fsync either (`wal::SKIP_CLAIM_CHECK`).
 #[cfg(feature = "chaos-broken-takeover")]
 pub static BROKEN_TAKEOVER: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);

@@ -17,12 +17,16 @@
 //! A new master claims its epoch `N`, fences (itself, by calling them) enough
 //! members of the previous term `P` that at most `r_P - 1` members are left
 //! unfenced, then reads the log to its end and only then records its cut. An
-//! old-epoch WRITE is acknowledged only after all `r_P` slaves of its quorum
-//! stored it; every such quorum contains a fenced slave, which stored it before
-//! its fence (a fenced slave refuses older epochs, checked in the transaction of
-//! the put); and the WRITE was fsynced in the log before any slave was sent it.
-//! So it was in the log before the new master started reading, and the cut is
-//! after it: nothing acknowledged is lost, however early or late the takeover.
+//! old-epoch WRITE is acknowledged only once its record's fsync returned and,
+//! after that, the log writer found no claim newer than `P` in `terms/`
+//! (`wal::epochs::newest_term`): so the claim came later, the new master's
+//! reading later still, and the record was on disk before it (the WRITE goes
+//! to its slaves while the fsync runs, see `master::write`). The cut is after
+//! it: nothing acknowledged is lost, however early or late the takeover.
+//! Fencing does the rest: every quorum of the old term contains a fenced
+//! slave (a fenced slave refuses older epochs, checked in the transaction of
+//! the put), so a WRITE whose Puts arrive after the fences never reaches a
+//! quorum, and the old master learns it was deposed.
 //!
 //! The membership a new master reads is complete because a term persists a
 //! slave's admission, then looks for a newer claim, and refuses the slave if
@@ -153,6 +157,13 @@ impl Term {
     /// writes again — or the other master-capable process does. Tested by
     /// `tests/disk_faults.rs`.
     pub fn log_append_failed(&self, error: wal::WalError) -> MasterError {
+        if let wal::WalError::Fenced { newer, .. } = error {
+            self.depose(&format!("epoch {newer} was claimed in the log directory"));
+            return MasterError::unavailable(format!(
+                "this master was deposed (epoch {newer} was claimed) before the WRITE was durable; \
+                 it was not acknowledged (outcome unknown): retry against the active master"
+            ));
+        }
         if !matches!(error, wal::WalError::TooLarge { .. }) {
             self.depose(&format!(
                 "the write-ahead log failed ({error}); stepping down to recover it with a fresh writer"

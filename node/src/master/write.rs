@@ -1,13 +1,28 @@
 //! The WRITE path (DELETEs and conditional WRITEs included): validate,
-//! deduplicate, check the condition, log (fsync), replicate to `r` slaves,
-//! acknowledge.
+//! deduplicate, check the condition, log, replicate to `r` slaves while the
+//! log syncs, acknowledge.
 //!
-//! Invariant (persist before acknowledge): a WRITE is appended to the log and
-//! fsynced (group commit) *before* it is sent to any slave, and acknowledged
-//! only after every slave of its quorum stored it. A slave stores it only if no
-//! newer master has fenced it (checked in the slave's write transaction), which
-//! is what makes an acknowledgement by a deposed master impossible (see
-//! [`super::term`]). Checked by `tests/failover.rs` and `master::tests`.
+//! Invariant (persist before acknowledge): a WRITE is written to the log
+//! (group commit) before it is sent to any slave, and acknowledged only once
+//! the log reports it durable (its fsync returned, and no newer epoch was
+//! claimed after it: [`crate::wal::Appended::durable`]) *and* every slave of
+//! its quorum stored it. The fsync and the slaves' stores run in parallel, so
+//! a WRITE costs one fsync plus a slave's round trip, not both in a row. A
+//! slave stores it only if no newer master has fenced it (checked in the
+//! slave's write transaction); together with the claim check this is what
+//! makes an acknowledgement by a deposed master impossible (see
+//! [`super::term`]). Checked by `tests/failover.rs`, `tests/crash_points.rs`
+//! and `master::tests`.
+//!
+//! A slave may hold a version the log never got: the master (or its machine)
+//! died after the slaves stored it and before the fsync. Such a *stray* is
+//! never acknowledged, and is beyond the next term's cut or absent from the
+//! log, so no READ may return it: a READ asks only for the version the index
+//! holds (and falls back to other holders, then to the log), and the next
+//! term overwrites it when it reads the slave's inventory
+//! (`control::activate_after_inventory`). Its version's epoch is older than
+//! any later WRITE's, so it never wins over one. Checked by
+//! `tests/crash_points.rs` (`a_write_the_log_lost_is_never_read`).
 //!
 //! Invariant (exactly once): a WRITE that carries its client's id and number is
 //! applied at most once, whichever master receives its retries (see
@@ -187,8 +202,8 @@ fn condition_failed(key: &[u8], current: Option<Version>) -> MasterError {
 }
 
 impl Master {
-    /// A WRITE: validate, deduplicate, log (fsync), replicate to `r` slaves,
-    /// acknowledge.
+    /// A WRITE: validate, deduplicate, log, replicate to `r` slaves while the
+    /// log syncs, acknowledge.
     pub async fn write(
         &self,
         key: Bytes,
@@ -336,17 +351,14 @@ impl Master {
             crate::crash_points::crash(crate::crash_points::BEFORE_LOG_APPEND)
         });
         let tombstone = value.is_none();
-        let appended = match &value {
-            Some(value) => term.writer.append(key.clone(), value.clone(), origin).await,
-            None => term.writer.append_delete(key.clone(), origin).await,
-        };
-        let (version, pos) = match appended {
-            Ok(done) => done,
+        let appended = match term.writer.write(key.clone(), value.clone(), origin).await {
+            Ok(appended) => appended,
             Err(e) => {
                 abandon();
                 return Err(term.log_append_failed(e));
             }
         };
+        let (version, pos) = (appended.version, appended.pos);
         self.ordering.appended(&key, version, tombstone);
         drop(shared);
         drop(exclusive);
@@ -363,15 +375,25 @@ impl Master {
                 lock(&self.sessions).logged(origin, logged, Instant::now());
             }
         };
-        fail::fail_point!(crate::crash_points::AFTER_FSYNC_BEFORE_REPLICATION, |_| {
-            crate::crash_points::crash(crate::crash_points::AFTER_FSYNC_BEFORE_REPLICATION)
-        });
-        self.log_end_seq.fetch_max(version.seq, Ordering::SeqCst);
+        // The log syncs while the slaves store (module doc).
+        let durable = async {
+            let durable = appended.durable().await;
+            fail::fail_point!(crate::crash_points::AFTER_LOG_DURABLE, |_| {
+                crate::crash_points::crash(crate::crash_points::AFTER_LOG_DURABLE)
+            });
+            durable
+        };
         #[cfg(feature = "chaos-broken-ack")]
         if BROKEN_ACK.load(Ordering::SeqCst)
             && let Some(me) = self.me.upgrade()
         {
-            // Deliberately wrong: acknowledge now, replicate later.
+            // Deliberately wrong: acknowledge once logged, replicate later.
+            if let Err(e) = durable.await {
+                self.ordering.recorded(&key, version);
+                abandon();
+                return Err(term.log_append_failed(e));
+            }
+            self.log_end_seq.fetch_max(version.seq, Ordering::SeqCst);
             note_logged();
             let term = term.clone();
             tokio::spawn(async move {
@@ -387,9 +409,24 @@ impl Master {
                 deduplicated: false,
             });
         }
-        let acked = self
-            .replicate(term, &key, value.as_ref(), version, &candidates)
-            .await;
+        let replicated = async {
+            let acked = self
+                .replicate(term, &key, value.as_ref(), version, &candidates)
+                .await;
+            fail::fail_point!(crate::crash_points::AFTER_REPLICATION, |_| {
+                crate::crash_points::crash(crate::crash_points::AFTER_REPLICATION)
+            });
+            acked
+        };
+        let (durable, acked) = tokio::join!(durable, replicated);
+        if let Err(e) = durable {
+            // Not durable, maybe not in the log at all: nothing may point at
+            // it. What the slaves stored is a stray the next term overwrites.
+            self.ordering.recorded(&key, version);
+            abandon();
+            return Err(term.log_append_failed(e));
+        }
+        self.log_end_seq.fetch_max(version.seq, Ordering::SeqCst);
         note_logged();
         self.settle_write(term, &key, version, pos, tombstone, acked, false)
     }

@@ -197,6 +197,31 @@ fn list_cuts(dir: &Path) -> Result<Vec<u64>> {
     Ok(epochs)
 }
 
+/// The highest epoch any file of `terms/` names (a claim, a membership or a
+/// cut: `{epoch:020}.{kind}`), 0 when none, from a fresh listing. A master
+/// claims its epoch there before it reads the log, so a writer that finds
+/// nothing above its own epoch after an fsync knows that no successor can
+/// have read the log before that fsync.
+pub fn newest_term(dir: &Path) -> Result<u64> {
+    let terms = dir.join(TERMS_DIR);
+    let entries = match std::fs::read_dir(&terms) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(WalError::io(&terms, e)),
+    };
+    let mut newest = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| WalError::io(&terms, e))?;
+        let name = entry.file_name();
+        let epoch = name
+            .to_str()
+            .and_then(|name| name.split_once('.'))
+            .and_then(|(digits, _)| digits.parse::<u64>().ok());
+        newest = newest.max(epoch.unwrap_or(0));
+    }
+    Ok(newest)
+}
+
 fn parse_cut(text: &[u8]) -> std::result::Result<u64, String> {
     let text = std::str::from_utf8(text).map_err(|_| "not UTF-8".to_string())?;
     let field = text.trim();

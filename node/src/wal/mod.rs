@@ -23,12 +23,15 @@
 //!
 //! # Invariants enforced here
 //!
-//! - **Persist before acknowledge.** [`LogWriter::append`] resolves only after the
-//!   `fdatasync` covering the record returned success; after any write or sync error
-//!   the writer refuses every later append (an fsync error may have dropped dirty
-//!   pages, so retrying could acknowledge lost data). Tested by
-//!   `writer::tests::group_commit_one_fsync_covers_waiting_appends` and
-//!   `writer::tests::failed_writer_stops_acknowledging`.
+//! - **Persist before acknowledge.** [`LogWriter::write`] answers once a record is
+//!   written; [`Appended::durable`] (and [`LogWriter::append`]) resolves only after
+//!   the `fdatasync` covering it returned success and no newer epoch was claimed
+//!   after it; after any write or sync error the writer refuses every later append
+//!   (an fsync error may have dropped dirty pages, so retrying could acknowledge
+//!   lost data). Tested by
+//!   `writer::tests::group_commit_one_fsync_covers_waiting_appends`,
+//!   `writer::tests::failed_writer_stops_acknowledging` and
+//!   `writer::tests::a_newer_claim_stops_reporting_durable`.
 //! - **Epoch fencing**: a record `(e, s)` is valid iff `s < start_seq(e')` for every
 //!   epoch `e' > e` in the history, so a deposed master's records written after its
 //!   successor read the log are ignored on replay. Tested by
@@ -76,7 +79,9 @@ pub use epochs::{EpochHistory, LEGACY_EPOCHS_FILE, TERMS_DIR};
 pub use error::{FrameError, Result, WalError};
 pub use frame::{MAGIC, MAX_RECORD_BYTES};
 pub use reader::{LogReader, read_at};
-pub use writer::{LogWriter, WriterStats};
+#[cfg(feature = "chaos-broken-takeover")]
+pub use writer::SKIP_CLAIM_CHECK;
+pub use writer::{Appended, LogWriter, WriterStats};
 
 /// One WRITE as stored in the log.
 #[derive(Clone, Debug, PartialEq, Eq)]

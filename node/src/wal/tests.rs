@@ -263,9 +263,14 @@ async fn stale_epoch_records_are_ignored_on_replay() {
     for i in 5..7 {
         w2.append(b(&format!("k{i}")), b("e2"), None).await.unwrap();
     }
-    // The deposed master, still running, writes into its old segment.
-    let (late, _) = w1.append(b("k0"), b("late"), None).await.unwrap();
-    assert_eq!(late, Version::new(1, 11));
+    // The deposed master, still running, writes into its old segment (and
+    // sees epoch 2 after the fsync: it does not report the record durable).
+    let late = w1.write(b("k0"), Some(b("late")), None).await.unwrap();
+    assert_eq!(late.version, Version::new(1, 11));
+    assert!(matches!(
+        late.durable().await,
+        Err(WalError::Fenced { epoch: 1, newer: 2 })
+    ));
 
     let got: Vec<(Version, Bytes)> = replay(dir.path())
         .into_iter()

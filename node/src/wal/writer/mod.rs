@@ -7,13 +7,23 @@
 //! queue in the channel, and the next iteration takes all of them at once and
 //! covers them with a single `fdatasync`.
 //!
-//! Invariant (persist before acknowledge): a reply is sent only after the
-//! `fdatasync` covering the record returned success; after any write or sync
-//! error every later append fails ([`WalError::WriterFailed`]) because the
-//! kernel may have dropped the dirty pages (fsyncgate), so a retry could
-//! acknowledge data that is not on disk. Tested by
-//! `group_commit_one_fsync_covers_waiting_appends` and
-//! `failed_writer_stops_acknowledging`.
+//! An append answers twice: once the record is *written* (in the file, in the
+//! page cache: its version and position are final), so that the master can
+//! send it to the slaves while the fsync runs; and once it is *durable*.
+//!
+//! Invariant (persist before acknowledge): a record is reported durable only
+//! after the `fdatasync` covering it returned success *and*, after that, no
+//! newer epoch had been claimed in `terms/` ([`super::epochs::newest_term`]).
+//! The second half is what makes replicating before the fsync safe: a successor
+//! claims its epoch before it reads the log, so a record reported durable was
+//! on disk before any successor read the log, and is before its cut. After any
+//! write or sync error every later append fails ([`WalError::WriterFailed`])
+//! because the kernel may have dropped the dirty pages (fsyncgate), so a retry
+//! could acknowledge data that is not on disk; after a newer claim, every later
+//! append fails with [`WalError::Fenced`]. Tested by
+//! `group_commit_one_fsync_covers_waiting_appends`,
+//! `failed_writer_stops_acknowledging` and
+//! `a_newer_claim_stops_reporting_durable`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -24,16 +34,36 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::frame::{self, MAGIC, MAX_RECORD_BYTES};
 use super::segment::{Next, Segment};
 use super::{
-    EpochHistory, LogPos, Origin, Result, SegmentNo, WalError, list_segments, segment_epoch,
-    segment_no, segment_path, sync_dir,
+    EpochHistory, LogPos, Origin, Result, SegmentNo, WalError, epochs, list_segments,
+    segment_epoch, segment_no, segment_path, sync_dir,
 };
 use crate::commit_window::CommitWindow;
 use crate::version::Version;
+
+/// TEST-ONLY (feature `chaos-broken-takeover`, set with
+/// `--chaos-broken-takeover`): the writer of older versions, which did not
+/// look for a newer claim after its fsync. That check alone would stop the
+/// broken takeover's lost acknowledgements, and the nemesis must still see
+/// them.
+#[cfg(feature = "chaos-broken-takeover")]
+pub static SKIP_CLAIM_CHECK: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+fn skip_claim_check() -> bool {
+    #[cfg(feature = "chaos-broken-takeover")]
+    {
+        SKIP_CLAIM_CHECK.load(Ordering::SeqCst)
+    }
+    #[cfg(not(feature = "chaos-broken-takeover"))]
+    {
+        false
+    }
+}
 
 /// Appends queued at most; further `append` calls wait (backpressure).
 const QUEUE_DEPTH: usize = 4096;
@@ -50,8 +80,72 @@ pub struct LogWriter {
     tx: mpsc::Sender<Request>,
     shared: Arc<Shared>,
     epoch: u64,
+    /// How far the log is durable, or why it stopped being.
+    synced: watch::Receiver<Synced>,
     /// Resolves (with an error) when the writer thread has exited.
     done: oneshot::Receiver<()>,
+}
+
+/// A record written to the log (its version and position are final) that
+/// may not be durable yet.
+#[derive(Debug)]
+pub struct Appended {
+    /// The record's version.
+    pub version: Version,
+    /// Where the record starts.
+    pub pos: LogPos,
+    synced: watch::Receiver<Synced>,
+}
+
+impl Appended {
+    /// Resolves once the record is durable: its fsync returned and no newer
+    /// epoch was claimed after it (module doc). Fails if the writer failed or
+    /// was fenced before that; the record may then be in the log or not.
+    pub async fn durable(mut self) -> Result<(Version, LogPos)> {
+        let seq = self.version.seq;
+        let reached = |s: &Synced| s.seq >= seq || s.failure.is_some();
+        // A closed channel (the thread exited) still holds its last state.
+        let _ = self.synced.wait_for(reached).await;
+        let synced = self.synced.borrow();
+        match &synced.failure {
+            _ if synced.seq >= seq => Ok((self.version, self.pos)),
+            Some(failure) => Err(failure.error()),
+            None => Err(WalError::Closed),
+        }
+    }
+}
+
+/// How far the writer's records are durable.
+#[derive(Clone, Debug, Default)]
+struct Synced {
+    /// Every record up to this seq is durable.
+    seq: u64,
+    /// Set when the writer stopped: nothing after `seq` will be durable.
+    failure: Option<Failure>,
+}
+
+/// Why a writer stopped reporting records durable.
+#[derive(Clone, Debug)]
+enum Failure {
+    /// A write or fsync of this file failed.
+    Io(PathBuf, Arc<WalError>),
+    /// A newer epoch was claimed.
+    Fenced { epoch: u64, newer: u64 },
+}
+
+impl Failure {
+    fn error(&self) -> WalError {
+        match self {
+            Failure::Io(path, source) => WalError::WriterFailed {
+                path: path.clone(),
+                source: source.clone(),
+            },
+            Failure::Fenced { epoch, newer } => WalError::Fenced {
+                epoch: *epoch,
+                newer: *newer,
+            },
+        }
+    }
 }
 
 /// Counters of a writer, for metrics.
@@ -79,6 +173,7 @@ struct Request {
     value: Bytes,
     origin: Option<Origin>,
     tombstone: bool,
+    /// Answered once the record is written.
     reply: oneshot::Sender<Result<(Version, LogPos)>>,
 }
 
@@ -169,6 +264,10 @@ impl LogWriter {
             bytes: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (synced_tx, synced) = watch::channel(Synced {
+            seq: first_seq.saturating_sub(1),
+            failure: None,
+        });
         let (done_tx, done) = oneshot::channel();
         let worker = Worker {
             dir: dir.to_path_buf(),
@@ -179,6 +278,7 @@ impl LogWriter {
             failed: None,
             shared: shared.clone(),
             rx,
+            synced: synced_tx,
             buf: Vec::new(),
             commit_window: CommitWindow::new(commit_window),
             hooks,
@@ -191,12 +291,13 @@ impl LogWriter {
             tx,
             shared,
             epoch,
+            synced,
             done,
         })
     }
 
     /// Appends a record and returns its version and position once it is durable
-    /// (`fdatasync`ed). Seqs are assigned in log order, contiguously.
+    /// ([`Appended::durable`]). Seqs are assigned in log order, contiguously.
     ///
     /// Safe to call from many tasks at once; appends that arrive while a sync
     /// runs are written together and covered by the next single sync. After a
@@ -213,7 +314,7 @@ impl LogWriter {
         value: Bytes,
         origin: Option<Origin>,
     ) -> Result<(Version, LogPos)> {
-        self.submit(key, value, origin, false).await
+        self.write(key, Some(value), origin).await?.durable().await
     }
 
     /// Appends a Delete record (a tombstone) for `key`, like
@@ -223,16 +324,21 @@ impl LogWriter {
         key: Bytes,
         origin: Option<Origin>,
     ) -> Result<(Version, LogPos)> {
-        self.submit(key, Bytes::new(), origin, true).await
+        self.write(key, None, origin).await?.durable().await
     }
 
-    async fn submit(
+    /// Appends a record (`value` `None`: a tombstone) and returns as soon as it
+    /// is written, before its fsync: what lets a WRITE reach its slaves while
+    /// the log syncs. Wait for [`Appended::durable`] before acknowledging it.
+    /// Errors as [`append`](Self::append).
+    pub async fn write(
         &self,
         key: Bytes,
-        value: Bytes,
+        value: Option<Bytes>,
         origin: Option<Origin>,
-        tombstone: bool,
-    ) -> Result<(Version, LogPos)> {
+    ) -> Result<Appended> {
+        let tombstone = value.is_none();
+        let value = value.unwrap_or_default();
         let len = frame::payload_len(&key, &value, origin);
         if len > u64::from(MAX_RECORD_BYTES) {
             return Err(WalError::TooLarge {
@@ -251,7 +357,12 @@ impl LogWriter {
             })
             .await
             .map_err(|_| WalError::Closed)?;
-        rx.await.map_err(|_| WalError::Closed)?
+        let (version, pos) = rx.await.map_err(|_| WalError::Closed)??;
+        Ok(Appended {
+            version,
+            pos,
+            synced: self.synced.clone(),
+        })
     }
 
     /// The segment appends go to now (compaction must stay below it).
@@ -317,10 +428,12 @@ struct Worker {
     next_seq: u64,
     segment_bytes: u64,
     active: Active,
-    /// The first write/sync error: once set, nothing is acknowledged any more.
-    failed: Option<(PathBuf, Arc<WalError>)>,
+    /// The first write/sync error or newer claim: once set, nothing is
+    /// reported durable any more.
+    failed: Option<Failure>,
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Request>,
+    synced: watch::Sender<Synced>,
     /// Encoding buffer, reused across batches.
     buf: Vec<u8>,
     commit_window: CommitWindow,
@@ -359,41 +472,97 @@ impl Worker {
         batch
     }
 
-    fn commit(&mut self, batch: Vec<Request>) {
-        if self.failed.is_none() {
-            match self.write_batch(&batch) {
-                Ok(assigned) => {
-                    for (req, result) in batch.into_iter().zip(assigned) {
-                        // The appender may have given up waiting; the record is durable anyway.
-                        let _ = req.reply.send(Ok(result));
-                    }
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(
-                        path = %self.active.path.display(),
-                        error = %e,
-                        "write-ahead log write failed; the writer stops acknowledging appends"
-                    );
-                    self.failed = Some((self.active.path.clone(), Arc::new(e)));
-                }
-            }
-        }
-        if let Some((path, source)) = &self.failed {
+    /// Writes the batch, answers every append as written, then syncs it and
+    /// reports it durable.
+    fn commit(
+        &mut self,
+        #[cfg_attr(not(feature = "failpoints"), expect(unused_mut))] mut batch: Vec<Request>,
+    ) {
+        if let Some(failure) = &self.failed {
             for req in batch {
-                let _ = req.reply.send(Err(WalError::WriterFailed {
-                    path: path.clone(),
-                    source: source.clone(),
-                }));
+                let _ = req.reply.send(Err(failure.error()));
+            }
+            return;
+        }
+        fail::fail_point!(crate::crash_points::LOG_WRITE_LOST, |_| self
+            .lose(&mut batch));
+        let written = match self.write_batch(&batch) {
+            Ok(written) => written,
+            Err(e) => {
+                let failure = self.fail(e);
+                for req in batch {
+                    let _ = req.reply.send(Err(failure.error()));
+                }
+                return;
+            }
+        };
+        let (records, bytes) = (batch.len() as u64, self.buf.len() as u64);
+        for (req, result) in batch.into_iter().zip(written) {
+            // The appender may have given up waiting; the record is written anyway.
+            let _ = req.reply.send(Ok(result));
+        }
+        match self.sync_batch() {
+            Ok(()) => {
+                let last = self.next_seq - 1;
+                self.shared.last_seq.store(last, Ordering::Release);
+                self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.shared.records.fetch_add(records, Ordering::Relaxed);
+                self.shared.bytes.fetch_add(bytes, Ordering::Relaxed);
+                crate::metrics::master().log_records.inc_by(records);
+                self.synced.send_modify(|s| s.seq = last);
+            }
+            Err(e) => {
+                let failure = self.fail(e);
+                self.synced.send_modify(|s| s.failure = Some(failure));
             }
         }
     }
 
-    /// Writes and syncs one batch; returns each record's version and position.
+    /// Records the writer's first failure, after which it reports nothing
+    /// durable.
+    fn fail(&mut self, e: WalError) -> Failure {
+        let failure = match e {
+            WalError::Fenced { epoch, newer } => {
+                tracing::warn!(
+                    epoch,
+                    newer,
+                    "a newer master claimed the log; this writer stops reporting appends durable"
+                );
+                Failure::Fenced { epoch, newer }
+            }
+            e => {
+                tracing::error!(
+                    path = %self.active.path.display(),
+                    error = %e,
+                    "write-ahead log write failed; the writer stops acknowledging appends"
+                );
+                Failure::Io(self.active.path.clone(), Arc::new(e))
+            }
+        };
+        self.failed = Some(failure.clone());
+        failure
+    }
+
+    /// Writes one batch (not synced yet); returns each record's version and
+    /// position.
     fn write_batch(&mut self, batch: &[Request]) -> Result<Vec<(Version, LogPos)>> {
         if self.active.len >= self.segment_bytes {
             self.roll()?;
         }
+        let written = self.encode(batch);
+        let io_err = |e| WalError::io(&self.active.path, e);
+        #[cfg(test)]
+        if self.hooks.fail_writes.load(Ordering::SeqCst) {
+            return Err(io_err(io::Error::other("injected write failure")));
+        }
+        self.active.file.write_all(&self.buf).map_err(io_err)?;
+        self.next_seq += batch.len() as u64;
+        self.active.len += self.buf.len() as u64;
+        Ok(written)
+    }
+
+    /// Encodes the batch into `buf`, assigning versions and positions.
+    fn encode(&mut self, batch: &[Request]) -> Vec<(Version, LogPos)> {
         self.buf.clear();
         let mut assigned = Vec::with_capacity(batch.len());
         for (i, req) in batch.iter().enumerate() {
@@ -412,12 +581,13 @@ impl Worker {
             );
             assigned.push((version, pos));
         }
+        assigned
+    }
+
+    /// Makes what was written durable, then checks that no newer epoch was
+    /// claimed meanwhile (module doc).
+    fn sync_batch(&mut self) -> Result<()> {
         let io_err = |e| WalError::io(&self.active.path, e);
-        #[cfg(test)]
-        if self.hooks.fail_writes.load(Ordering::SeqCst) {
-            return Err(io_err(io::Error::other("injected write failure")));
-        }
-        self.active.file.write_all(&self.buf).map_err(io_err)?;
         // Written but not durable: a crash here must lose the batch or keep
         // it whole; an injected error here is a failed fsync.
         fail::fail_point!(crate::crash_points::AFTER_LOG_WRITE_BEFORE_FSYNC, |arg| {
@@ -426,24 +596,40 @@ impl Worker {
                 arg,
             )))
         });
-        let metrics = crate::metrics::master();
-        let fsync = metrics.log_fsync_duration.start_timer();
+        let fsync = crate::metrics::master().log_fsync_duration.start_timer();
         self.active.file.sync_data().map_err(io_err)?;
         fsync.observe_duration();
-        metrics.log_records.inc_by(batch.len() as u64);
-        // Durable from here on.
-        let n = batch.len() as u64;
-        self.next_seq += n;
-        self.active.len += self.buf.len() as u64;
-        self.shared
-            .last_seq
-            .store(self.next_seq - 1, Ordering::Release);
-        self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.shared.records.fetch_add(n, Ordering::Relaxed);
-        self.shared
-            .bytes
-            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
-        Ok(assigned)
+        if skip_claim_check() {
+            return Ok(());
+        }
+        let newer = epochs::newest_term(&self.dir)?;
+        if newer > self.epoch {
+            return Err(WalError::Fenced {
+                epoch: self.epoch,
+                newer,
+            });
+        }
+        Ok(())
+    }
+
+    /// TEST-ONLY (fail point [`crate::crash_points::LOG_WRITE_LOST`]): answers
+    /// the batch as written without writing it, and stops the thread for
+    /// good: a power cut's effect on records no fsync covered yet.
+    #[cfg(feature = "failpoints")]
+    fn lose(&mut self, batch: &mut Vec<Request>) {
+        use std::io::Write as _;
+        let _ = writeln!(
+            io::stderr(),
+            "fail point {}: the batch never reaches the file; the writer stops",
+            crate::crash_points::LOG_WRITE_LOST
+        );
+        let written = self.encode(batch);
+        for (req, result) in batch.drain(..).zip(written) {
+            let _ = req.reply.send(Ok(result));
+        }
+        loop {
+            std::thread::park();
+        }
     }
 
     /// Starts the epoch's next segment, unless a newer master has started: then
