@@ -262,8 +262,12 @@ async fn pipelined_client_has_unary_semantics() {
         let cluster = Cluster::start(Options::default()).await;
         let leader = cluster.client().status().await.expect("status").leader;
         let pipelined = std::sync::Arc::new(
-            dsm::client::pipelined::PipelinedClient::new(&leader, Duration::from_secs(10))
-                .expect("pipelined client"),
+            dsm::client::pipelined::PipelinedClient::new(dsm::client::ClientConfig {
+                endpoints: vec![leader],
+                timeout: Duration::from_secs(10),
+                retry_for: Duration::ZERO,
+            })
+            .expect("pipelined client"),
         );
         let writes: Vec<_> = (0..300)
             .map(|i| {

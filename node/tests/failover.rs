@@ -5,11 +5,13 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Cluster, Options, WAIT, bounded};
-use dsm::client::Client;
+use dsm::client::pipelined::PipelinedClient;
+use dsm::client::{Client, ClientConfig};
 use dsm::proto::kv_client::KvClient;
 use dsm_wire::Role;
 
@@ -118,6 +120,66 @@ async fn kill_master_during_writes_loses_nothing() {
         write_loop(cluster.client(), history.clone(), 450, 50, 60).await;
         cluster.wait_active(&cluster.master.address.clone()).await;
         check_history(&cluster, &history).await;
+    })
+    .await;
+}
+
+/// The pipelined client (many WRITEs in flight on one stream per master)
+/// survives a kill -9 of the active master: the ops in flight on its stream
+/// are sent again to the backup under their numbers, so every WRITE is
+/// acknowledged and reads back, and none surfaces an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_client_fails_over() {
+    bounded(async {
+        let mut cluster = Cluster::start(Options::default()).await;
+        let client = Arc::new(
+            PipelinedClient::new(ClientConfig {
+                endpoints: vec![
+                    cluster.master.address.clone(),
+                    cluster.backup.address.clone(),
+                ],
+                timeout: Duration::from_secs(2),
+                retry_for: Duration::from_secs(30),
+            })
+            .expect("pipelined client"),
+        );
+        const TASKS: usize = 8;
+        const WRITES: usize = 40;
+        let acked = Arc::new(AtomicUsize::new(0));
+        let writers: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let (client, acked) = (client.clone(), acked.clone());
+                tokio::spawn(async move {
+                    for i in 0..WRITES {
+                        let (key, value) = (format!("p{t}-{i}"), format!("v{t}-{i}"));
+                        client
+                            .write(key.as_bytes(), value.as_bytes())
+                            .await
+                            .unwrap_or_else(|e| panic!("WRITE {key} through the failover: {e}"));
+                        acked.fetch_add(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        while acked.load(Ordering::SeqCst) < TASKS * WRITES / 4 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cluster.master.kill9();
+        for writer in writers {
+            writer.await.expect("writer task");
+        }
+        cluster.wait_active(&cluster.backup.address).await;
+        for t in 0..TASKS {
+            for i in 0..WRITES {
+                let key = format!("p{t}-{i}");
+                let got = client.read(key.as_bytes()).await.expect("pipelined READ");
+                assert_eq!(
+                    got.map(|(v, _)| v.to_vec()),
+                    Some(format!("v{t}-{i}").into_bytes()),
+                    "{key}"
+                );
+            }
+        }
     })
     .await;
 }

@@ -69,8 +69,8 @@ pub struct WorkloadArgs {
     pub rate: Option<f64>,
     /// Client API: `unary` (one gRPC call per request, with failover and
     /// retries: what `dsm client` uses) or `pipelined` (each client's
-    /// requests on one `Kv.Pipeline` stream to the active master, no
-    /// failover).
+    /// requests on one `Kv.Pipeline` stream to the active master, with the
+    /// same failover and retries).
     #[arg(long, value_enum, default_value_t = Api::Unary)]
     pub api: Api,
     /// Requests each client keeps in flight (closed loop only): with the
@@ -100,7 +100,8 @@ pub enum Api {
     /// [`crate::client::Client`]: unary calls, failover, retries.
     #[default]
     Unary,
-    /// [`crate::client::pipelined::PipelinedClient`]: one stream per client to the active master.
+    /// [`crate::client::pipelined::PipelinedClient`]: one stream per client
+    /// to the active master, failover and retries.
     Pipelined,
 }
 

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
-use dsm_wire::Role;
 use futures::{StreamExt, TryStreamExt};
 use prometheus::{Histogram, IntCounter};
 use rand::SeedableRng;
@@ -67,26 +66,15 @@ pub async fn measure(
         .status()
         .await
         .with_context(|| format!("cannot reach the cluster at {}", endpoints.join(", ")))?;
-    let clients = (0..params.clients)
-        .map(|_| match params.api {
-            Api::Unary => {
-                Client::try_with_security(config.clone(), security.clone()).map(BenchClient::Unary)
-            }
-            // The pipelined client does not look for the active master
-            // itself: give it the one that answered Status.
-            Api::Pipelined => {
-                let active = if first_status.role() == Some(Role::Active)
-                    && !first_status.address.is_empty()
-                {
-                    first_status.address.clone()
-                } else {
-                    status_client.active_endpoint()
-                };
-                PipelinedClient::with_security(&active, config.timeout, security)
-                    .map(BenchClient::Pipelined)
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let clients =
+        (0..params.clients)
+            .map(|_| match params.api {
+                Api::Unary => Client::try_with_security(config.clone(), security.clone())
+                    .map(BenchClient::Unary),
+                Api::Pipelined => PipelinedClient::with_security(config.clone(), security)
+                    .map(BenchClient::Pipelined),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
 
     prepopulate(&clients, &workload).await?;
 

@@ -16,6 +16,7 @@
 //! elsewhere cannot help.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use dsm_wire::metadata;
@@ -25,10 +26,12 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::error::describe_status;
+use super::pipelined::KvPipeline;
 use super::{Client, ClientError, EndpointError};
 use crate::backoff;
 use crate::error_chain;
 use crate::limits::CLIENT_MAX_MESSAGE_BYTES;
+use crate::pipeline::Pipe;
 use crate::proto::kv_client::KvClient;
 use crate::security::{self, BearerToken, ClientTls};
 
@@ -52,6 +55,9 @@ pub(super) struct Peer {
     /// `Err` (with the reason) for an address that is not a valid URI: it is
     /// kept so every call's error can name it.
     pub(super) channel: Result<Channel, String>,
+    /// The endpoint's `Kv.Pipeline` stream, opened by the first pipelined op
+    /// (see [`super::pipelined`]).
+    pub(super) pipe: Option<Arc<Pipe<KvPipeline>>>,
 }
 
 /// Mutable part of the client. A std `Mutex` because it is only held to copy
@@ -75,12 +81,30 @@ pub(super) enum Failure {
 }
 
 impl Client {
-    /// Runs `attempt` against endpoints until one serves it (see the module
-    /// documentation for the policy).
+    /// Runs the unary call `attempt` against endpoints until one serves it
+    /// (see the module documentation for the policy).
     pub(super) async fn call<T, F, Fut>(&self, attempt: F) -> Result<T, ClientError>
     where
         F: Fn(KvClient<InterceptedService<Channel, BearerToken>>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.on_endpoints(|_, channel, timeout| {
+            let kv = KvClient::with_interceptor(channel, self.security.token.clone())
+                .max_decoding_message_size(CLIENT_MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(CLIENT_MAX_MESSAGE_BYTES);
+            let answer = attempt(kv, timeout);
+            async move { answer.await.map(tonic::Response::into_inner) }
+        })
+        .await
+    }
+
+    /// Runs `attempt` (given the endpoint's index in `peers` and its
+    /// channel) against endpoints until one serves it: the policy of the
+    /// module documentation, for unary calls and pipelined ops alike.
+    pub(super) async fn on_endpoints<T, F, Fut>(&self, attempt: F) -> Result<T, ClientError>
+    where
+        F: Fn(usize, Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + self.retry_for;
         let mut attempts: u32 = 0;
@@ -148,16 +172,8 @@ impl Client {
                 };
                 attempts = attempts.saturating_add(1);
 
-                let outcome = tokio::time::timeout(
-                    self.timeout,
-                    attempt(
-                        KvClient::with_interceptor(channel, self.security.token.clone())
-                            .max_decoding_message_size(CLIENT_MAX_MESSAGE_BYTES)
-                            .max_encoding_message_size(CLIENT_MAX_MESSAGE_BYTES),
-                        self.timeout,
-                    ),
-                )
-                .await;
+                let outcome =
+                    tokio::time::timeout(self.timeout, attempt(index, channel, self.timeout)).await;
                 let silent = || {
                     let mut until = silent_until.clone();
                     if until.len() <= index {
@@ -167,9 +183,9 @@ impl Client {
                     until
                 };
                 let failure = match outcome {
-                    Ok(Ok(response)) => {
+                    Ok(Ok(answer)) => {
                         self.lock().active = index;
-                        return Ok(response.into_inner());
+                        return Ok(answer);
                     }
                     // tonic enforces the request's `grpc-timeout` itself and
                     // may win the race against the outer timeout: both mean
@@ -365,6 +381,7 @@ pub(super) fn make_peer(address: &str, timeout: Duration, tls: Option<&ClientTls
     Peer {
         address: address.to_owned(),
         channel,
+        pipe: None,
     }
 }
 

@@ -16,8 +16,8 @@
 //! Here: the API ([`Client`], [`Watch`]) and its configuration. The call loop
 //! that every method goes through (endpoints, leader hints, timeouts,
 //! backoff, which answers are final) is in `failover.rs`; the errors
-//! ([`ClientError`]) in `error.rs`; [`pipelined`] is a client without
-//! failover for throughput (the bench).
+//! ([`ClientError`]) in `error.rs`; [`pipelined`] is the same client over
+//! one stream per master, for throughput (the bench).
 
 pub mod cli;
 mod error;

@@ -1,30 +1,35 @@
-//! A client that sends READs and WRITEs to one master over `Kv.Pipeline`:
-//! many requests in flight on one stream, batched, for callers that need
-//! throughput more than failover (the bench). Each op has exactly the
-//! semantics of the unary call; errors come back as the same statuses, but
-//! nothing is retried and no "not leader" answer is followed — find the
-//! active master first (for example with [`super::Client::status`]).
+//! A client that sends READs and WRITEs over `Kv.Pipeline`: many requests in
+//! flight on one stream per master, batched, for callers that need
+//! throughput (the bench). Each op has exactly the semantics of the unary
+//! call, failover included: it goes through the same policy as every
+//! [`Client`] call (`failover.rs`), so a standby's hint is followed, a lost
+//! master is replaced by the other one, and a WRITE sent again keeps its
+//! number, so it is applied at most once.
+//!
+//! Each endpoint's stream is opened by its first op and reopened by the
+//! first op after it broke (`crate::pipeline`): when a master dies, the ops
+//! in flight on its stream fail with UNAVAILABLE and are retried elsewhere.
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
 
-use super::ClientError;
+use super::{Client, ClientConfig, ClientError};
 use crate::limits::CLIENT_MAX_MESSAGE_BYTES;
 use crate::pipeline::{self, Pipe, Protocol};
 use crate::proto::kv_client::KvClient;
 use crate::proto::kv_op::Op;
 use crate::proto::kv_result::Result as Outcome;
 use crate::proto::{KvBatch, KvOp, KvResults, ReadRequest, WriteRequest};
-use crate::security::{self, BearerToken, ClientSecurity};
+use crate::security::{BearerToken, ClientSecurity};
 use crate::version::Version;
 
 /// `Kv.Pipeline` as a [`Protocol`].
-struct KvPipeline(KvClient<InterceptedService<Channel, BearerToken>>);
+pub(super) struct KvPipeline(KvClient<InterceptedService<Channel, BearerToken>>);
 
 impl Protocol for KvPipeline {
     type Op = Op;
@@ -42,82 +47,73 @@ impl Protocol for KvPipeline {
     }
 }
 
-/// A pipelined connection to one master. Cheap to share: every task may
-/// call it concurrently, and their requests share the stream.
+impl Client {
+    /// Sends `op` over the pipeline of the endpoint the failover policy
+    /// picks, again elsewhere while the answer says to.
+    async fn call_pipelined(&self, op: Op) -> Result<Outcome, ClientError> {
+        self.on_endpoints(|index, channel, _| {
+            let pipe = self.pipe(index, channel);
+            let op = op.clone();
+            async move { pipe.call(op).await }
+        })
+        .await
+    }
+
+    /// Endpoint `index`'s pipeline, started on first use.
+    fn pipe(&self, index: usize, channel: Channel) -> Arc<Pipe<KvPipeline>> {
+        let mut state = self.lock();
+        let start = || {
+            let kv = KvClient::with_interceptor(channel, self.security.token.clone())
+                .max_decoding_message_size(CLIENT_MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(CLIENT_MAX_MESSAGE_BYTES);
+            Arc::new(Pipe::new(KvPipeline(kv)))
+        };
+        match state.peers.get_mut(index) {
+            Some(peer) => peer.pipe.get_or_insert_with(start).clone(),
+            // Peers are never removed; this only guards the index.
+            None => start(),
+        }
+    }
+}
+
+/// A pipelined failover client. Cheap to share: every task may call it
+/// concurrently, and their requests share each master's stream.
 #[derive(Debug)]
 pub struct PipelinedClient {
-    address: String,
-    timeout: Duration,
-    pipe: Pipe<KvPipeline>,
-    /// Numbers WRITEs like [`super::Client`] does.
-    numbering: super::numbering::Numbering,
+    client: Client,
 }
 
 impl PipelinedClient {
-    /// Prepares a connection to the master at `address` (`host:port`); it
-    /// is opened on first use. `timeout` bounds each request.
+    /// A client of the masters `config` lists, as [`Client::try_new`];
+    /// streams are opened on first use.
     ///
     /// # Errors
-    /// [`ClientError::BadAddress`] when `address` is not `host:port`.
-    pub fn new(address: &str, timeout: Duration) -> Result<PipelinedClient, ClientError> {
-        PipelinedClient::with_security(address, timeout, &ClientSecurity::default())
+    /// As [`Client::try_new`].
+    pub fn new(config: ClientConfig) -> Result<PipelinedClient, ClientError> {
+        PipelinedClient::with_security(config, &ClientSecurity::default())
     }
 
     /// [`PipelinedClient::new`] with TLS and a token (see
     /// [`crate::security`]).
     ///
     /// # Errors
-    /// [`ClientError::BadAddress`] when `address` is not `host:port` or the
-    /// TLS files no longer load.
+    /// As [`Client::try_with_security`].
     pub fn with_security(
-        address: &str,
-        timeout: Duration,
+        config: ClientConfig,
         security: &ClientSecurity,
     ) -> Result<PipelinedClient, ClientError> {
-        let endpoint = security::endpoint(address, security.tls.as_ref()).map_err(|reason| {
-            ClientError::BadAddress {
-                address: address.to_owned(),
-                reason,
-            }
-        })?;
-        let client = KvClient::with_interceptor(
-            endpoint
-                .connect_timeout(timeout)
-                .tcp_nodelay(true)
-                .connect_lazy(),
-            security.token.clone(),
-        )
-        .max_decoding_message_size(CLIENT_MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(CLIENT_MAX_MESSAGE_BYTES);
         Ok(PipelinedClient {
-            address: address.to_owned(),
-            timeout,
-            pipe: Pipe::new(KvPipeline(client)),
-            numbering: super::numbering::Numbering::default(),
+            client: Client::try_with_security(config, security.clone())?,
         })
     }
 
-    async fn call(&self, op: Op) -> Result<Outcome, ClientError> {
-        let answer = tokio::time::timeout(self.timeout, self.pipe.call(op))
-            .await
-            .map_err(|_| Status::deadline_exceeded(format!("no answer within {:?}", self.timeout)))
-            .and_then(|r| r);
-        answer.map_err(|status| match status.code() {
-            Code::InvalidArgument => ClientError::InvalidArgument(status.message().to_owned()),
-            Code::NotFound => ClientError::NotFound(status.message().to_owned()),
-            _ => ClientError::Other {
-                address: self.address.clone(),
-                status,
-            },
-        })
-    }
-
-    /// Like [`super::Client::read`], without retries.
+    /// Like [`Client::read`].
     ///
     /// # Errors
     /// See [`ClientError`].
     pub async fn read(&self, key: &[u8]) -> Result<Option<(Bytes, Version)>, ClientError> {
-        match self.call(Op::Read(ReadRequest { key: key.to_vec() })).await {
+        let op = Op::Read(ReadRequest { key: key.to_vec() });
+        match self.client.call_pipelined(op).await {
             Ok(Outcome::Read(reply)) => Ok(Some((
                 Bytes::from(reply.value),
                 reply.version.map(Version::from).unwrap_or_default(),
@@ -128,12 +124,12 @@ impl PipelinedClient {
         }
     }
 
-    /// Like [`super::Client::write`], without retries.
+    /// Like [`Client::write`], exactly once across retries and failovers.
     ///
     /// # Errors
     /// See [`ClientError`].
     pub async fn write(&self, key: &[u8], value: &[u8]) -> Result<Version, ClientError> {
-        let number = self.numbering.next();
+        let number = self.client.numbering.next();
         let op = Op::Write(WriteRequest {
             key: key.to_vec(),
             value: value.to_vec(),
@@ -142,7 +138,7 @@ impl PipelinedClient {
             client_answered_below: number.answered_below(),
             condition: None,
         });
-        match self.call(op).await? {
+        match self.client.call_pipelined(op).await? {
             Outcome::Write(reply) => Ok(reply.version.map(Version::from).unwrap_or_default()),
             _ => Err(self.wrong_kind()),
         }
@@ -150,7 +146,7 @@ impl PipelinedClient {
 
     fn wrong_kind(&self) -> ClientError {
         ClientError::Other {
-            address: self.address.clone(),
+            address: self.client.active_endpoint(),
             status: Status::internal("the master answered with another kind of result"),
         }
     }
