@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs what scripts/bench-peers.sh compares DSM with, from the package
-# registries only: Debian's Redis (server and redis-benchmark). Idempotent.
+# Installs what the benchmark scripts need, from the package registries only:
+# Debian's Redis (server and redis-benchmark), which scripts/bench-peers.sh
+# compares DSM with, and valgrind for scripts/callgrind-profile.sh. Idempotent.
 set -euo pipefail
-if command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null; then
+if command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null &&
+    command -v valgrind >/dev/null; then
     exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -18,4 +20,4 @@ if [ ! -e "$policy" ]; then
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
 fi
 apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools valgrind
