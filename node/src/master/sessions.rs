@@ -18,7 +18,9 @@
 //!
 //! Memory: a client says with each WRITE which of its numbers have all been
 //! answered (`client_answered_below`); those are forgotten at once, so a client
-//! costs one entry per WRITE it has in flight, at most [`MAX_WINDOW`]. A client
+//! costs one entry per WRITE it has in flight, at most [`MAX_WINDOW`]. A replay,
+//! which cannot know what was answered, keeps each client's newest
+//! [`MAX_WINDOW`] logged WRITEs (`Session::keep_window` says why that is enough). A client
 //! that stays silent for [`SESSION_TTL`] is forgotten (far longer than any
 //! client's retry budget; a retry arriving later than that could be applied
 //! twice), and beyond [`MAX_SESSIONS`] clients the least recently seen idle one
@@ -192,6 +194,7 @@ impl Sessions {
         if origin.seq >= session.answered_below {
             session.writes.insert(origin.seq, Entry::Logged(logged));
         }
+        session.keep_window();
     }
 
     /// Forgets an in-flight WRITE that was not logged (its append failed), so
@@ -273,6 +276,29 @@ impl Sessions {
 }
 
 impl Session {
+    /// Forgets the lowest logged WRITEs beyond [`MAX_WINDOW`]: what a replay
+    /// of the log needs, since the log does not say what was answered.
+    ///
+    /// Why that loses nothing: a master keeps every logged WRITE of a client
+    /// from the client's first unanswered number on, and refuses new ones
+    /// past [`MAX_WINDOW`] entries; so an unanswered WRITE has fewer than
+    /// `MAX_WINDOW` logged ones above it, and anything lower than the client's
+    /// newest `MAX_WINDOW` was answered: the client never retries it. On the
+    /// live path [`Sessions::begin`] already keeps the count within bounds.
+    fn keep_window(&mut self) {
+        while self.writes.len() > MAX_WINDOW {
+            let lowest_logged = self
+                .writes
+                .iter()
+                .find(|(_, e)| matches!(e, Entry::Logged(_)))
+                .map(|(seq, _)| *seq);
+            match lowest_logged {
+                Some(seq) => self.writes.remove(&seq),
+                None => break,
+            };
+        }
+    }
+
     fn has_in_flight(&self) -> bool {
         self.writes
             .values()
@@ -366,5 +392,31 @@ mod tests {
         // In-flight WRITEs keep a session alive past its TTL.
         s.expire(now + SESSION_TTL * 2);
         assert_eq!(s.len(), 1);
+    }
+
+    /// A replay records every numbered WRITE of the log (it does not know
+    /// which were answered) but keeps only a client's newest window of
+    /// them: memory stays bounded, and retries of those are still
+    /// recognised.
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_keeps_each_clients_newest_window() {
+        let mut s = Sessions::default();
+        let now = Instant::now();
+        let total = 3 * MAX_WINDOW as u64;
+        for seq in 1..=total {
+            s.logged(origin(seq), logged(Version::new(1, seq), pos(seq)), now);
+        }
+        let session = &s.clients[&7];
+        assert_eq!(session.writes.len(), MAX_WINDOW);
+        assert_eq!(
+            session.writes.keys().next().copied(),
+            Some(total - MAX_WINDOW as u64 + 1)
+        );
+        for seq in [total - MAX_WINDOW as u64 + 1, total] {
+            match s.begin(origin(seq), 0, now) {
+                Ok(Begin::Logged(l)) => assert_eq!(l.version, Version::new(1, seq)),
+                other => panic!("retry of #{seq}: {other:?}"),
+            }
+        }
     }
 }
