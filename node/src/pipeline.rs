@@ -10,7 +10,9 @@
 //!
 //! One driver task per pipe owns the stream. It opens it on the first op;
 //! when the stream breaks it fails every op in flight with UNAVAILABLE and
-//! opens a new stream on the next op. Each service describes its messages
+//! opens a new stream on the next op; when the peer refuses to open it (a
+//! standby naming the active master, a bad token) every op gets that refusal
+//! as it is. An op whose caller stopped waiting is not sent. Each service describes its messages
 //! through [`Protocol`], whose packing and unpacking `batch_and_results!`
 //! writes for every service alike.
 
@@ -154,9 +156,13 @@ impl<P: Protocol> InFlight<P> {
         let mut ops = Vec::new();
         let mut next = Some(first);
         while let Some(pending) = next {
-            self.next_id += 1;
-            self.waiting.insert(self.next_id, pending.reply);
-            ops.push((self.next_id, pending.op));
+            // A caller that gave up (timed out, moved to another peer) is not
+            // sent: its op would only reach the peer late.
+            if !pending.reply.is_closed() {
+                self.next_id += 1;
+                self.waiting.insert(self.next_id, pending.reply);
+                ops.push((self.next_id, pending.op));
+            }
             next = if ops.len() < MAX_BATCH {
                 queued.try_recv().ok()
             } else {
@@ -171,6 +177,12 @@ impl<P: Protocol> InFlight<P> {
             if let Some(reply) = self.waiting.remove(&id) {
                 let _ = reply.send(outcome);
             }
+        }
+    }
+
+    fn refuse_all(&mut self, status: &Status) {
+        for (_, reply) in self.waiting.drain() {
+            let _ = reply.send(Err(status.clone()));
         }
     }
 
@@ -196,8 +208,10 @@ async fn drive<P: Protocol>(mut protocol: P, mut queued: mpsc::UnboundedReceiver
         let _ = batches.try_send(in_flight.batch(first, &mut queued));
         let mut results = match protocol.open(ReceiverStream::new(outgoing)).await {
             Ok(results) => results,
+            // The peer refused the stream (a standby naming the active master,
+            // a fenced slave, a bad token): every op gets that answer as is.
             Err(status) => {
-                in_flight.fail_all(&status);
+                in_flight.refuse_all(&status);
                 continue;
             }
         };

@@ -88,20 +88,27 @@ impl Client {
         F: Fn(KvClient<InterceptedService<Channel, BearerToken>>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.on_endpoints(|_, channel, timeout| {
+        let unary = |_, channel, timeout| {
             let kv = KvClient::with_interceptor(channel, self.security.token.clone())
                 .max_decoding_message_size(CLIENT_MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(CLIENT_MAX_MESSAGE_BYTES);
             let answer = attempt(kv, timeout);
             async move { answer.await.map(tonic::Response::into_inner) }
-        })
-        .await
+        };
+        // A unary call's stream ends with it: nothing to forget.
+        self.on_endpoints(unary, |_| {}).await
     }
 
     /// Runs `attempt` (given the endpoint's index in `peers` and its
     /// channel) against endpoints until one serves it: the policy of the
     /// module documentation, for unary calls and pipelined ops alike.
-    pub(super) async fn on_endpoints<T, F, Fut>(&self, attempt: F) -> Result<T, ClientError>
+    /// `silent` is told the index of an endpoint that did not answer within
+    /// the timeout.
+    pub(super) async fn on_endpoints<T, F, Fut>(
+        &self,
+        attempt: F,
+        silent: impl Fn(usize),
+    ) -> Result<T, ClientError>
     where
         F: Fn(usize, Channel, Duration) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -175,6 +182,7 @@ impl Client {
                 let outcome =
                     tokio::time::timeout(self.timeout, attempt(index, channel, self.timeout)).await;
                 let silent = || {
+                    silent(index);
                     let mut until = silent_until.clone();
                     if until.len() <= index {
                         until.resize(index + 1, None);

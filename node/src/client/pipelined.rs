@@ -51,12 +51,19 @@ impl Client {
     /// Sends `op` over the pipeline of the endpoint the failover policy
     /// picks, again elsewhere while the answer says to.
     async fn call_pipelined(&self, op: Op) -> Result<Outcome, ClientError> {
-        self.on_endpoints(|index, channel, _| {
+        let attempt = |index, channel, _| {
             let pipe = self.pipe(index, channel);
             let op = op.clone();
             async move { pipe.call(op).await }
-        })
-        .await
+        };
+        // A stream that stayed silent past the timeout may be dead without
+        // knowing it (a half-open connection): the next op opens a new one.
+        let silent = |index: usize| {
+            if let Some(peer) = self.lock().peers.get_mut(index) {
+                peer.pipe = None;
+            }
+        };
+        self.on_endpoints(attempt, silent).await
     }
 
     /// Endpoint `index`'s pipeline, started on first use.

@@ -89,10 +89,11 @@ impl Term {
     }
 
     /// Highest seq such that it and every seq below it are in the log for
-    /// good: no later takeover can cut them off, because the record was read by
-    /// this term's takeover, or a WRITE at or above it reached its full write
-    /// quorum (whose fenced member proves the takeover read it, see the module
-    /// doc). What compaction and deduplication may rely on.
+    /// good: no later takeover can cut them off, because the record was read
+    /// (and fsynced) by this term's takeover, or a WRITE at or above it was
+    /// reported durable by the log writer, which checked after its fsync that
+    /// no successor had claimed an epoch (see the module doc), and reached its
+    /// quorum. What compaction and deduplication may rely on.
     pub fn committed(&self) -> u64 {
         *self.committed.borrow()
     }

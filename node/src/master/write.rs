@@ -19,8 +19,9 @@
 //! never acknowledged, and is beyond the next term's cut or absent from the
 //! log, so no READ may return it: a READ asks only for the version the index
 //! holds (and falls back to other holders, then to the log), and the next
-//! term overwrites it when it reads the slave's inventory
-//! (`control::activate_after_inventory`). Its version's epoch is older than
+//! term overwrites it, for a key the index knows, when it reads the slave's
+//! inventory (`control::activate_after_inventory`; a stray of a key the index
+//! does not know is never read, and the key's next WRITE supersedes it). Its version's epoch is older than
 //! any later WRITE's, so it never wins over one. Checked by
 //! `tests/crash_points.rs` (`a_write_the_log_lost_is_never_read`).
 //!
@@ -389,9 +390,10 @@ impl Master {
         {
             // Deliberately wrong: acknowledge once logged, replicate later.
             if let Err(e) = durable.await {
+                let error = term.log_append_failed(e);
                 self.ordering.recorded(&key, version);
                 abandon();
-                return Err(term.log_append_failed(e));
+                return Err(error);
             }
             self.log_end_seq.fetch_max(version.seq, Ordering::SeqCst);
             note_logged();
@@ -422,9 +424,12 @@ impl Master {
         if let Err(e) = durable {
             // Not durable, maybe not in the log at all: nothing may point at
             // it. What the slaves stored is a stray the next term overwrites.
+            // The term ends first, so that an observation waiting for this
+            // version (`wait_recorded`) wakes to a term that cannot answer.
+            let error = term.log_append_failed(e);
             self.ordering.recorded(&key, version);
             abandon();
-            return Err(term.log_append_failed(e));
+            return Err(error);
         }
         self.log_end_seq.fetch_max(version.seq, Ordering::SeqCst);
         note_logged();

@@ -195,8 +195,9 @@ impl LogWriter {
     /// frame with no valid frame after it: the previous writer crashed mid-write,
     /// so it was never acknowledged) is truncated with a warning naming the file,
     /// offset and bytes dropped. A bad frame followed by valid ones is
-    /// [`WalError::Corrupt`] and nothing is changed. Then the epoch's first
-    /// segment is created (never appending to the old master's file, which a
+    /// [`WalError::Corrupt`] and nothing is changed. The newest segment is then
+    /// fsynced: the previous writer may have left records in the page cache
+    /// only, which this takeover read. Then the epoch's first segment is created (never appending to the old master's file, which a
     /// paused old master may still hold open); it sorts after every segment of
     /// older epochs, and a segment of a newer epoch means this writer is already
     /// [`WalError::Fenced`]. The writer rolls to the epoch's next segment before a
@@ -248,6 +249,14 @@ impl LogWriter {
                 });
             }
             truncate_torn_tail(newest, path)?;
+            // What the previous writer left unsynced is in the page cache, and
+            // this takeover has read it: make it durable before this term
+            // serves anything built on it.
+            OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|file| file.sync_data())
+                .map_err(|e| WalError::io(path, e))?;
         }
         let active = create_segment(dir, first_no)?;
         tracing::info!(
@@ -418,6 +427,8 @@ struct Active {
     path: PathBuf,
     /// Bytes in the file, i.e. the offset of the next frame.
     len: u64,
+    /// Bytes known durable: the file is cut back to this after a failure.
+    synced: u64,
 }
 
 /// State of the writer thread.
@@ -536,11 +547,39 @@ impl Worker {
                     error = %e,
                     "write-ahead log write failed; the writer stops acknowledging appends"
                 );
+                self.cut_back_to_synced();
                 Failure::Io(self.active.path.clone(), Arc::new(e))
             }
         };
         self.failed = Some(failure.clone());
         failure
+    }
+
+    /// After a failed write or fsync, removes from the file what no fsync
+    /// covered. Why: after a failed fsync the kernel may keep the pages
+    /// readable while their data never reaches the disk, and may report the
+    /// next fsync as a success (fsyncgate); the master that recovers the log
+    /// next (this process as a standby, or the other) would read records that
+    /// a power cut then takes away, and its slaves would serve them. Best
+    /// effort: on a dead disk this fails too, and the records stay
+    /// unacknowledged.
+    fn cut_back_to_synced(&mut self) {
+        let Active {
+            file, path, synced, ..
+        } = &self.active;
+        match file.set_len(*synced).and_then(|()| file.sync_all()) {
+            Ok(()) => tracing::warn!(
+                path = %path.display(),
+                offset = synced,
+                "cut the log back to what the last successful fsync covered"
+            ),
+            Err(e) => tracing::error!(
+                path = %path.display(),
+                offset = synced,
+                error = %e,
+                "could not cut the log back to what the last successful fsync covered"
+            ),
+        }
     }
 
     /// Writes one batch (not synced yet); returns each record's version and
@@ -599,6 +638,7 @@ impl Worker {
         let fsync = crate::metrics::master().log_fsync_duration.start_timer();
         self.active.file.sync_data().map_err(io_err)?;
         fsync.observe_duration();
+        self.active.synced = self.active.len;
         if skip_claim_check() {
             return Ok(());
         }
@@ -685,6 +725,7 @@ fn create_segment(dir: &Path, from: SegmentNo) -> Result<Active> {
                     file_no,
                     path,
                     len: MAGIC.len() as u64,
+                    synced: MAGIC.len() as u64,
                 });
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
