@@ -170,6 +170,8 @@ impl KeyOrder {
         }
     }
 
+    /// Called once the index holds `version` (never before: see
+    /// `Master::latest_logged`), or when it is known not to be durable.
     fn recorded(&self, key: &[u8], version: Version) {
         {
             let mut in_flight = lock(&self.in_flight);
@@ -262,11 +264,18 @@ impl Master {
 
     /// The key's latest version in the log, with whether it deletes: what a
     /// condition is checked against.
+    ///
+    /// In-flight first, then the index: a WRITE that settles moves its version
+    /// from in flight to the index in the other order (`settle_write`: the
+    /// index first), so whenever it settles relative to these two looks, one
+    /// of them sees it. The other order lost it when it settled in between —
+    /// the index looked at before, in-flight after — and two CASes on one
+    /// version both succeeded (found by the nemesis).
     fn latest_logged(&self, key: &[u8]) -> Option<(Version, bool)> {
+        let in_flight = lock(&self.ordering.in_flight).get(key).copied();
         let indexed = lock(&self.index)
             .get(key)
             .map(|meta| (meta.version, meta.deleted));
-        let in_flight = lock(&self.ordering.in_flight).get(key).copied();
         indexed.max(in_flight)
     }
 
