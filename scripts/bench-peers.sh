@@ -18,14 +18,8 @@ SECS=${SECS:-10}
 WARMUP=${WARMUP:-2}
 DEPTH=${DEPTH:-8}
 CLIENTS=(1 16 64)
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/scratch.sh
+source scripts/scratch.sh
 
 bash scripts/install-bench-deps.sh
 echo "building dsm and the gRPC ceiling (release)..." >&2

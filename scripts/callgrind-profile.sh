@@ -25,17 +25,11 @@ case "$role" in master | slave) ;; *) echo "ROLE must be master or slave" >&2; e
 command -v valgrind >/dev/null || bash scripts/install-bench-deps.sh
 cargo build --release -p dsm >&2
 dsm=$PWD/target/release/dsm
-work=$(mktemp -d)
 OUT=${OUT:-$PWD/target/callgrind/$role.$api.$depth.out}
 mkdir -p "$(dirname "$OUT")"
 rm -f "$OUT" "$OUT".*
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/scratch.sh
+source scripts/scratch.sh
 
 port=26345 metrics=26100
 vg=(valgrind --tool=callgrind "--callgrind-out-file=$OUT" --dump-instr=no --instr-atstart=no)
