@@ -385,6 +385,16 @@ impl Master {
                 lock(&self.sessions).logged(origin, logged, Instant::now());
             }
         };
+        // Not durable, maybe not in the log at all: nothing may point at it.
+        // What the slaves stored is a stray the next term overwrites. The
+        // term ends first, so that an observation waiting for this version
+        // (`wait_recorded`) wakes to a term that cannot answer.
+        let not_durable = |e| {
+            let error = term.log_append_failed(e);
+            self.ordering.recorded(&key, version);
+            abandon();
+            error
+        };
         // The log syncs while the slaves store (module doc).
         let durable = async {
             let durable = appended.durable().await;
@@ -399,10 +409,7 @@ impl Master {
         {
             // Deliberately wrong: acknowledge once logged, replicate later.
             if let Err(e) = durable.await {
-                let error = term.log_append_failed(e);
-                self.ordering.recorded(&key, version);
-                abandon();
-                return Err(error);
+                return Err(not_durable(e));
             }
             self.log_end_seq.fetch_max(version.seq, Ordering::SeqCst);
             note_logged();
@@ -431,14 +438,7 @@ impl Master {
         };
         let (durable, acked) = tokio::join!(durable, replicated);
         if let Err(e) = durable {
-            // Not durable, maybe not in the log at all: nothing may point at
-            // it. What the slaves stored is a stray the next term overwrites.
-            // The term ends first, so that an observation waiting for this
-            // version (`wait_recorded`) wakes to a term that cannot answer.
-            let error = term.log_append_failed(e);
-            self.ordering.recorded(&key, version);
-            abandon();
-            return Err(error);
+            return Err(not_durable(e));
         }
         self.log_end_seq.fetch_max(version.seq, Ordering::SeqCst);
         note_logged();
