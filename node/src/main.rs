@@ -356,6 +356,7 @@ async fn run_slave(args: SlaveArgs) -> anyhow::Result<()> {
         security: Security::for_member(&args.tls, None)?,
         store: StoreOptions {
             commit_window: args.commit_window.into(),
+            ..StoreOptions::default()
         },
     };
     let cancel = cancel_on_signal();

@@ -63,26 +63,83 @@ pub(crate) fn encode(
     debug_assert!(!tombstone || value.is_empty());
     let len = payload_len(key, value, origin);
     debug_assert!(len <= u64::from(MAX_RECORD_BYTES));
-    let start = out.len();
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]); // CRC, filled in below
-    out.push(match (tombstone, origin.is_some()) {
-        (false, false) => KIND_WRITE,
-        (false, true) => KIND_WRITE_WITH_ORIGIN,
-        (true, false) => KIND_DELETE,
-        (true, true) => KIND_DELETE_WITH_ORIGIN,
+    frame_with(out, |out| {
+        out.push(match (tombstone, origin.is_some()) {
+            (false, false) => KIND_WRITE,
+            (false, true) => KIND_WRITE_WITH_ORIGIN,
+            (true, false) => KIND_DELETE,
+            (true, true) => KIND_DELETE_WITH_ORIGIN,
+        });
+        out.extend_from_slice(&version.epoch.to_le_bytes());
+        out.extend_from_slice(&version.seq.to_le_bytes());
+        if let Some(origin) = origin {
+            out.extend_from_slice(&origin.client.to_le_bytes());
+            out.extend_from_slice(&origin.seq.to_le_bytes());
+        }
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key);
+        out.extend_from_slice(value);
     });
-    out.extend_from_slice(&version.epoch.to_le_bytes());
-    out.extend_from_slice(&version.seq.to_le_bytes());
-    if let Some(origin) = origin {
-        out.extend_from_slice(&origin.client.to_le_bytes());
-        out.extend_from_slice(&origin.seq.to_le_bytes());
-    }
-    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    out.extend_from_slice(key);
-    out.extend_from_slice(value);
+}
+
+/// Appends a frame to `out` whose payload `payload` writes: the length
+/// prefix and the CRC are filled in around it. Shared by every file that
+/// uses this framing (the log, the slave's store).
+///
+/// The caller keeps the payload within [`MAX_RECORD_BYTES`].
+pub(crate) fn frame_with(out: &mut Vec<u8>, payload: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]); // length and CRC, filled in below
+    payload(out);
+    let len = (out.len() - start - HEADER_LEN) as u32;
     let crc = crc32c::crc32c(&out[start + HEADER_LEN..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// What the bytes at a frame boundary hold, before the payload is decoded.
+#[derive(Debug)]
+pub(crate) enum Framed<'a> {
+    /// A frame whose payload matches its CRC, and the frame's length.
+    Payload(&'a [u8], usize),
+    /// The buffer ends before the frame does (`needed` bytes in all).
+    Incomplete {
+        /// Bytes the frame takes, header included, as far as known.
+        needed: u64,
+    },
+    /// The frame is complete (or its length is impossible) but its CRC fails.
+    Bad(FrameError),
+}
+
+/// Splits the frame at the start of `buf`, checking its length against
+/// `min_payload..=MAX_RECORD_BYTES` and its payload against the CRC.
+pub(crate) fn split(buf: &[u8], min_payload: u32) -> Framed<'_> {
+    let Some((len, crc)) = header(buf) else {
+        return Framed::Incomplete {
+            needed: HEADER_LEN as u64,
+        };
+    };
+    if !(min_payload..=MAX_RECORD_BYTES).contains(&len) {
+        return Framed::Bad(FrameError::BadLength {
+            len,
+            min: min_payload,
+            max: MAX_RECORD_BYTES,
+        });
+    }
+    let frame_len = HEADER_LEN + len as usize;
+    let Some(payload) = buf.get(HEADER_LEN..frame_len) else {
+        return Framed::Incomplete {
+            needed: frame_len as u64,
+        };
+    };
+    let computed = crc32c::crc32c(payload);
+    if computed != crc {
+        return Framed::Bad(FrameError::BadCrc {
+            stored: crc,
+            computed,
+        });
+    }
+    Framed::Payload(payload, frame_len)
 }
 
 /// What the bytes at a frame boundary hold.
@@ -98,34 +155,13 @@ pub(crate) enum Parsed {
 
 /// Parses the frame at the start of `buf`.
 pub(crate) fn parse(buf: &[u8]) -> Parsed {
-    let Some((len, crc)) = header(buf) else {
-        return Parsed::Incomplete {
-            needed: HEADER_LEN as u64,
-        };
-    };
-    if !(MIN_PAYLOAD..=MAX_RECORD_BYTES).contains(&len) {
-        return Parsed::Bad(FrameError::BadLength {
-            len,
-            min: MIN_PAYLOAD,
-            max: MAX_RECORD_BYTES,
-        });
-    }
-    let frame_len = HEADER_LEN + len as usize;
-    let Some(payload) = buf.get(HEADER_LEN..frame_len) else {
-        return Parsed::Incomplete {
-            needed: frame_len as u64,
-        };
-    };
-    let computed = crc32c::crc32c(payload);
-    if computed != crc {
-        return Parsed::Bad(FrameError::BadCrc {
-            stored: crc,
-            computed,
-        });
-    }
-    match decode_payload(payload) {
-        Ok(record) => Parsed::Record(record, frame_len),
-        Err(e) => Parsed::Bad(e),
+    match split(buf, MIN_PAYLOAD) {
+        Framed::Payload(payload, frame_len) => match decode_payload(payload) {
+            Ok(record) => Parsed::Record(record, frame_len),
+            Err(e) => Parsed::Bad(e),
+        },
+        Framed::Incomplete { needed } => Parsed::Incomplete { needed },
+        Framed::Bad(e) => Parsed::Bad(e),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Why a store operation failed: [`StoreError`], with the data directory or
-//! the database file named where one is involved.
+//! the store file named where one is involved.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -14,16 +14,18 @@ pub enum StoreError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// Another process (or another `Store` in this one) has the database open.
+    /// Another process (or another `Store` in this one) has the directory open.
     #[error("data directory {0} is already in use by another slave process")]
     InUse(PathBuf),
-    /// The database file could not be opened.
-    #[error("cannot open slave database {path}: {source}")]
-    Open {
-        /// The database file.
+    /// A file of the store could not be read, written or synced.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done ("read", "fsync", …).
+        action: &'static str,
+        /// The file or directory.
         path: PathBuf,
         /// The underlying error.
-        source: redb::DatabaseError,
+        source: std::io::Error,
     },
     /// The data directory was created by a slave with another id.
     #[error("data directory {dir} belongs to slave {found:?}, not to slave {expected:?}")]
@@ -35,21 +37,34 @@ pub enum StoreError {
         /// Id this process was started with.
         expected: String,
     },
-    /// A stored record could not be decoded.
-    #[error("corrupt slave database: {0}")]
+    /// The store file holds something no writer of it wrote.
+    #[error("corrupt slave store: {0}")]
     Corrupt(String),
-    /// redb reported an error.
-    #[error("slave database error: {0}")]
-    Db(#[from] redb::Error),
-    /// The write transaction of a batch failed; none of its commands applied.
-    #[error("slave database write failed: {0}")]
+    /// The store of an older DSM (`slave.redb`) could not be imported.
+    #[error("cannot import the older slave store {}: {reason}", path.display())]
+    Import {
+        /// The redb database.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// A batch could not be made durable; none of its commands was acknowledged.
+    #[error("slave store write failed: {0}")]
     Write(String),
     /// The store has been closed.
     #[error("slave store is closed")]
     Closed,
 }
 
-/// Converts any of redb's error types into a [`StoreError`].
-pub(super) fn db_err<E: Into<redb::Error>>(e: E) -> StoreError {
-    StoreError::Db(e.into())
+/// Maps an I/O error on `path` to [`StoreError::Io`].
+pub(super) fn io_err(
+    action: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io {
+        action,
+        path,
+        source,
+    }
 }

@@ -1,79 +1,75 @@
 //! The slave's durable store: versioned values and the fenced epoch, kept in
-//! one redb database inside the slave's own data directory.
+//! one append-only file inside the slave's own data directory, with an
+//! in-memory index of every key.
 //!
-//! Layout (`<data_dir>/slave.redb`):
-//! - table `values`: key bytes → `epoch u64 BE | seq u64 BE | value bytes`;
-//!   a tombstone (a DELETE) has the top bit of `seq` set and no value bytes
-//!   (seqs never reach 2^63); the codec is in `record.rs`;
-//! - table `meta`: `"epoch"` → fenced epoch (u64 BE), `"id"` → slave id (UTF-8).
+//! Layout of `<data_dir>`:
+//! - `values.log`: the store file, a sequence of checksummed frames (an
+//!   owner, epochs, puts and tombstones; `record.rs` has the format). The
+//!   newest frame of a key is its state, so replaying the file in order
+//!   rebuilds the index (`file.rs`);
+//! - `slave.lock`: locked while a store has the directory open.
 //!
+//! The index maps each key to its version and where its value lies in the
+//! file; values are read from the file (the page cache) when asked for.
 //! All mutations go through one writer thread (`writer.rs`) that drains a
-//! channel and applies every command waiting at that moment in a single write
-//! transaction, committed with [`redb::Durability::Immediate`] (fsync) before
-//! any of them is answered. Reads use their own read transactions and never
-//! wait for the writer.
-//! Under load the writer holds each batch open for a short
-//! [commit window](crate::commit_window): a redb commit costs about ten page
-//! writes and an fsync whatever the batch size.
+//! channel and appends the frames of every command waiting at that moment in
+//! one `write`, synced with `fdatasync` before any of them is answered: a
+//! commit costs one small append and one sync, where a B-tree rewrites
+//! several pages. Under load the writer holds each batch open for a short
+//! [commit window](crate::commit_window). Once the file is large and mostly
+//! superseded, the writer rewrites it with only the live frames and renames
+//! it into place (compaction). Reads never wait for the writer.
 //!
 //! Invariants enforced here:
 //! - **Version order**: a put never replaces a newer-or-equal version with an
 //!   older one unless it is forced (repair); it is then acknowledged with
 //!   "not stored". Checked by `tests::older_version_never_replaces_newer`,
 //!   `tests::equal_version_is_not_stored` and `tests::force_replaces_newer`.
-//! - **Persist, then acknowledge**: a put or an epoch raise is answered only
-//!   after the transaction holding it has committed; a commit failure fails
-//!   every command of the batch. Checked by
-//!   `tests::concurrent_puts_are_all_durable`, `tests::data_survives_reopen`
-//!   and `tests::acknowledged_puts_survive_kill_9`.
+//! - **Persist, then acknowledge**: a put or an epoch raise is answered, and
+//!   shown to readers, only after the sync of the batch holding it has
+//!   returned; a failed write or sync fails every command of the batch.
+//!   Checked by `tests::concurrent_puts_are_all_durable`,
+//!   `tests::data_survives_reopen`, `tests::acknowledged_puts_survive_kill_9`
+//!   and `tests::a_torn_tail_is_cut_and_damage_is_refused`.
 //! - **Fencing**: the epoch only grows, and [`Store::put_fenced`] compares the
-//!   request's epoch with the fenced epoch inside the same transaction that
-//!   applies the put, so no put from an older master is applied once a fence
-//!   has been acknowledged; [`Store::get_fenced`] reads the fenced epoch and the
-//!   value in one read transaction, so no read is served to an older master
-//!   from a state that already holds a newer fence. Checked by
-//!   `tests::raise_epoch_persists`, `tests::fenced_put_rejects_older_epoch` and
+//!   request's epoch with the fenced epoch on the one thread that applies
+//!   puts, after every earlier command, so no put from an older master is
+//!   applied once a fence has been acknowledged; [`Store::get_fenced`] reads
+//!   the fenced epoch and the key's slot under one lock, so no read is served
+//!   to an older master from a state that already holds a newer fence.
+//!   Checked by `tests::raise_epoch_persists`,
+//!   `tests::fenced_put_rejects_older_epoch` and
 //!   `tests::fenced_get_sees_the_fence_of_its_own_snapshot`.
+//! - **Compaction loses nothing**: the new file is synced before it replaces
+//!   the old one, and a crash leaves one or the other. Checked by
+//!   `tests::compaction_keeps_every_newest_value`.
 
 mod error;
+mod file;
+mod migrate;
 mod record;
 mod writer;
 
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::commit_window::{CommitWindow, DEFAULT_COMMIT_WINDOW};
+use crate::commit_window::DEFAULT_COMMIT_WINDOW;
 use crate::version::Version;
-use error::db_err;
-use record::{decode_record, decode_u64};
+use error::io_err;
 use writer::Command;
 
 pub use error::StoreError;
 
-/// Key bytes → encoded `(epoch, seq, value)`.
-const VALUES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("values");
-/// Small named settings: the fenced epoch and the owning slave's id.
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const META_EPOCH: &str = "epoch";
-const META_ID: &str = "id";
-/// File name of the database inside the data directory.
-const DB_FILE: &str = "slave.redb";
-
-/// The fenced epoch recorded in `meta` (0 before the first fence).
-fn fenced_epoch(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64, StoreError> {
-    match meta.get(META_EPOCH).map_err(db_err)? {
-        Some(v) => decode_u64(v.value()),
-        None => Ok(0),
-    }
-}
+/// Locked (`flock`) while a store has the directory open.
+const LOCK_FILE: &str = "slave.lock";
 
 /// What the store holds for a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,18 +80,26 @@ pub struct Held {
     pub value: Option<Bytes>,
 }
 
-/// How a [`Store`] batches its commits.
+/// How a [`Store`] batches its commits and when it compacts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
     /// Under load, how long a batch waits for more commands to share its
     /// commit (see [`crate::commit_window`]); zero commits at once.
     pub commit_window: Duration,
+    /// The file is rewritten without its superseded frames once it is at
+    /// least this long and at least half superseded.
+    pub compaction_min_bytes: u64,
 }
+
+/// Default of [`StoreOptions::compaction_min_bytes`]: small next to a
+/// volume, large enough that compactions are rare.
+pub const DEFAULT_COMPACTION_MIN_BYTES: u64 = 64 << 20;
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             commit_window: DEFAULT_COMMIT_WINDOW,
+            compaction_min_bytes: DEFAULT_COMPACTION_MIN_BYTES,
         }
     }
 }
@@ -118,34 +122,116 @@ pub enum PutOutcome {
 }
 
 /// Handle to the slave's durable store. Cheap to clone; every clone talks to
-/// the same database and writer thread.
+/// the same file and writer thread.
 ///
-/// The database file stays open (and locked against other opens) until the
-/// last clone is dropped; call [`Store::close`] before reopening a directory
-/// in the same process.
+/// The directory stays locked against other opens until the last clone is
+/// dropped; call [`Store::close`] before reopening a directory in the same
+/// process.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    db: Arc<Database>,
-    /// Fenced epoch as last committed. Published by the writer after each
-    /// commit, so it never runs ahead of what is on disk.
-    epoch: Arc<AtomicU64>,
+    shared: Arc<Shared>,
     /// Queue to the writer thread.
     tx: mpsc::Sender<Command>,
     /// The writer thread, taken by [`Store::close`] to join it.
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Holds the directory's lock for as long as the store is open.
+    _lock: File,
+}
+
+/// What the writer thread and the readers share.
+pub(super) struct Shared {
+    state: RwLock<State>,
     dir: PathBuf,
+    /// The store file in `dir`.
+    path: PathBuf,
     id: String,
+}
+
+/// The durable state as of the last synced batch.
+struct State {
+    index: BTreeMap<Bytes, Slot>,
+    /// The fenced epoch.
+    epoch: u64,
+    /// The file the index's offsets point into (compaction replaces it).
+    file: Arc<File>,
+}
+
+/// What the index holds for a key.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    version: Version,
+    /// Where the value lies in the file; `None` for a tombstone.
+    value: Option<ValueAt>,
+}
+
+/// Where a value lies in the store file.
+#[derive(Clone, Copy, Debug)]
+struct ValueAt {
+    offset: u64,
+    len: u32,
+}
+
+impl Shared {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half
+        // changed (the writer only inserts whole slots), so poison is ignored.
+        self.state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The key's slot and the file it points into, read together.
+    fn slot(&self, key: &[u8]) -> (Option<Slot>, Arc<File>, u64) {
+        let state = self.read();
+        (
+            state.index.get(key).copied(),
+            state.file.clone(),
+            state.epoch,
+        )
+    }
+
+    /// What `slot` holds, its value read from `file`.
+    fn held(&self, slot: Slot, file: &File) -> Result<Held, StoreError> {
+        let value = slot
+            .value
+            .map(|at| read_value(file, at, &self.path))
+            .transpose()?;
+        Ok(Held {
+            version: slot.version,
+            value,
+        })
+    }
+}
+
+impl State {
+    /// The value at `at` in this state's file.
+    fn read_value(&self, at: ValueAt, path: &Path) -> Result<Bytes, StoreError> {
+        read_value(&self.file, at, path)
+    }
+}
+
+fn read_value(file: &File, at: ValueAt, path: &Path) -> Result<Bytes, StoreError> {
+    let mut value = vec![0u8; at.len as usize];
+    file.read_exact_at(&mut value, at.offset)
+        .map_err(io_err("read", path))?;
+    Ok(Bytes::from(value))
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("dir", &self.inner.dir)
-            .field("id", &self.inner.id)
+            .field("dir", &self.inner.shared.dir)
+            .field("id", &self.inner.shared.id)
             .field("epoch", &self.epoch())
             .finish()
     }
@@ -157,8 +243,9 @@ impl Store {
     /// Creates the directory. A directory first opened by another slave id is
     /// refused with [`StoreError::WrongOwner`] naming both ids, so a volume
     /// mounted on the wrong pod never serves another slave's data as its
-    /// own. After a crash redb repairs the file here, which may take a while
-    /// on a large database: call it from a blocking context.
+    /// own. A directory holding the store of an older DSM (`slave.redb`) is
+    /// imported first. Opening reads the whole file, which takes a while on
+    /// a large store: call it from a blocking context.
     pub fn open(dir: impl AsRef<Path>, id: &str) -> Result<Store, StoreError> {
         Store::open_with(dir, id, StoreOptions::default())
     }
@@ -174,95 +261,88 @@ impl Store {
             path: dir.clone(),
             source,
         })?;
-        let path = dir.join(DB_FILE);
-        let db = match Database::create(&path) {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::InUse(dir)),
-            Err(source) => return Err(StoreError::Open { path, source }),
-        };
-
-        let txn = db.begin_write().map_err(db_err)?;
-        let epoch = {
-            // Opening creates both tables, so readers can rely on them.
-            txn.open_table(VALUES).map_err(db_err)?;
-            let mut meta = txn.open_table(META).map_err(db_err)?;
-            let found = match meta.get(META_ID).map_err(db_err)? {
-                Some(v) => Some(String::from_utf8(v.value().to_vec()).map_err(|_| {
-                    StoreError::Corrupt("slave id in meta table is not UTF-8".into())
-                })?),
-                None => None,
-            };
-            match found {
-                Some(found) if found != id => {
-                    return Err(StoreError::WrongOwner {
-                        dir,
-                        found,
-                        expected: id.to_string(),
-                    });
-                }
-                Some(_) => {}
-                None => {
-                    meta.insert(META_ID, id.as_bytes()).map_err(db_err)?;
-                }
+        let lock = lock_dir(&dir)?;
+        file::remove_leftover(&dir)?;
+        if !dir.join(file::FILE).exists() {
+            let imported = migrate::import(&dir, id)?;
+            if !imported {
+                file::write_new(&dir, id, 0, std::iter::empty())?;
             }
-            fenced_epoch(&meta)?
-        };
-        txn.commit().map_err(db_err)?;
-
-        let db = Arc::new(db);
-        let epoch_cell = Arc::new(AtomicU64::new(epoch));
+        }
+        let (file, path) = file::open(&dir)?;
+        let replayed = file::replay(&file, &path)?;
+        if replayed.owner != id {
+            return Err(StoreError::WrongOwner {
+                dir,
+                found: replayed.owner,
+                expected: id.to_string(),
+            });
+        }
+        let file = Arc::new(file);
+        let epoch = replayed.epoch;
+        let keys = replayed.index.len();
+        let shared = Arc::new(Shared {
+            state: RwLock::new(State {
+                index: replayed.index,
+                epoch,
+                file: file.clone(),
+            }),
+            dir: dir.clone(),
+            path,
+            id: id.to_string(),
+        });
         let (tx, rx) = mpsc::channel(writer::QUEUE_DEPTH);
         let handle = writer::start(
-            db.clone(),
-            epoch_cell.clone(),
+            shared.clone(),
+            file,
+            replayed.end,
+            replayed.garbage,
             rx,
-            CommitWindow::new(options.commit_window),
+            options,
         )?;
-        tracing::info!(dir = %dir.display(), id, epoch, "slave store opened");
+        tracing::info!(dir = %dir.display(), id, epoch, keys, bytes = replayed.end, "slave store opened");
         Ok(Store {
             inner: Arc::new(Inner {
-                db,
-                epoch: epoch_cell,
+                shared,
                 tx,
                 writer: Mutex::new(Some(handle)),
-                dir,
-                id: id.to_string(),
+                _lock: lock,
             }),
         })
     }
 
     /// The slave id this store belongs to.
     pub fn id(&self) -> &str {
-        &self.inner.id
+        &self.inner.shared.id
     }
 
     /// The fenced epoch: the highest epoch ever passed to
     /// [`raise_epoch`](Store::raise_epoch) (or carried by a fenced put),
-    /// as committed to disk.
+    /// as synced to disk.
     pub fn epoch(&self) -> u64 {
-        self.inner.epoch.load(Ordering::Acquire)
+        self.inner.shared.read().epoch
     }
 
     /// Returns the stored value of `key` and its version, if any (a key
     /// deleted here has none).
     ///
-    /// Sees every put that has been acknowledged. Blocking (a redb read):
-    /// call it from a blocking context for large values.
+    /// Sees every put that has been acknowledged. Reads the value from the
+    /// file (normally the page cache).
     pub fn get(&self, key: &[u8]) -> Result<Option<(Bytes, Version)>, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(VALUES).map_err(db_err)?;
-        match table.get(key).map_err(db_err)? {
-            Some(v) => {
-                let (version, value) = decode_record(key, v.value())?;
-                Ok(value.map(|value| (Bytes::copy_from_slice(value), version)))
+        let shared = &self.inner.shared;
+        let (slot, file, _) = shared.slot(key);
+        match slot {
+            Some(slot) => {
+                let held = shared.held(slot, &file)?;
+                Ok(held.value.map(|value| (value, held.version)))
             }
             None => Ok(None),
         }
     }
 
     /// Like [`get`](Store::get), checked against the fencing token `epoch` of
-    /// the master asking, in the read transaction that reads the value: an
-    /// `epoch` below the fenced epoch of that snapshot is refused
+    /// the master asking, under the lock that reads the key's slot: an
+    /// `epoch` below the fenced epoch of that state is refused
     /// (`Err(fenced)`); a higher one is first made the fenced epoch (durably),
     /// since a newer master is legitimate.
     pub async fn get_fenced(
@@ -270,27 +350,19 @@ impl Store {
         epoch: u64,
         key: &[u8],
     ) -> Result<Result<Option<Held>, u64>, StoreError> {
+        let shared = &self.inner.shared;
         loop {
-            let txn = self.inner.db.begin_read().map_err(db_err)?;
-            let fenced = fenced_epoch(&txn.open_table(META).map_err(db_err)?)?;
+            let (slot, file, fenced) = shared.slot(key);
             if epoch < fenced {
                 return Ok(Err(fenced));
             }
             if epoch > fenced {
-                drop(txn);
                 self.raise_epoch(epoch).await?;
-                // Read again from a snapshot that holds the raised epoch.
+                // Read again from a state that holds the raised epoch.
                 continue;
             }
-            let table = txn.open_table(VALUES).map_err(db_err)?;
-            return match table.get(key).map_err(db_err)? {
-                Some(v) => {
-                    let (version, value) = decode_record(key, v.value())?;
-                    Ok(Ok(Some(Held {
-                        version,
-                        value: value.map(Bytes::copy_from_slice),
-                    })))
-                }
+            return match slot {
+                Some(slot) => Ok(Ok(Some(shared.held(slot, &file)?))),
                 None => Ok(Ok(None)),
             };
         }
@@ -302,7 +374,7 @@ impl Store {
     /// Returns `true` when stored, `false` when superseded (nothing changed).
     /// With `force` the value replaces whatever is held (repair of a value no
     /// valid log record backs). Resolves only after the write is on disk;
-    /// concurrent puts share one transaction and one fsync.
+    /// concurrent puts share one append and one sync.
     pub async fn put(
         &self,
         key: Bytes,
@@ -317,8 +389,8 @@ impl Store {
     }
 
     /// Like [`put`](Store::put), checked against the fencing token `epoch`
-    /// of the master that sent it, in the same transaction that applies it:
-    /// an `epoch` below the fenced epoch is refused
+    /// of the master that sent it, by the thread that applies it: an
+    /// `epoch` below the fenced epoch is refused
     /// ([`PutOutcome::StaleEpoch`]); a higher one raises the fenced epoch
     /// first (a newer master is legitimate). A `value` of `None` stores a
     /// tombstone: the key was deleted at `version`.
@@ -376,11 +448,9 @@ impl Store {
             .map_err(|_| StoreError::Closed)
     }
 
-    /// Number of keys stored.
+    /// Number of keys stored (tombstones included).
     pub fn len(&self) -> Result<u64, StoreError> {
-        let txn = self.inner.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(VALUES).map_err(db_err)?;
-        table.len().map_err(db_err)
+        Ok(self.inner.shared.read().index.len() as u64)
     }
 
     /// True when no key is stored.
@@ -392,38 +462,32 @@ impl Store {
     /// tombstone), in key order, starting after `after` (from the first key
     /// when `None`).
     ///
-    /// Each call is its own read transaction: a scan made of several calls
+    /// Each call reads one state of the index: a scan made of several calls
     /// sees every key that existed throughout it, and may or may not see keys
-    /// written meanwhile. Blocking.
+    /// written meanwhile.
     pub fn inventory_chunk(
         &self,
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Bytes, Version, bool)>, StoreError> {
         use std::ops::Bound;
-        let txn = self.inner.db.begin_read().map_err(db_err)?;
-        let table = txn.open_table(VALUES).map_err(db_err)?;
         let lower = match after {
             Some(k) => Bound::Excluded(k),
             None => Bound::Unbounded,
         };
-        let range = table
-            .range::<&[u8]>((lower, Bound::Unbounded))
-            .map_err(db_err)?;
-        let mut out = Vec::with_capacity(limit.min(4096));
-        for entry in range.take(limit) {
-            let (k, v) = entry.map_err(db_err)?;
-            let key = k.value();
-            let (version, value) = decode_record(key, v.value())?;
-            out.push((Bytes::copy_from_slice(key), version, value.is_none()));
-        }
-        Ok(out)
+        let state = self.inner.shared.read();
+        Ok(state
+            .index
+            .range::<[u8], _>((lower, Bound::Unbounded))
+            .take(limit)
+            .map(|(key, slot)| (key.clone(), slot.version, slot.value.is_none()))
+            .collect())
     }
 
     /// Iterates over every key and its version in chunks of at most
     /// `chunk_size` entries (a cursor scan, see
-    /// [`inventory_chunk`](Store::inventory_chunk)): only one chunk is in
-    /// memory at a time. Blocking.
+    /// [`inventory_chunk`](Store::inventory_chunk)): only one chunk is
+    /// copied at a time.
     pub fn inventory(&self, chunk_size: usize) -> Inventory {
         Inventory {
             store: self.clone(),
@@ -436,7 +500,7 @@ impl Store {
     /// Stops the writer after the commands already queued and waits for it.
     ///
     /// Every acknowledged write is already on disk, so this only makes sure
-    /// no batch is mid-commit. Later puts and raises fail with
+    /// no batch is mid-write. Later puts and raises fail with
     /// [`StoreError::Closed`]; reads keep working. Idempotent.
     pub async fn close(&self) -> Result<(), StoreError> {
         // The writer may already be gone; then there is nothing to stop.
@@ -452,6 +516,22 @@ impl Store {
                 .map_err(|_| StoreError::Write("writer thread panicked".into()))?;
         }
         Ok(())
+    }
+}
+
+/// Takes the directory's lock, or reports that another store holds it.
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err("open", &path))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err("lock", &path)(e)),
     }
 }
 

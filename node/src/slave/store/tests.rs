@@ -1,6 +1,6 @@
-//! Tests of the slave store on real redb files in temporary directories:
-//! version order, persist-then-acknowledge (across reopen and `kill -9`),
-//! fencing, inventory scans and closing. The invariants in the module
+//! Tests of the slave store on real files in temporary directories:
+//! version order, persist-then-acknowledge (across reopen, `kill -9` and a
+//! torn tail), fencing, compaction, inventory scans and closing. The invariants in the module
 //! documentation name the tests here that check them.
 
 use super::*;
@@ -390,4 +390,150 @@ async fn closed_store_refuses_writes_but_reads() {
         Err(StoreError::Closed)
     ));
     assert!(store.get(b"k").unwrap().is_some());
+}
+
+/// Writes keys `k0..k{n}` at `version`, values `v{i}`.
+async fn put_all(store: &Store, n: u64, version: u64) {
+    for i in 0..n {
+        let stored = store
+            .put(
+                Bytes::from(format!("k{i}")),
+                Bytes::from(format!("v{i}@{version}")),
+                Version::new(1, version * 1000 + i),
+                false,
+            )
+            .await
+            .unwrap();
+        assert!(stored);
+    }
+}
+
+fn file_len(dir: &Path) -> u64 {
+    std::fs::metadata(dir.join(file::FILE)).unwrap().len()
+}
+
+/// A crash mid-append leaves a torn batch at the end of the file (here a
+/// half-written frame, or zeros where the file grew but its data did not
+/// reach the disk): reopening cuts it off and keeps everything before it.
+/// A bad frame with valid frames after it is damage, not a torn write, and
+/// the store refuses to open rather than drop what follows.
+#[tokio::test]
+async fn a_torn_tail_is_cut_and_damage_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    put_all(&store, 10, 1).await;
+    store.close().await.unwrap();
+    drop(store);
+    // Opening cuts the zeros the writer filled ahead: the file then ends
+    // with its last frame.
+    open(dir.path()).close().await.unwrap();
+    let good = file_len(dir.path());
+    let bytes = std::fs::read(dir.path().join(file::FILE)).unwrap();
+    assert_ne!(bytes.last(), Some(&0), "the file ends with zeros");
+
+    let mut frame = Vec::new();
+    record::encode_put(
+        b"torn",
+        Version::new(1, 9999),
+        Some(b"never acked"),
+        &mut frame,
+    );
+    for tail in [frame[..frame.len() - 3].to_vec(), vec![0u8; 4096]] {
+        let mut bytes = std::fs::read(dir.path().join(file::FILE)).unwrap();
+        bytes.truncate(good as usize);
+        bytes.extend_from_slice(&tail);
+        std::fs::write(dir.path().join(file::FILE), &bytes).unwrap();
+
+        let store = open(dir.path());
+        assert_eq!(store.len().unwrap(), 10);
+        assert_eq!(store.get(b"torn").unwrap(), None);
+        assert_eq!(file_len(dir.path()), good, "the torn tail is cut off");
+        // Writes continue where the valid part ends.
+        assert!(
+            store
+                .put(b("after"), b("x"), Version::new(1, 5000), false)
+                .await
+                .unwrap()
+        );
+        store.close().await.unwrap();
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.get(b"after").unwrap().unwrap().0, b("x"));
+        assert_eq!(store.get(b"k9").unwrap().unwrap().0, b("v9@1"));
+        store.close().await.unwrap();
+        drop(store);
+    }
+
+    // Flip one byte inside the first put's value: its CRC fails, and valid
+    // frames follow it.
+    let mut bytes = std::fs::read(dir.path().join(file::FILE)).unwrap();
+    let k0 = bytes.windows(4).position(|w| w == b"v0@1").unwrap();
+    bytes[k0] ^= 0x55;
+    std::fs::write(dir.path().join(file::FILE), &bytes).unwrap();
+    let err = Store::open(dir.path(), "slave-0").unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{msg}");
+    assert!(msg.contains("a valid frame follows"), "{msg}");
+    assert_eq!(
+        std::fs::read(dir.path().join(file::FILE)).unwrap(),
+        bytes,
+        "a refused file is left as it was"
+    );
+}
+
+/// Overwriting the same keys grows the file until it is mostly superseded;
+/// the writer then rewrites it. Every key keeps its newest value and
+/// version, tombstones and the fenced epoch survive, the file shrinks, and
+/// all of it is still there after a reopen.
+#[tokio::test]
+async fn compaction_keeps_every_newest_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        compaction_min_bytes: 16 << 10,
+        ..StoreOptions::default()
+    };
+    let store = Store::open_with(dir.path(), "slave-0", options).unwrap();
+    store.raise_epoch(3).await.unwrap();
+    for round in 1..=20 {
+        put_all(&store, 50, round).await;
+    }
+    store
+        .put_fenced(3, b("k7"), None, Version::new(3, 1), false)
+        .await
+        .unwrap();
+    let check = |store: &Store| {
+        assert_eq!(store.epoch(), 3);
+        assert_eq!(store.len().unwrap(), 50);
+        for i in (0..50u64).filter(|&i| i != 7) {
+            let (value, version) = store.get(format!("k{i}").as_bytes()).unwrap().unwrap();
+            assert_eq!(value, Bytes::from(format!("v{i}@20")));
+            assert_eq!(version, Version::new(1, 20_000 + i));
+        }
+        assert_eq!(store.get(b"k7").unwrap(), None);
+        let chunk = store.inventory_chunk(Some(b"k69"), 1).unwrap();
+        assert_eq!(chunk, vec![(b("k7"), Version::new(3, 1), true)]);
+    };
+    check(&store);
+    let bytes = std::fs::read(dir.path().join(file::FILE)).unwrap();
+    // The first round's values ("v5@1", not "v5@12").
+    let copies = bytes
+        .windows(5)
+        .filter(|w| &w[..4] == b"v5@1" && !w[4].is_ascii_digit())
+        .count();
+    assert_eq!(copies, 0, "superseded frames are still in the file");
+    store.close().await.unwrap();
+    drop(store);
+    let store = Store::open_with(dir.path(), "slave-0", options).unwrap();
+    check(&store);
+}
+
+#[tokio::test]
+async fn a_second_open_of_a_directory_is_refused_while_the_first_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let err = Store::open(dir.path(), "slave-0").unwrap_err();
+    assert!(matches!(err, StoreError::InUse(_)), "{err}");
+    store.close().await.unwrap();
+    drop(store);
+    open(dir.path());
 }

@@ -3,25 +3,30 @@
 //! Every mutation of the store (a put, an epoch raise) is a [`Command`] sent
 //! to this thread. It waits for one, under load waits the
 //! [commit window](crate::commit_window), takes every other command queued by
-//! then (up to [`MAX_BATCH_COMMANDS`] and [`MAX_BATCH_BYTES`]), applies them
-//! all in one write transaction, commits it (fsync), and only then answers
-//! them: **persist, then acknowledge**. A failed transaction fails every
-//! command of its batch, none of which applied.
+//! then (up to [`MAX_BATCH_COMMANDS`] and [`MAX_BATCH_BYTES`]), checks each
+//! against the index, appends the frames of those that apply to the file in
+//! one `write`, syncs it (`fdatasync`), publishes them to the index, and only
+//! then answers them: **persist, then acknowledge**. A failed write or sync
+//! fails every command of its batch and cuts the file back to where the
+//! batch began.
 //!
-//! Version order and fencing are checked here, inside the transaction that
-//! would apply the put (see the module documentation of [`super`]).
+//! Version order and fencing are checked here, by the one thread that
+//! changes the index, against the index plus the batch's own earlier
+//! commands (see the module documentation of [`super`]). Compaction runs
+//! here too, between batches, so it never races a put.
 
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use redb::{Database, ReadableTable as _, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::error::db_err;
-use super::record::{decode_record, encode_record};
-use super::{META, META_EPOCH, PutOutcome, StoreError, VALUES};
+use super::record::{encode_epoch, encode_put};
+use super::{PutOutcome, Shared, Slot, StoreError, ValueAt, file};
 use crate::commit_window::CommitWindow;
 use crate::version::Version;
 
@@ -31,7 +36,11 @@ pub(super) const QUEUE_DEPTH: usize = 1024;
 /// One batch takes at most this many commands…
 const MAX_BATCH_COMMANDS: usize = 1024;
 /// …or stops growing once its values add up to this many bytes.
-const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+pub(super) const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+/// How far past a batch the file is zero-filled when it runs out.
+const PREALLOCATE_BYTES: u64 = 2 << 20;
+/// Zeros are written in pieces of at most this size.
+const ZERO_CHUNK: usize = 1 << 20;
 
 /// One request to the writer thread.
 pub(super) enum Command {
@@ -63,19 +72,29 @@ impl Command {
     }
 }
 
-/// Starts the writer thread on `db`, taking its commands from `rx` and
-/// publishing the fenced epoch in `epoch` after each commit.
+/// Starts the writer thread on the store `shared`, appending to `file` from
+/// `end` (its length), which already holds `garbage` bytes of superseded
+/// frames.
 pub(super) fn start(
-    db: Arc<Database>,
-    epoch: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+    file: Arc<File>,
+    end: u64,
+    garbage: u64,
     rx: mpsc::Receiver<Command>,
-    commit_window: CommitWindow,
+    options: super::StoreOptions,
 ) -> Result<JoinHandle<()>, StoreError> {
     let writer = Writer {
-        db,
-        epoch,
+        path: shared.path.clone(),
+        shared,
+        file,
+        end,
+        allocated: end,
+        garbage,
+        compact_at: options.compaction_min_bytes,
+        compaction_min_bytes: options.compaction_min_bytes,
         rx,
-        commit_window,
+        commit_window: CommitWindow::new(options.commit_window),
+        frames: Vec::new(),
     };
     std::thread::Builder::new()
         .name("slave-store-writer".into())
@@ -85,10 +104,23 @@ pub(super) fn start(
 
 /// The writer thread's state.
 struct Writer {
-    db: Arc<Database>,
-    epoch: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+    /// The store file (the one in the shared state), appended to at `end`.
+    file: Arc<File>,
+    path: PathBuf,
+    /// End of the frames: everything before it is synced.
+    end: u64,
+    /// Length of the file: zeros from `end` to here (see [`Writer::preallocate`]).
+    allocated: u64,
+    /// Bytes of the file that later frames superseded.
+    garbage: u64,
+    /// The file length from which a compaction is considered.
+    compact_at: u64,
+    compaction_min_bytes: u64,
     rx: mpsc::Receiver<Command>,
     commit_window: CommitWindow,
+    /// The frames of the batch being built (reused between batches).
+    frames: Vec<u8>,
 }
 
 /// The answer owed to one command of a batch, sent after the commit.
@@ -98,16 +130,6 @@ enum Pending {
 }
 
 impl Pending {
-    /// The command's reply channel, for a command the batch did not reach
-    /// (its answer is only ever a failure).
-    fn unreached(cmd: Command) -> Option<Pending> {
-        match cmd {
-            Command::Put { reply, .. } => Some(Pending::Put(reply, PutOutcome::Stored)),
-            Command::RaiseEpoch { reply, .. } => Some(Pending::Epoch(reply, 0)),
-            Command::Close => None,
-        }
-    }
-
     /// Answers with what the committed batch did.
     fn succeed(self) {
         match self {
@@ -136,8 +158,8 @@ impl Pending {
 impl Writer {
     /// Group commit loop: wait for one command, under load wait the commit
     /// window, take every other command queued by then (up to the batch
-    /// limits), apply them all in one write transaction, commit (fsync), and
-    /// only then answer them.
+    /// limits), append them all in one write, sync, and only then answer
+    /// them.
     fn run(mut self) {
         let mut closing = false;
         while !closing {
@@ -154,6 +176,7 @@ impl Writer {
             self.commit_window.taken(batch.len());
             if !batch.is_empty() {
                 self.apply(batch);
+                self.maybe_compact();
             }
         }
         // Refuse whatever is still queued.
@@ -176,101 +199,188 @@ impl Writer {
         batch
     }
 
-    fn apply(&self, batch: Vec<Command>) {
-        let committed_epoch = self.epoch.load(Ordering::Acquire);
+    /// Decides every command of `batch`, makes the frames of those that
+    /// change something durable, publishes them and answers.
+    fn apply(&mut self, batch: Vec<Command>) {
+        self.frames.clear();
         let mut answers = Vec::with_capacity(batch.len());
-        match self.write_batch(batch, committed_epoch, &mut answers) {
-            Ok(epoch) => {
-                // Persist, then acknowledge: the commit has returned, so the
-                // epoch and every answer below describe what is on disk.
-                self.epoch.store(epoch, Ordering::Release);
-                answers.into_iter().for_each(Pending::succeed);
+        let mut changes = Changes::default();
+        let epoch = {
+            let state = self.shared.read();
+            let mut decide = Decide {
+                index: &state.index,
+                epoch: state.epoch,
+                end: self.end,
+                frames: &mut self.frames,
+                changes: &mut changes,
+            };
+            for cmd in batch {
+                answers.extend(decide.command(cmd));
             }
-            Err((e, replies)) => {
-                tracing::error!(error = %e, "slave store batch failed; nothing of it applied");
-                let msg = e.to_string();
-                for answer in replies {
-                    answer.fail(&msg);
+            decide.epoch
+        };
+        if !self.frames.is_empty()
+            && let Err(e) = self.append()
+        {
+            tracing::error!(error = %e, "slave store batch failed; nothing of it was acknowledged");
+            let msg = e.to_string();
+            for answer in answers {
+                answer.fail(&msg);
+            }
+            return;
+        }
+        self.garbage += changes.garbage;
+        {
+            let mut state = self.shared.write();
+            state.epoch = epoch;
+            for (key, slot) in changes.slots {
+                let key_len = key.len();
+                if let Some(old) = state.index.insert(key, slot) {
+                    self.garbage += old.frame_len(key_len);
                 }
             }
         }
+        // Persist, then acknowledge: the sync has returned and the index
+        // shows the batch, so every answer describes what is on disk.
+        answers.into_iter().for_each(Pending::succeed);
     }
 
-    /// Applies `batch` in one transaction and commits it. On success returns
-    /// the epoch after the batch and leaves the answers in `answers`; on
-    /// failure returns the error with every pending answer so the caller can
-    /// fail them.
-    fn write_batch(
-        &self,
-        batch: Vec<Command>,
-        epoch: u64,
-        answers: &mut Vec<Pending>,
-    ) -> Result<u64, (StoreError, Vec<Pending>)> {
-        // The replies are moved into `answers` as each command is handled, so
-        // that a failure can still answer all of them.
-        let mut commands = batch.into_iter();
-        match self.transact(&mut commands, epoch, answers) {
-            Ok(epoch) => Ok(epoch),
+    /// Appends the batch's frames at `end` and syncs them; on failure cuts
+    /// the file back to `end`, so nothing unsynced is ever read back.
+    fn append(&mut self) -> Result<(), StoreError> {
+        let written = self
+            .preallocate(self.end + self.frames.len() as u64)
+            .and_then(|()| {
+                self.file
+                    .write_all_at(&self.frames, self.end)
+                    .map_err(super::error::io_err("write", &self.path))
+            })
+            .and_then(|()| {
+                self.file
+                    .sync_data()
+                    .map_err(super::error::io_err("fsync", &self.path))
+            });
+        match written {
+            Ok(()) => {
+                self.end += self.frames.len() as u64;
+                Ok(())
+            }
             Err(e) => {
-                let mut pending = std::mem::take(answers);
-                // Commands not reached yet still need an answer.
-                pending.extend(commands.filter_map(Pending::unreached));
-                Err((e, pending))
+                if let Err(cut) = self.file.set_len(self.end) {
+                    tracing::error!(error = %cut, "cannot cut the slave store back after a failed write");
+                }
+                self.allocated = self.end;
+                Err(e)
             }
         }
     }
 
-    /// Applies `commands` in one write transaction, pushing each one's
-    /// answer to `answers`, and commits it if anything changed; returns the
-    /// epoch after them. Stops at the first error (the transaction is then
-    /// dropped, so nothing of it applies).
-    fn transact(
-        &self,
-        commands: &mut impl Iterator<Item = Command>,
-        epoch: u64,
-        answers: &mut Vec<Pending>,
-    ) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
-        let (epoch, dirty) = {
-            let mut batch = Batch::open(&txn, epoch)?;
-            for cmd in commands.by_ref() {
-                answers.extend(batch.apply(cmd)?);
+    /// Makes sure the file holds synced zeros up to at least `needed`, by
+    /// zero-filling [`PREALLOCATE_BYTES`] past it when it does not. A batch
+    /// then overwrites blocks that already exist, so its `fdatasync` changes
+    /// no file size or extent and needs no journal commit: on this ext4
+    /// volume a 135-byte append syncs in p50 170 µs, an overwrite in 115 µs.
+    /// Replay reads the zeros as the end of the file.
+    fn preallocate(&mut self, needed: u64) -> Result<(), StoreError> {
+        if needed <= self.allocated {
+            return Ok(());
+        }
+        let target = needed + PREALLOCATE_BYTES;
+        let zeros = vec![0u8; ZERO_CHUNK.min((target - self.allocated) as usize)];
+        let mut at = self.allocated;
+        while at < target {
+            let n = zeros.len().min((target - at) as usize);
+            self.file
+                .write_all_at(&zeros[..n], at)
+                .map_err(super::error::io_err("preallocate", &self.path))?;
+            at += n as u64;
+        }
+        self.file
+            .sync_data()
+            .map_err(super::error::io_err("fsync", &self.path))?;
+        self.allocated = target;
+        Ok(())
+    }
+
+    /// Rewrites the file with only the newest frame of each key once it is
+    /// large and at least half superseded, so disk use stays within about
+    /// twice the live data and each byte is copied a bounded number of times.
+    fn maybe_compact(&mut self) {
+        if self.end < self.compact_at || self.garbage * 2 < self.end {
+            return;
+        }
+        let before = self.end;
+        match self.compact() {
+            Ok(()) => {
+                self.compact_at = self.compaction_min_bytes;
+                tracing::info!(before, after = self.end, "slave store compacted");
             }
-            (batch.epoch, batch.dirty)
+            Err(e) => {
+                // The old file is untouched; try again after more writes.
+                self.compact_at = self.end + self.compaction_min_bytes;
+                tracing::error!(error = %e, "slave store compaction failed; keeping the current file");
+            }
+        }
+    }
+
+    fn compact(&mut self) -> Result<(), StoreError> {
+        let (file, end, offsets) = {
+            let state = self.shared.read();
+            let puts = state.index.iter().map(|(key, slot)| {
+                let value = slot
+                    .value
+                    .map(|at| state.read_value(at, &self.path))
+                    .transpose()?;
+                Ok((key.clone(), slot.version, value))
+            });
+            file::write_new(&self.shared.dir, &self.shared.id, state.epoch, puts)?
         };
-        if dirty {
-            txn.commit().map_err(db_err)?;
-        } else {
-            // Every answer describes state committed by earlier batches.
-            txn.abort().map_err(db_err)?;
+        let file = Arc::new(file);
+        {
+            let mut state = self.shared.write();
+            // Only this thread changes the index, so it is in the order the
+            // offsets were taken in.
+            for (slot, offset) in state.index.values_mut().zip(offsets) {
+                if let Some(at) = &mut slot.value {
+                    at.offset = offset;
+                }
+            }
+            state.file = file.clone();
         }
-        Ok(epoch)
+        self.file = file;
+        self.end = end;
+        self.allocated = end;
+        self.garbage = 0;
+        Ok(())
     }
 }
 
-/// The tables of one batch's write transaction, and what the batch has done
-/// so far.
-struct Batch<'txn> {
-    values: Table<'txn, &'static [u8], &'static [u8]>,
-    meta: Table<'txn, &'static str, &'static [u8]>,
-    /// The fenced epoch after the commands applied so far.
+/// What a batch changes in the index once its frames are durable.
+#[derive(Default)]
+struct Changes {
+    /// The new slots, one per key (the batch's last put of it).
+    slots: Vec<(Bytes, Slot)>,
+    /// Where each key's slot is in `slots`.
+    by_key: HashMap<Bytes, usize>,
+    /// Bytes of the batch's frames that later frames of it superseded.
+    garbage: u64,
+}
+
+/// Decides a batch's commands against the index as it will be after the
+/// commands before them, appending the frames of those that apply.
+struct Decide<'a> {
+    index: &'a std::collections::BTreeMap<Bytes, Slot>,
+    /// The fenced epoch after the commands decided so far.
     epoch: u64,
-    /// Whether anything was written (else the transaction is not committed).
-    dirty: bool,
+    /// Where the batch's frames will start in the file.
+    end: u64,
+    frames: &'a mut Vec<u8>,
+    changes: &'a mut Changes,
 }
 
-impl<'txn> Batch<'txn> {
-    fn open(txn: &'txn WriteTransaction, epoch: u64) -> Result<Batch<'txn>, StoreError> {
-        Ok(Batch {
-            values: txn.open_table(VALUES).map_err(db_err)?,
-            meta: txn.open_table(META).map_err(db_err)?,
-            epoch,
-            dirty: false,
-        })
-    }
-
-    /// Applies one command; returns the answer it is owed after the commit.
-    fn apply(&mut self, cmd: Command) -> Result<Option<Pending>, StoreError> {
+impl Decide<'_> {
+    /// Decides one command; returns the answer it is owed once the batch is durable.
+    fn command(&mut self, cmd: Command) -> Option<Pending> {
         match cmd {
             Command::Put {
                 key,
@@ -280,60 +390,75 @@ impl<'txn> Batch<'txn> {
                 epoch: token,
                 reply,
             } => {
-                let outcome = self.put(&key, value.as_deref(), version, force, token)?;
-                Ok(Some(Pending::Put(reply, outcome)))
+                let outcome = self.put(key, value, version, force, token);
+                Some(Pending::Put(reply, outcome))
             }
             Command::RaiseEpoch {
                 epoch: wanted,
                 reply,
-            } => Ok(Some(Pending::Epoch(reply, self.raise_epoch(wanted)?))),
-            Command::Close => Ok(None),
+            } => Some(Pending::Epoch(reply, self.raise_epoch(wanted))),
+            Command::Close => None,
         }
     }
 
     fn put(
         &mut self,
-        key: &[u8],
-        value: Option<&[u8]>,
+        key: Bytes,
+        value: Option<Bytes>,
         version: Version,
         force: bool,
         token: Option<u64>,
-    ) -> Result<PutOutcome, StoreError> {
+    ) -> PutOutcome {
         if let Some(token) = token {
-            // Fencing: a deposed master's put is refused, checked in the
-            // transaction that would apply it.
+            // Fencing: a deposed master's put is refused, checked by the
+            // thread that would apply it.
             if token < self.epoch {
-                return Ok(PutOutcome::StaleEpoch { fenced: self.epoch });
+                return PutOutcome::StaleEpoch { fenced: self.epoch };
             }
-            self.raise_epoch(token)?;
+            self.raise_epoch(token);
         }
-        let current = match self.values.get(key).map_err(db_err)? {
-            Some(v) => Some(decode_record(key, v.value())?.0),
-            None => None,
+        let pending = self.changes.by_key.get(&key).copied();
+        let current = match pending {
+            Some(i) => Some(self.changes.slots[i].1.version),
+            None => self.index.get(&key).map(|slot| slot.version),
         };
         // Version order: never replace a newer-or-equal version unless forced.
         if let Some(current) = current
             && current >= version
             && !force
         {
-            return Ok(PutOutcome::Superseded { current });
+            return PutOutcome::Superseded { current };
         }
-        let record = encode_record(version, value);
-        self.values.insert(key, &record[..]).map_err(db_err)?;
-        self.dirty = true;
-        Ok(PutOutcome::Stored)
+        let value_at = encode_put(&key, version, value.as_deref(), self.frames);
+        let slot = Slot {
+            version,
+            value: value.map(|v| ValueAt {
+                offset: self.end + value_at as u64,
+                len: v.len() as u32,
+            }),
+        };
+        match pending {
+            Some(i) => {
+                let old = std::mem::replace(&mut self.changes.slots[i].1, slot);
+                self.changes.garbage += old.frame_len(key.len());
+            }
+            None => {
+                self.changes
+                    .by_key
+                    .insert(key.clone(), self.changes.slots.len());
+                self.changes.slots.push((key, slot));
+            }
+        }
+        PutOutcome::Stored
     }
 
     /// Raises the fenced epoch to `wanted` if it is higher; returns the
     /// fenced epoch after.
-    fn raise_epoch(&mut self, wanted: u64) -> Result<u64, StoreError> {
+    fn raise_epoch(&mut self, wanted: u64) -> u64 {
         if wanted > self.epoch {
-            self.meta
-                .insert(META_EPOCH, &wanted.to_be_bytes()[..])
-                .map_err(db_err)?;
+            encode_epoch(wanted, self.frames);
             self.epoch = wanted;
-            self.dirty = true;
         }
-        Ok(self.epoch)
+        self.epoch
     }
 }
