@@ -4,7 +4,7 @@
 //!
 //! Why: a writer that commits as soon as one write arrives commits a few
 //! writes at a time under load, and every commit costs an fsync (tens of µs
-//! of CPU here, plus a redb commit's page writes on a slave) whatever its
+//! of CPU here, plus the journal commit a growing file needs) whatever its
 //! size. Waiting a few hundred microseconds cuts the commits, and the CPU
 //! they burn, severalfold (docs/BENCHMARKS.md). "Under load" means the
 //! previous batch held more than one write: a lone writer never waits, so

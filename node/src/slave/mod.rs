@@ -1,7 +1,7 @@
 //! The slave: stores values with their versions and does what the active
 //! master tells it to.
 //!
-//! - [`store`] keeps values, versions and the fenced epoch in a redb database
+//! - [`store`] keeps values, versions and the fenced epoch in an append-only file
 //!   in the slave's own data directory; a put is acknowledged only once it is
 //!   on disk, so a restart (even `kill -9`) loses nothing acknowledged.
 //! - [`service`] is the `Replica` gRPC service the master calls (Put, Get,
@@ -82,7 +82,7 @@ impl Slave {
     pub async fn open(config: SlaveConfig) -> anyhow::Result<Slave> {
         let dir = config.data_dir.clone();
         let id = config.id.clone();
-        // Opening may repair the database after a crash: keep it off the runtime.
+        // Opening replays the whole store file: keep it off the runtime.
         let options = config.store;
         let store = tokio::task::spawn_blocking(move || Store::open_with(&dir, &id, options))
             .await

@@ -100,10 +100,11 @@ fn stale_epoch(epoch: u64, fenced: u64) -> Status {
 }
 
 /// Maps a store failure to a gRPC status: UNAVAILABLE while shutting down,
-/// INTERNAL otherwise.
+/// INVALID_ARGUMENT for a put too large to store, INTERNAL otherwise.
 fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::Closed => Status::unavailable("slave is shutting down"),
+        e @ StoreError::TooLarge { .. } => Status::invalid_argument(e.to_string()),
         e => {
             tracing::error!(error = %e, "slave store failure");
             Status::internal(e.to_string())
@@ -169,8 +170,8 @@ impl ReplicaService {
     /// Reads one value (the body of Get, unary or pipelined).
     async fn get_one(&self, req: proto::GetRequest) -> Result<proto::GetReply, Status> {
         check_key(&req.key)?;
-        // Inline, not on the blocking pool: a point read of redb's cached
-        // pages takes microseconds, far less than the thread hand-off
+        // Inline, not on the blocking pool: an index lookup and a read of
+        // the page cache take microseconds, far less than the thread hand-off
         // (the profile showed context switches dominating).
         let found = self
             .store

@@ -107,7 +107,7 @@ pub(crate) enum Framed<'a> {
         /// Bytes the frame takes, header included, as far as known.
         needed: u64,
     },
-    /// The frame is complete (or its length is impossible) but its CRC fails.
+    /// The frame's length is impossible, or its payload fails the CRC.
     Bad(FrameError),
 }
 

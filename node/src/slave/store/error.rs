@@ -48,6 +48,16 @@ pub enum StoreError {
         /// What failed.
         reason: String,
     },
+    /// A put whose key and value do not fit in one frame of the store file.
+    #[error(
+        "put of {bytes} bytes (key, value and header) is larger than the store's limit of {max} bytes"
+    )]
+    TooLarge {
+        /// The put's frame size.
+        bytes: u64,
+        /// The limit.
+        max: u64,
+    },
     /// A batch could not be made durable; none of its commands was acknowledged.
     #[error("slave store write failed: {0}")]
     Write(String),

@@ -84,8 +84,7 @@ pub(super) fn replay(file: &File, path: &Path) -> Result<Replayed, StoreError> {
                 break;
             }
         };
-        let entry = record::decode(payload).map_err(|e| at(path, pos, e))?;
-        match entry {
+        match record::decode(payload).map_err(|e| at(path, pos, e))? {
             Entry::Owner(id) if owner.is_none() => owner = Some(id.to_owned()),
             Entry::Owner(_) => {
                 return Err(at(
@@ -94,7 +93,7 @@ pub(super) fn replay(file: &File, path: &Path) -> Result<Replayed, StoreError> {
                     StoreError::Corrupt("a second owner frame".into()),
                 ));
             }
-            Entry::Epoch(epoch) => replayed.epoch = epoch,
+            Entry::Epoch(epoch) => replayed.epoch = replayed.epoch.max(epoch),
             Entry::Put {
                 key,
                 version,
@@ -208,6 +207,27 @@ fn at(path: &Path, pos: u64, e: StoreError) -> StoreError {
 /// A put to write into a new file: key, version, value (`None`: tombstone).
 pub(super) type NewPut = (Bytes, Version, Option<Bytes>);
 
+/// Why [`write_new`] failed: before the new file replaced the old one, or
+/// after (the rename happened but syncing the directory failed, so a crash
+/// may bring either file back).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum NewFileError {
+    /// Nothing changed: the old file is in place.
+    #[error(transparent)]
+    Before(StoreError),
+    /// The new file is in place, but not durably.
+    #[error(transparent)]
+    Unsynced(StoreError),
+}
+
+impl From<NewFileError> for StoreError {
+    fn from(e: NewFileError) -> StoreError {
+        match e {
+            NewFileError::Before(e) | NewFileError::Unsynced(e) => e,
+        }
+    }
+}
+
 /// Writes a complete store file for `owner` at fenced `epoch` holding
 /// `puts`, syncs it and renames it over [`FILE`] in `dir` (syncing the
 /// directory), so a crash leaves either the old file or the new one.
@@ -219,30 +239,32 @@ pub(super) fn write_new(
     owner: &str,
     epoch: u64,
     puts: impl Iterator<Item = Result<NewPut, StoreError>>,
-) -> Result<(File, u64, Vec<u64>), StoreError> {
+) -> Result<(File, u64, Vec<u64>), NewFileError> {
     let tmp = dir.join(NEW_FILE);
-    let file = OpenOptions::new()
+    let written = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .open(&tmp)
-        .map_err(io_err("create", &tmp))?;
-    let written = write_frames(&file, &tmp, owner, epoch, puts).and_then(|(end, offsets)| {
-        file.sync_all().map_err(io_err("fsync", &tmp))?;
-        let path = dir.join(FILE);
-        std::fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))?;
-        sync_dir(dir)?;
-        Ok((end, offsets))
-    });
-    match written {
-        Ok((end, offsets)) => Ok((file, end, offsets)),
+        .map_err(io_err("create", &tmp))
+        .and_then(|file| {
+            let (end, offsets) = write_frames(&file, &tmp, owner, epoch, puts)?;
+            file.sync_all().map_err(io_err("fsync", &tmp))?;
+            let path = dir.join(FILE);
+            std::fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))?;
+            Ok((file, end, offsets))
+        });
+    let written = match written {
+        Ok(written) => written,
         Err(e) => {
             // Best effort: a leftover is removed by the next open anyway.
             let _ = std::fs::remove_file(&tmp);
-            Err(e)
+            return Err(NewFileError::Before(e));
         }
-    }
+    };
+    sync_dir(dir).map_err(NewFileError::Unsynced)?;
+    Ok(written)
 }
 
 fn write_frames(

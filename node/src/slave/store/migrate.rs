@@ -5,9 +5,10 @@
 //!
 //! A slave upgraded in place finds its data there. Opening imports it into a
 //! new store file (written and synced before it is renamed into place, so a
-//! crash mid-import just imports again), then renames the database to
+//! crash before that just imports again), then renames the database to
 //! `slave.redb.imported`, kept so nothing is lost if the import must be
-//! looked at.
+//! looked at. A crash between the two renames is finished by the next open
+//! ([`finish`]).
 
 use std::path::Path;
 
@@ -71,17 +72,31 @@ pub(super) fn import(dir: &Path, id: &str) -> Result<bool, StoreError> {
     drop(meta);
     drop(txn);
     drop(db);
-    let imported = dir.join(IMPORTED_FILE);
-    std::fs::rename(&path, &imported).map_err(super::error::io_err("rename", &path))?;
-    file::sync_dir(dir)?;
+    set_aside(dir, &path)?;
     tracing::info!(
         dir = %dir.display(),
         keys,
         epoch,
-        kept = %imported.display(),
+        kept = %dir.join(IMPORTED_FILE).display(),
         "imported the slave store of an older DSM"
     );
     Ok(true)
+}
+
+/// Finishes an import a crash interrupted after the new store file was in
+/// place: the database, already imported, is renamed out of the way.
+pub(super) fn finish(dir: &Path) -> Result<(), StoreError> {
+    let path = dir.join(OLD_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    set_aside(dir, &path)
+}
+
+/// Renames the imported database to [`IMPORTED_FILE`], durably.
+fn set_aside(dir: &Path, path: &Path) -> Result<(), StoreError> {
+    std::fs::rename(path, dir.join(IMPORTED_FILE)).map_err(super::error::io_err("rename", path))?;
+    file::sync_dir(dir)
 }
 
 /// A `values` row of the old layout as a put of the new one.

@@ -7,7 +7,7 @@
 //!   owner, epochs, puts and tombstones; `record.rs` has the format). The
 //!   newest frame of a key is its state, so replaying the file in order
 //!   rebuilds the index (`file.rs`);
-//! - `slave.lock`: locked while a store has the directory open.
+//! - `slave.lock`: locked while a store's writer thread runs.
 //!
 //! The index maps each key to its version and where its value lies in the
 //! file; values are read from the file (the page cache) when asked for.
@@ -136,10 +136,9 @@ struct Inner {
     shared: Arc<Shared>,
     /// Queue to the writer thread.
     tx: mpsc::Sender<Command>,
-    /// The writer thread, taken by [`Store::close`] to join it.
+    /// The writer thread, taken by [`Store::close`] to join it. It holds
+    /// the directory's lock until it ends.
     writer: Mutex<Option<JoinHandle<()>>>,
-    /// Holds the directory's lock for as long as the store is open.
-    _lock: File,
 }
 
 /// What the writer thread and the readers share.
@@ -177,8 +176,8 @@ struct ValueAt {
 
 impl Shared {
     fn read(&self) -> RwLockReadGuard<'_, State> {
-        // A panic while holding the lock cannot leave the state half
-        // changed (the writer only inserts whole slots), so poison is ignored.
+        // A panic while holding the lock leaves whole slots (each is
+        // replaced or updated in one assignment), so poison is ignored.
         self.state
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -268,6 +267,8 @@ impl Store {
             if !imported {
                 file::write_new(&dir, id, 0, std::iter::empty())?;
             }
+        } else {
+            migrate::finish(&dir)?;
         }
         let (file, path) = file::open(&dir)?;
         let replayed = file::replay(&file, &path)?;
@@ -299,6 +300,7 @@ impl Store {
             replayed.garbage,
             rx,
             options,
+            lock,
         )?;
         tracing::info!(dir = %dir.display(), id, epoch, keys, bytes = replayed.end, "slave store opened");
         Ok(Store {
@@ -306,7 +308,6 @@ impl Store {
                 shared,
                 tx,
                 writer: Mutex::new(Some(handle)),
-                _lock: lock,
             }),
         })
     }

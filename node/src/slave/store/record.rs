@@ -30,8 +30,9 @@ const KIND_TOMBSTONE: u8 = 4;
 
 /// kind + epoch + seq + key_len: the payload of a put before its key.
 const PUT_HEAD: usize = 1 + 8 + 8 + 4;
-/// The shortest payload of any kind (an owner frame with a one-byte id).
-pub(super) const MIN_PAYLOAD: u32 = 2;
+/// The shortest payload of any kind (an owner frame of an empty id). A
+/// zero-filled region reads as length 0, so it is rejected.
+pub(super) const MIN_PAYLOAD: u32 = 1;
 
 /// One decoded frame. Slices borrow the payload.
 #[derive(Debug, PartialEq, Eq)]

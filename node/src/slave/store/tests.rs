@@ -537,3 +537,31 @@ async fn a_second_open_of_a_directory_is_refused_while_the_first_is_open() {
     drop(store);
     open(dir.path());
 }
+
+/// A put too large for one frame is refused with the limit, before anything
+/// is written, so it can never be acknowledged and then dropped by replay;
+/// the store keeps working.
+#[tokio::test]
+async fn a_put_larger_than_a_frame_is_refused_with_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let huge = Bytes::from(vec![7u8; crate::wal::frame::MAX_RECORD_BYTES as usize]);
+    let err = store
+        .put(b("big"), huge, Version::new(1, 1), false)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::TooLarge { .. }), "{msg}");
+    assert!(msg.contains("larger than the store's limit of"), "{msg}");
+    assert!(
+        store
+            .put(b("small"), b("v"), Version::new(1, 2), false)
+            .await
+            .unwrap()
+    );
+    store.close().await.unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.get(b"big").unwrap(), None);
+    assert_eq!(store.get(b"small").unwrap().unwrap().0, b("v"));
+}

@@ -25,10 +25,11 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::record::{encode_epoch, encode_put};
+use super::record::{encode_epoch, encode_put, put_frame_len};
 use super::{PutOutcome, Shared, Slot, StoreError, ValueAt, file};
 use crate::commit_window::CommitWindow;
 use crate::version::Version;
+use crate::wal::frame::{HEADER_LEN, MAX_RECORD_BYTES};
 
 /// Commands waiting in the writer's channel. Bounded so that a flood of puts
 /// backs up into the gRPC layer instead of into memory.
@@ -37,6 +38,8 @@ pub(super) const QUEUE_DEPTH: usize = 1024;
 const MAX_BATCH_COMMANDS: usize = 1024;
 /// …or stops growing once its values add up to this many bytes.
 pub(super) const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+/// The largest frame a put may take: the framing's limit on a payload.
+const MAX_FRAME_BYTES: u64 = HEADER_LEN as u64 + MAX_RECORD_BYTES as u64;
 /// How far past a batch the file is zero-filled when it runs out.
 const PREALLOCATE_BYTES: u64 = 2 << 20;
 /// Zeros are written in pieces of at most this size.
@@ -82,8 +85,11 @@ pub(super) fn start(
     garbage: u64,
     rx: mpsc::Receiver<Command>,
     options: super::StoreOptions,
+    lock: File,
 ) -> Result<JoinHandle<()>, StoreError> {
     let writer = Writer {
+        _lock: lock,
+        broken: None,
         path: shared.path.clone(),
         shared,
         file,
@@ -104,6 +110,14 @@ pub(super) fn start(
 
 /// The writer thread's state.
 struct Writer {
+    /// The data directory's lock, held until this thread ends, so no other
+    /// store opens the directory while this one may still write to it.
+    _lock: File,
+    /// Set when the file can no longer be trusted to hold what the index
+    /// says (a failed cut-back, a compaction renamed but not synced): every
+    /// later batch is refused with this reason until the slave restarts and
+    /// replays what is on disk.
+    broken: Option<String>,
     shared: Arc<Shared>,
     /// The store file (the one in the shared state), appended to at `end`.
     file: Arc<File>,
@@ -125,16 +139,30 @@ struct Writer {
 
 /// The answer owed to one command of a batch, sent after the commit.
 enum Pending {
-    Put(oneshot::Sender<Result<PutOutcome, StoreError>>, PutOutcome),
+    /// A put and what it did (or why it was refused on its own).
+    Put(
+        oneshot::Sender<Result<PutOutcome, StoreError>>,
+        Result<PutOutcome, StoreError>,
+    ),
     Epoch(oneshot::Sender<Result<u64, StoreError>>, u64),
 }
 
 impl Pending {
+    /// The reply channel of a command no batch will apply (its answer is
+    /// only ever a failure).
+    fn refused(cmd: Command) -> Option<Pending> {
+        match cmd {
+            Command::Put { reply, .. } => Some(Pending::Put(reply, Ok(PutOutcome::Stored))),
+            Command::RaiseEpoch { reply, .. } => Some(Pending::Epoch(reply, 0)),
+            Command::Close => None,
+        }
+    }
+
     /// Answers with what the committed batch did.
     fn succeed(self) {
         match self {
             Pending::Put(reply, outcome) => {
-                let _ = reply.send(Ok(outcome));
+                let _ = reply.send(outcome);
             }
             Pending::Epoch(reply, epoch) => {
                 let _ = reply.send(Ok(epoch));
@@ -202,6 +230,15 @@ impl Writer {
     /// Decides every command of `batch`, makes the frames of those that
     /// change something durable, publishes them and answers.
     fn apply(&mut self, batch: Vec<Command>) {
+        if let Some(why) = &self.broken {
+            let msg = format!(
+                "the store stopped writing after an earlier failure ({why}); restart the slave"
+            );
+            for answer in batch.into_iter().filter_map(Pending::refused) {
+                answer.fail(&msg);
+            }
+            return;
+        }
         self.frames.clear();
         let mut answers = Vec::with_capacity(batch.len());
         let mut changes = Changes::default();
@@ -266,10 +303,17 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
-                if let Err(cut) = self.file.set_len(self.end) {
-                    tracing::error!(error = %cut, "cannot cut the slave store back after a failed write");
+                match self.file.set_len(self.end) {
+                    Ok(()) => self.allocated = self.end,
+                    Err(cut) => {
+                        // Frames of the failed batch may still be in the
+                        // file, past the end the index knows.
+                        tracing::error!(error = %cut, "cannot cut the slave store back after a failed write");
+                        self.broken = Some(format!(
+                            "cannot cut the file back after a failed write: {cut}"
+                        ));
+                    }
                 }
-                self.allocated = self.end;
                 Err(e)
             }
         }
@@ -315,15 +359,21 @@ impl Writer {
                 self.compact_at = self.compaction_min_bytes;
                 tracing::info!(before, after = self.end, "slave store compacted");
             }
-            Err(e) => {
+            Err(file::NewFileError::Before(e)) => {
                 // The old file is untouched; try again after more writes.
                 self.compact_at = self.end + self.compaction_min_bytes;
                 tracing::error!(error = %e, "slave store compaction failed; keeping the current file");
             }
+            Err(file::NewFileError::Unsynced(e)) => {
+                // The compacted file replaced the old one, but the rename may
+                // not survive a crash: writing to either could lose puts.
+                tracing::error!(error = %e, "slave store compaction could not sync its rename; refusing writes");
+                self.broken = Some(format!("compaction could not sync its rename: {e}"));
+            }
         }
     }
 
-    fn compact(&mut self) -> Result<(), StoreError> {
+    fn compact(&mut self) -> Result<(), file::NewFileError> {
         let (file, end, offsets) = {
             let state = self.shared.read();
             let puts = state.index.iter().map(|(key, slot)| {
@@ -408,14 +458,21 @@ impl Decide<'_> {
         version: Version,
         force: bool,
         token: Option<u64>,
-    ) -> PutOutcome {
+    ) -> Result<PutOutcome, StoreError> {
         if let Some(token) = token {
             // Fencing: a deposed master's put is refused, checked by the
             // thread that would apply it.
             if token < self.epoch {
-                return PutOutcome::StaleEpoch { fenced: self.epoch };
+                return Ok(PutOutcome::StaleEpoch { fenced: self.epoch });
             }
             self.raise_epoch(token);
+        }
+        let frame_len = put_frame_len(key.len(), value.as_ref().map_or(0, Bytes::len));
+        if frame_len > MAX_FRAME_BYTES {
+            return Err(StoreError::TooLarge {
+                bytes: frame_len,
+                max: MAX_FRAME_BYTES,
+            });
         }
         let pending = self.changes.by_key.get(&key).copied();
         let current = match pending {
@@ -427,7 +484,7 @@ impl Decide<'_> {
             && current >= version
             && !force
         {
-            return PutOutcome::Superseded { current };
+            return Ok(PutOutcome::Superseded { current });
         }
         let value_at = encode_put(&key, version, value.as_deref(), self.frames);
         let slot = Slot {
@@ -449,7 +506,7 @@ impl Decide<'_> {
                 self.changes.slots.push((key, slot));
             }
         }
-        PutOutcome::Stored
+        Ok(PutOutcome::Stored)
     }
 
     /// Raises the fenced epoch to `wanted` if it is higher; returns the
