@@ -212,13 +212,7 @@ impl Shared {
     }
 }
 
-impl State {
-    /// The value at `at` in this state's file.
-    fn read_value(&self, at: ValueAt, path: &Path) -> Result<Bytes, StoreError> {
-        read_value(&self.file, at, path)
-    }
-}
-
+/// The value at `at` in `file` (the store file at `path`).
 fn read_value(file: &File, at: ValueAt, path: &Path) -> Result<Bytes, StoreError> {
     let mut value = vec![0u8; at.len as usize];
     file.read_exact_at(&mut value, at.offset)

@@ -379,7 +379,7 @@ impl Writer {
             let puts = state.index.iter().map(|(key, slot)| {
                 let value = slot
                     .value
-                    .map(|at| state.read_value(at, &self.path))
+                    .map(|at| super::read_value(&state.file, at, &self.path))
                     .transpose()?;
                 Ok((key.clone(), slot.version, value))
             });
