@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use super::error::io_err;
 use super::record::{self, Entry, MAGIC, MIN_PAYLOAD, put_frame_len};
-use super::{Slot, StoreError, ValueAt};
+use super::{Index, Slot, StoreError, ValueAt, set_slot};
 use crate::version::Version;
 use crate::wal::frame::{Framed, HEADER_LEN, MAX_RECORD_BYTES, split};
 
@@ -34,7 +34,7 @@ const MAX_TAIL: u64 = super::writer::MAX_BATCH_BYTES as u64 + 2 * MAX_RECORD_BYT
 /// What replaying a store file found.
 pub(super) struct Replayed {
     /// Every key's newest slot.
-    pub index: BTreeMap<Bytes, Slot>,
+    pub index: Index,
     /// The fenced epoch.
     pub epoch: u64,
     /// The slave the file belongs to.
@@ -107,14 +107,8 @@ pub(super) fn replay(file: &File, path: &Path) -> Result<Replayed, StoreError> {
                         len: v.len() as u32,
                     }),
                 };
-                match replayed.index.get_mut(key) {
-                    Some(old) => {
-                        replayed.garbage += old.frame_len(key.len());
-                        *old = slot;
-                    }
-                    None => {
-                        replayed.index.insert(Bytes::copy_from_slice(key), slot);
-                    }
+                if let Some(old) = set_slot(&mut replayed.index, key, slot) {
+                    replayed.garbage += old.frame_len(key.len());
                 }
             }
         }

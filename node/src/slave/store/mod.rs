@@ -59,6 +59,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::commit_window::DEFAULT_COMMIT_WINDOW;
@@ -150,9 +151,28 @@ pub(super) struct Shared {
     id: String,
 }
 
+/// A key as the index stores it: in place up to 16 bytes, so a short key
+/// costs no allocation of its own (as in the master's index).
+type StoredKey = SmallVec<[u8; 16]>;
+
+/// Every key's slot, in key order (inventories are scans in key order).
+type Index = BTreeMap<StoredKey, Slot>;
+
+/// Sets `key`'s slot; returns the one it replaces. A key already held is
+/// not copied again.
+fn set_slot(index: &mut Index, key: &[u8], slot: Slot) -> Option<Slot> {
+    match index.get_mut(key) {
+        Some(old) => Some(std::mem::replace(old, slot)),
+        None => {
+            index.insert(StoredKey::from_slice(key), slot);
+            None
+        }
+    }
+}
+
 /// The durable state as of the last synced batch.
 struct State {
-    index: BTreeMap<Bytes, Slot>,
+    index: Index,
     /// The fenced epoch.
     epoch: u64,
     /// The file the index's offsets point into (compaction replaces it).
@@ -475,7 +495,10 @@ impl Store {
             .index
             .range::<[u8], _>((lower, Bound::Unbounded))
             .take(limit)
-            .map(|(key, slot)| (key.clone(), slot.version, slot.value.is_none()))
+            .map(|(key, slot)| {
+                let key = Bytes::copy_from_slice(key);
+                (key, slot.version, slot.value.is_none())
+            })
             .collect())
     }
 

@@ -271,9 +271,8 @@ impl Writer {
             let mut state = self.shared.write();
             state.epoch = epoch;
             for (key, slot) in changes.slots {
-                let key_len = key.len();
-                if let Some(old) = state.index.insert(key, slot) {
-                    self.garbage += old.frame_len(key_len);
+                if let Some(old) = super::set_slot(&mut state.index, &key, slot) {
+                    self.garbage += old.frame_len(key.len());
                 }
             }
         }
@@ -381,7 +380,7 @@ impl Writer {
                     .value
                     .map(|at| super::read_value(&state.file, at, &self.path))
                     .transpose()?;
-                Ok((key.clone(), slot.version, value))
+                Ok((Bytes::copy_from_slice(key), slot.version, value))
             });
             file::write_new(&self.shared.dir, &self.shared.id, state.epoch, puts)?
         };
@@ -419,7 +418,7 @@ struct Changes {
 /// Decides a batch's commands against the index as it will be after the
 /// commands before them, appending the frames of those that apply.
 struct Decide<'a> {
-    index: &'a std::collections::BTreeMap<Bytes, Slot>,
+    index: &'a super::Index,
     /// The fenced epoch after the commands decided so far.
     epoch: u64,
     /// Where the batch's frames will start in the file.
@@ -477,7 +476,7 @@ impl Decide<'_> {
         let pending = self.changes.by_key.get(&key).copied();
         let current = match pending {
             Some(i) => Some(self.changes.slots[i].1.version),
-            None => self.index.get(&key).map(|slot| slot.version),
+            None => self.index.get(&key[..]).map(|slot| slot.version),
         };
         // Version order: never replace a newer-or-equal version unless forced.
         if let Some(current) = current
