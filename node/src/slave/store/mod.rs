@@ -29,8 +29,9 @@
 //!   shown to readers, only after the sync of the batch holding it has
 //!   returned; a failed write or sync fails every command of the batch.
 //!   Checked by `tests::concurrent_puts_are_all_durable`,
-//!   `tests::data_survives_reopen`, `tests::acknowledged_puts_survive_kill_9`
-//!   and `tests::a_torn_tail_is_cut_and_damage_is_refused`.
+//!   `tests::data_survives_reopen`, `tests::acknowledged_puts_survive_kill_9`,
+//!   `tests::a_torn_tail_is_cut_and_damage_is_refused` and
+//!   `tests::a_full_volume_fails_puts_clearly_and_loses_nothing`.
 //! - **Fencing**: the epoch only grows, and [`Store::put_fenced`] compares the
 //!   request's epoch with the fenced epoch on the one thread that applies
 //!   puts, after every earlier command, so no put from an older master is
