@@ -161,20 +161,23 @@ fn drop_torn_tail(file: &File, path: &Path, pos: u64, len: u64) -> Result<(), St
     let mut tail = vec![0u8; tail_len as usize];
     file.read_exact_at(&mut tail, pos)
         .map_err(io_err("read", path))?;
-    if let Some(next) =
-        (1..tail.len()).find(|&i| matches!(split(&tail[i..], MIN_PAYLOAD), Framed::Payload(..)))
-    {
-        return Err(at(
-            path,
-            pos,
-            StoreError::Corrupt(format!(
-                "bad frame, and a valid frame follows at byte {}: this is damage, not a torn write; \
-                 restore the slave's volume or remove the directory to resync it from the master",
-                pos + next as u64
-            )),
-        ));
-    }
+    // Only zeros: space the writer filled ahead of its batches (it fills
+    // again from the end it starts at). Anything else is searched for a
+    // valid frame behind the bad one.
     if tail.iter().any(|&b| b != 0) {
+        if let Some(next) =
+            (1..tail.len()).find(|&i| matches!(split(&tail[i..], MIN_PAYLOAD), Framed::Payload(..)))
+        {
+            return Err(at(
+                path,
+                pos,
+                StoreError::Corrupt(format!(
+                    "bad frame, and a valid frame follows at byte {}: this is damage, not a torn write; \
+                     restore the slave's volume or remove the directory to resync it from the master",
+                    pos + next as u64
+                )),
+            ));
+        }
         tracing::warn!(
             path = %path.display(),
             at = pos,
@@ -182,8 +185,6 @@ fn drop_torn_tail(file: &File, path: &Path, pos: u64, len: u64) -> Result<(), St
             "slave store: cutting off a torn tail (a batch that was never synced, so never acknowledged)"
         );
     }
-    // Only zeros: space the writer filled ahead of its batches. It fills
-    // again from the end it starts at.
     file.set_len(pos).map_err(io_err("truncate", path))?;
     file.sync_all().map_err(io_err("fsync", path))
 }
