@@ -16,11 +16,12 @@
 //!
 //! Memory: the index holds an entry for every key of the cluster, so its cost
 //! per key bounds how many keys a master can serve. A key of up to 16 bytes is
-//! stored in place, and its metadata in 40 bytes (`Stored::Compact`) when it
-//! fits: at most [`INLINE_HOLDERS`] holders numbered below `u16::MAX` (the
-//! usual replication factors) and a log position below 4 GiB in a segment
-//! numbered below 2^32. Anything larger is boxed, with no limit. Measured by
-//! `tests/index_memory.rs`: about 90 bytes per key beyond the key's bytes.
+//! stored in place, and its metadata in 32 bytes (`Stored::Compact`) when it
+//! fits: at most [`INLINE_HOLDERS`] holders numbered below 256 (the usual
+//! replication factors and cluster sizes), an epoch below 2^32, and a log
+//! position below 4 GiB in one of its epoch's first 65,536 segments. Anything
+//! larger is boxed, with no limit. Measured by `tests/index_memory.rs`, with
+//! the positions a real log hands out.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -29,7 +30,7 @@ use bytes::Bytes;
 use smallvec::SmallVec;
 
 use crate::version::Version;
-use crate::wal::LogPos;
+use crate::wal::{self, LogPos};
 
 /// Small, stable number the master gives each slave identity, so that
 /// holder lists stay compact.
@@ -60,15 +61,19 @@ pub struct KeyMeta {
 /// A [`KeyMeta`] as the index stores it.
 #[derive(Debug)]
 enum Stored {
-    /// Everything in 40 bytes: the common case.
+    /// Everything in 32 bytes: the common case.
     Compact {
-        version: Version,
-        file_no: u32,
+        seq: u64,
+        epoch: u32,
+        /// The log position's segment: its epoch and its number within it
+        /// ([`crate::wal::segment_no`]).
+        segment_epoch: u32,
+        segment_n: u16,
         offset: u32,
         deleted: bool,
         /// How many of `holders` are used.
         len: u8,
-        holders: [u16; INLINE_HOLDERS],
+        holders: [u8; INLINE_HOLDERS],
     },
     /// What does not fit in place.
     Boxed(Box<KeyMeta>),
@@ -78,26 +83,32 @@ impl Stored {
     fn new(meta: KeyMeta) -> Stored {
         let mut holders = [0; INLINE_HOLDERS];
         let fits = meta.holders.len() <= INLINE_HOLDERS
-            && meta.holders.iter().zip(&mut holders).all(|(&h, slot)| {
-                u16::try_from(h)
-                    .ok()
-                    .filter(|&id| id != u16::MAX)
-                    .map(|id| *slot = id)
-                    .is_some()
-            });
+            && meta
+                .holders
+                .iter()
+                .zip(&mut holders)
+                .all(|(&h, slot)| u8::try_from(h).map(|h| *slot = h).is_ok());
+        let segment_epoch = u32::try_from(wal::segment_epoch(meta.pos.file_no));
+        let segment_n = u16::try_from(wal::segment_index(meta.pos.file_no));
         match (
-            u32::try_from(meta.pos.file_no),
+            u32::try_from(meta.version.epoch),
+            segment_epoch,
+            segment_n,
             u32::try_from(meta.pos.offset),
         ) {
-            (Ok(file_no), Ok(offset)) if fits => Stored::Compact {
-                version: meta.version,
-                file_no,
-                offset,
-                deleted: meta.deleted,
-                // At most INLINE_HOLDERS, checked above.
-                len: meta.holders.len() as u8,
-                holders,
-            },
+            (Ok(epoch), Ok(segment_epoch), Ok(segment_n), Ok(offset)) if fits => {
+                Stored::Compact {
+                    seq: meta.version.seq,
+                    epoch,
+                    segment_epoch,
+                    segment_n,
+                    offset,
+                    deleted: meta.deleted,
+                    // At most INLINE_HOLDERS, checked above.
+                    len: meta.holders.len() as u8,
+                    holders,
+                }
+            }
             _ => Stored::Boxed(Box::new(meta)),
         }
     }
@@ -105,16 +116,19 @@ impl Stored {
     fn meta(&self) -> KeyMeta {
         match self {
             Stored::Compact {
-                version,
-                file_no,
+                seq,
+                epoch,
+                segment_epoch,
+                segment_n,
                 offset,
                 deleted,
                 len,
                 holders,
             } => KeyMeta {
-                version: *version,
+                version: Version::new(u64::from(*epoch), *seq),
                 pos: LogPos {
-                    file_no: u64::from(*file_no),
+                    // As `wal::segment_no` builds it.
+                    file_no: (u64::from(*segment_epoch) << 32) | u64::from(*segment_n),
                     offset: u64::from(*offset),
                 },
                 holders: holders[..usize::from(*len)]
@@ -129,7 +143,7 @@ impl Stored {
 
     fn version(&self) -> Version {
         match self {
-            Stored::Compact { version, .. } => *version,
+            Stored::Compact { seq, epoch, .. } => Version::new(u64::from(*epoch), *seq),
             Stored::Boxed(meta) => meta.version,
         }
     }
@@ -150,7 +164,7 @@ impl Stored {
 
     /// The holders, without building a [`KeyMeta`].
     fn holders(&self) -> impl Iterator<Item = SlaveIdx> + '_ {
-        let (inline, boxed): (&[u16], &[SlaveIdx]) = match self {
+        let (inline, boxed): (&[u8], &[SlaveIdx]) = match self {
             Stored::Compact { len, holders, .. } => (&holders[..usize::from(*len)], &[]),
             Stored::Boxed(meta) => (&[], &meta.holders),
         };
@@ -431,9 +445,37 @@ mod tests {
 
     /// The sizes the memory budget rests on.
     #[test]
-    fn an_entry_is_a_24_byte_key_and_40_bytes_of_metadata() {
+    fn an_entry_is_a_24_byte_key_and_32_bytes_of_metadata() {
         assert_eq!(std::mem::size_of::<StoredKey>(), 24);
-        assert_eq!(std::mem::size_of::<Stored>(), 40);
+        assert_eq!(std::mem::size_of::<Stored>(), 32);
+    }
+
+    /// The positions a running master records (segments numbered under its
+    /// epoch, which a compaction may leave under an older one) stay in place.
+    #[test]
+    fn positions_in_any_epochs_segments_are_stored_in_place() {
+        let mut index = Index::default();
+        for (i, (epoch, segment_epoch)) in [(1, 1), (7, 7), (9, 4), (u64::from(u32::MAX), 1)]
+            .into_iter()
+            .enumerate()
+        {
+            let key = format!("key{i}");
+            let pos = LogPos {
+                file_no: crate::wal::segment_no(segment_epoch, 12).unwrap(),
+                offset: 4096,
+            };
+            let version = Version::new(epoch, 40 + i as u64);
+            index.record(key.as_bytes(), version, pos, [0, 2, 255], i == 3);
+            assert!(
+                matches!(index.keys.get(key.as_bytes()), Some(Stored::Compact { .. })),
+                "{key} is boxed"
+            );
+            let meta = index.get(key.as_bytes()).unwrap();
+            assert_eq!(
+                (meta.version, meta.pos, meta.holders.to_vec(), meta.deleted),
+                (version, pos, vec![0, 2, 255], i == 3)
+            );
+        }
     }
 
     /// Metadata that does not fit in place (many holders, a large slave

@@ -127,9 +127,15 @@ pub fn segment_epoch(no: SegmentNo) -> u64 {
     no >> 32
 }
 
+/// The number of segment `no` within its epoch.
+pub fn segment_index(no: SegmentNo) -> u32 {
+    // The low 32 bits, by the layout above.
+    no as u32
+}
+
 /// Renders a segment number the way its file is named (`epoch.n`).
 pub fn segment_label(no: SegmentNo) -> String {
-    format!("{}.{}", no >> 32, no & u64::from(u32::MAX))
+    format!("{}.{}", segment_epoch(no), segment_index(no))
 }
 
 /// Where a record starts: segment number and byte offset of its frame.
