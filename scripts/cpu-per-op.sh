@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CPU per operation: the CPU time every process spends (master, backup, three
 # slaves and the bench itself), divided by the operations the bench counted.
-# The members' time comes from their own process_cpu_seconds_total before and
-# after the run, the bench's from its rusage. Loopback only.
+# The members' time comes from /proc/PID/stat before and after the run (in
+# clock ticks; their process_cpu_seconds_total counts whole seconds only, too
+# coarse for a run of seconds), the bench's from its rusage. Loopback only.
 #
 #   bash scripts/cpu-per-op.sh                 # unary and pipelined, 64 clients
 #   SECS=30 CLIENTS=16 bash scripts/cpu-per-op.sh
@@ -27,11 +28,16 @@ local_pid=$!
 for _ in $(seq 300); do grep -q "cluster is up" "$work/local.log" && break; sleep 0.2; done
 grep -q "cluster is up" "$work/local.log" || { cat "$work/local.log" >&2; exit 1; }
 
-# Sum of the five members' CPU seconds.
+# Sum of the five members' CPU seconds: user and system time (fields 14 and
+# 15 of /proc/PID/stat, in clock ticks) of each process `dsm local` started
+# (`dsm local` is the child of `timeout`).
+members=$(pgrep -P "$(pgrep -P "$local_pid")")
+[ "$(wc -w <<<"$members")" = 5 ] || { echo "expected 5 members, found: $members" >&2; exit 1; }
+tick=$(getconf CLK_TCK)
 members_cpu() {
-    for m in 0 1 2 3 4; do
-        curl -sf "http://127.0.0.1:$((metrics + m))/metrics" | awk '$1 == "process_cpu_seconds_total" {print $2}'
-    done | awk '{s += $1} END {printf "%.3f\n", s}'
+    for pid in $members; do
+        awk '{print $14 + $15}' "/proc/$pid/stat"
+    done | awk -v tick="$tick" '{s += $1} END {printf "%.3f\n", s / tick}'
 }
 
 echo "| API | ops/s | µs of CPU per operation (members + bench) |"
