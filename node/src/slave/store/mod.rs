@@ -27,11 +27,15 @@
 //!   `tests::equal_version_is_not_stored` and `tests::force_replaces_newer`.
 //! - **Persist, then acknowledge**: a put or an epoch raise is answered, and
 //!   shown to readers, only after the sync of the batch holding it has
-//!   returned; a failed write or sync fails every command of the batch.
-//!   Checked by `tests::concurrent_puts_are_all_durable`,
+//!   returned; a failed write or sync fails every command of the batch and
+//!   cuts it off the file, and when even that fails the writer refuses every
+//!   later command until a restart replays the file. Checked by
+//!   `tests::concurrent_puts_are_all_durable`,
 //!   `tests::data_survives_reopen`, `tests::acknowledged_puts_survive_kill_9`,
-//!   `tests::a_torn_tail_is_cut_and_damage_is_refused` and
-//!   `tests::a_full_volume_fails_puts_clearly_and_loses_nothing`.
+//!   `tests::a_torn_tail_is_cut_and_damage_is_refused`,
+//!   `tests::a_full_volume_fails_puts_clearly_and_loses_nothing`,
+//!   `tests::a_failed_sync_refuses_its_batch_and_cuts_it_off` and
+//!   `tests::a_failed_cut_back_stops_the_writer_until_a_restart`.
 //! - **Fencing**: the epoch only grows, and [`Store::put_fenced`] compares the
 //!   request's epoch with the fenced epoch on the one thread that applies
 //!   puts, after every earlier command, so no put from an older master is
@@ -150,6 +154,9 @@ pub(super) struct Shared {
     /// The store file in `dir`.
     path: PathBuf,
     id: String,
+    /// Faults the tests inject into the writer.
+    #[cfg(test)]
+    faults: tests::Faults,
 }
 
 /// A key as the index stores it: in place up to 16 bytes, so a short key
@@ -306,6 +313,8 @@ impl Store {
             dir: dir.clone(),
             path,
             id: id.to_string(),
+            #[cfg(test)]
+            faults: tests::Faults::default(),
         });
         let (tx, rx) = mpsc::channel(writer::QUEUE_DEPTH);
         let handle = writer::start(

@@ -1,9 +1,46 @@
 //! Tests of the slave store on real files in temporary directories:
 //! version order, persist-then-acknowledge (across reopen, `kill -9` and a
-//! torn tail), fencing, compaction, inventory scans and closing. The invariants in the module
-//! documentation name the tests here that check them.
+//! torn tail, a full volume, a failed sync), fencing, compaction, inventory
+//! scans and closing. The invariants in the module documentation name the
+//! tests here that check them.
 
 use super::*;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+/// Faults injected into the writer thread ([`Shared`]'s `faults`), as a
+/// dying disk would cause them.
+#[derive(Default)]
+pub(super) struct Faults {
+    /// How many of the next batch syncs fail, after their frames were
+    /// written.
+    failing_syncs: AtomicU32,
+    /// Whether cutting a failed batch off the file fails too.
+    failing_cut: AtomicBool,
+}
+
+impl Faults {
+    /// Called before a batch's sync: fails it if one is due to fail.
+    pub(super) fn sync(&self, path: &Path) -> Result<(), StoreError> {
+        let due = self
+            .failing_syncs
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if due {
+            return Err(error::io_err("fsync", path)(
+                std::io::Error::from_raw_os_error(nix::libc::EIO),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Called after a failed batch was cut off the file.
+    pub(super) fn cut(&self) -> std::io::Result<()> {
+        if self.failing_cut.load(Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(nix::libc::EIO));
+        }
+        Ok(())
+    }
+}
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -665,4 +702,103 @@ fn full_volume_child() {
         }
         store.close().await.unwrap();
     });
+}
+
+/// A batch whose sync fails (injected after its frames were written, as a
+/// dying disk fails an `fdatasync`) is refused with the cause, is cut off the
+/// file and never shown to readers; the next put is stored without a
+/// restart, and a reopen finds the puts before and after it, not it.
+#[tokio::test]
+async fn a_failed_sync_refuses_its_batch_and_cuts_it_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    put_all(&store, 3, 1).await;
+    store
+        .inner
+        .shared
+        .faults
+        .failing_syncs
+        .store(1, Ordering::SeqCst);
+    let err = store
+        .put(b("refused"), b("lost"), Version::new(1, 5000), false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("fsync"), "{err}");
+    assert!(err.to_string().contains(file::FILE), "{err}");
+    assert_eq!(store.get(b"refused").unwrap(), None);
+    // Cut back to the last synced frame: the refused frame is gone from
+    // the file, not merely hidden by the index.
+    let cut_to = file_len(dir.path());
+    assert!(
+        !std::fs::read(dir.path().join(file::FILE))
+            .unwrap()
+            .windows(b"refused".len())
+            .any(|w| w == b"refused"),
+        "the refused frame is still in the file"
+    );
+    assert!(
+        store
+            .put(b("after"), b("kept"), Version::new(1, 5001), false)
+            .await
+            .unwrap()
+    );
+    assert!(file_len(dir.path()) > cut_to);
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = open(dir.path());
+    assert_eq!(store.get(b"refused").unwrap(), None);
+    assert_eq!(
+        store.get(b"after").unwrap(),
+        Some((b("kept"), Version::new(1, 5001)))
+    );
+    for i in 0..3 {
+        assert!(store.get(format!("k{i}").as_bytes()).unwrap().is_some());
+    }
+}
+
+/// When the failed batch cannot be cut off either, the file may hold frames
+/// past what the index knows: the writer refuses every later put, saying
+/// why and that the slave must restart, instead of appending after them.
+/// A reopen replays what is on disk and takes puts again, and nothing
+/// acknowledged before the failure is lost.
+#[tokio::test]
+async fn a_failed_cut_back_stops_the_writer_until_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    put_all(&store, 3, 1).await;
+    let faults = &store.inner.shared.faults;
+    faults.failing_syncs.store(1, Ordering::SeqCst);
+    faults.failing_cut.store(true, Ordering::SeqCst);
+    assert!(
+        store
+            .put(b("refused"), b("x"), Version::new(1, 5000), false)
+            .await
+            .is_err()
+    );
+    faults.failing_cut.store(false, Ordering::SeqCst);
+    let err = store
+        .put(b("later"), b("y"), Version::new(1, 5001), false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("restart the slave"), "{err}");
+    assert!(
+        err.to_string().contains("cannot cut the file back"),
+        "{err}"
+    );
+    assert_eq!(store.get(b"later").unwrap(), None);
+    store.close().await.unwrap();
+    drop(store);
+
+    let store = open(dir.path());
+    for i in 0..3 {
+        assert!(store.get(format!("k{i}").as_bytes()).unwrap().is_some());
+    }
+    assert_eq!(store.get(b"later").unwrap(), None);
+    assert!(
+        store
+            .put(b("later"), b("y"), Version::new(1, 5001), false)
+            .await
+            .unwrap()
+    );
 }

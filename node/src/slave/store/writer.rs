@@ -292,6 +292,8 @@ impl Writer {
                     .map_err(super::error::io_err("write", &self.path))
             })
             .and_then(|()| {
+                #[cfg(test)]
+                self.shared.faults.sync(&self.path)?;
                 self.file
                     .sync_data()
                     .map_err(super::error::io_err("fsync", &self.path))
@@ -302,7 +304,10 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
-                match self.file.set_len(self.end) {
+                let cut = self.file.set_len(self.end);
+                #[cfg(test)]
+                let cut = cut.and_then(|()| self.shared.faults.cut());
+                match cut {
                     Ok(()) => self.allocated = self.end,
                     Err(cut) => {
                         // Frames of the failed batch may still be in the
