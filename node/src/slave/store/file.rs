@@ -26,7 +26,7 @@ use crate::wal::frame::{Framed, HEADER_LEN, MAX_RECORD_BYTES, split};
 /// Name of the store file inside the data directory.
 pub(super) const FILE: &str = "values.log";
 /// A new file is written here, then renamed over [`FILE`].
-const NEW_FILE: &str = "values.log.new";
+pub(super) const NEW_FILE: &str = "values.log.new";
 /// A bad frame this far or further from the end cannot be a torn batch: one
 /// batch is written by one `write` and holds at most this much.
 const MAX_TAIL: u64 = super::writer::MAX_BATCH_BYTES as u64 + 2 * MAX_RECORD_BYTES as u64;
@@ -235,6 +235,20 @@ pub(super) fn write_new(
     epoch: u64,
     puts: impl Iterator<Item = Result<NewPut, StoreError>>,
 ) -> Result<(File, u64, Vec<u64>), NewFileError> {
+    let (file, end, offsets) = write_temp(dir, owner, epoch, puts).map_err(NewFileError::Before)?;
+    install(dir, &file)?;
+    Ok((file, end, offsets))
+}
+
+/// The first half of [`write_new`]: writes the new file beside [`FILE`],
+/// not yet synced nor in place, so that more frames can still be added at
+/// its end before [`install`]. Returns what [`write_new`] returns.
+pub(super) fn write_temp(
+    dir: &Path,
+    owner: &str,
+    epoch: u64,
+    puts: impl Iterator<Item = Result<NewPut, StoreError>>,
+) -> Result<(File, u64, Vec<u64>), StoreError> {
     let tmp = dir.join(NEW_FILE);
     let written = OpenOptions::new()
         .read(true)
@@ -245,21 +259,29 @@ pub(super) fn write_new(
         .map_err(io_err("create", &tmp))
         .and_then(|file| {
             let (end, offsets) = write_frames(&file, &tmp, owner, epoch, puts)?;
-            file.sync_all().map_err(io_err("fsync", &tmp))?;
-            let path = dir.join(FILE);
-            std::fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))?;
             Ok((file, end, offsets))
         });
-    let written = match written {
-        Ok(written) => written,
-        Err(e) => {
-            // Best effort: a leftover is removed by the next open anyway.
-            let _ = std::fs::remove_file(&tmp);
-            return Err(NewFileError::Before(e));
-        }
-    };
-    sync_dir(dir).map_err(NewFileError::Unsynced)?;
-    Ok(written)
+    if written.is_err() {
+        // Best effort: a leftover is removed by the next open anyway.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// The second half of [`write_new`]: syncs the file [`write_temp`] wrote,
+/// renames it over [`FILE`] and syncs the directory.
+pub(super) fn install(dir: &Path, file: &File) -> Result<(), NewFileError> {
+    let tmp = dir.join(NEW_FILE);
+    let path = dir.join(FILE);
+    let moved = file
+        .sync_all()
+        .map_err(io_err("fsync", &tmp))
+        .and_then(|()| std::fs::rename(&tmp, &path).map_err(io_err("rename into place", &path)));
+    if let Err(e) = moved {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(NewFileError::Before(e));
+    }
+    sync_dir(dir).map_err(NewFileError::Unsynced)
 }
 
 fn write_frames(

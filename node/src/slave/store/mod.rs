@@ -17,8 +17,10 @@
 //! commit costs one small append and one sync, where a B-tree rewrites
 //! several pages. Under load the writer holds each batch open for a short
 //! [commit window](crate::commit_window). Once the file is large and mostly
-//! superseded, the writer rewrites it with only the live frames and renames
-//! it into place (compaction). Reads never wait for the writer.
+//! superseded, it is rewritten with only the live frames and renamed into
+//! place (compaction, `compaction.rs`): the copy runs beside the writer, which
+//! pauses only to add what it appended meanwhile. Reads never wait for the
+//! writer.
 //!
 //! Invariants enforced here:
 //! - **Version order**: a put never replaces a newer-or-equal version with an
@@ -45,10 +47,13 @@
 //!   Checked by `tests::raise_epoch_persists`,
 //!   `tests::fenced_put_rejects_older_epoch` and
 //!   `tests::fenced_get_sees_the_fence_of_its_own_snapshot`.
-//! - **Compaction loses nothing**: the new file is synced before it replaces
-//!   the old one, and a crash leaves one or the other. Checked by
-//!   `tests::compaction_keeps_every_newest_value`.
+//! - **Compaction loses nothing**: the new file holds every key's newest
+//!   frame and everything appended while it was copied, it is synced before
+//!   it replaces the old one, and a crash leaves one or the other. Checked by
+//!   `tests::compaction_keeps_every_newest_value` and
+//!   `tests::puts_go_on_while_a_compaction_copies`.
 
+mod compaction;
 mod error;
 mod file;
 mod migrate;
@@ -322,7 +327,7 @@ impl Store {
             file,
             replayed.end,
             replayed.garbage,
-            rx,
+            (rx, tx.downgrade()),
             options,
             lock,
         )?;

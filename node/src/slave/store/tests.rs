@@ -16,6 +16,12 @@ pub(super) struct Faults {
     failing_syncs: AtomicU32,
     /// Whether cutting a failed batch off the file fails too.
     failing_cut: AtomicBool,
+    /// Whether a compaction's copy, once done, waits before it reports.
+    holding_compaction: AtomicBool,
+    /// Compaction copies that reached their end.
+    copies_done: AtomicU32,
+    /// Compactions that replaced the file.
+    compactions: AtomicU32,
 }
 
 impl Faults {
@@ -31,6 +37,20 @@ impl Faults {
             ));
         }
         Ok(())
+    }
+
+    /// Called by a compaction's copy thread once its copy is done: waits
+    /// while the test holds compactions (or until the copy is cancelled).
+    pub(super) fn hold_compaction(&self, cancel: &AtomicBool) {
+        self.copies_done.fetch_add(1, Ordering::SeqCst);
+        while self.holding_compaction.load(Ordering::SeqCst) && !cancel.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Called when a compaction replaced the file.
+    pub(super) fn compacted(&self) {
+        self.compactions.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Called after a failed batch was cut off the file.
@@ -538,6 +558,7 @@ async fn compaction_keeps_every_newest_value() {
         .put_fenced(3, b("k7"), None, Version::new(3, 1), false)
         .await
         .unwrap();
+    wait_until(|| store.inner.shared.faults.compactions.load(Ordering::SeqCst) >= 1).await;
     let check = |store: &Store| {
         assert_eq!(store.epoch(), 3);
         assert_eq!(store.len().unwrap(), 50);
@@ -801,4 +822,99 @@ async fn a_failed_cut_back_stops_the_writer_until_a_restart() {
             .await
             .unwrap()
     );
+}
+
+/// Waits (at most a minute: a bound, not a timing check) until `done`.
+async fn wait_until(done: impl Fn() -> bool) {
+    for _ in 0..60_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    panic!("gave up waiting");
+}
+
+/// A compaction copies beside the writer: while its copy is held back
+/// (after it copied), puts of new keys, overwrites, a tombstone and an epoch
+/// raise are all acknowledged. Once it completes, every key has its newest
+/// state, the frames superseded before the copy are gone from the file, and
+/// all of it is there after a reopen.
+#[tokio::test]
+async fn puts_go_on_while_a_compaction_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        compaction_min_bytes: 16 << 10,
+        ..StoreOptions::default()
+    };
+    let store = Store::open_with(dir.path(), "slave-0", options).unwrap();
+    let faults = &store.inner.shared.faults;
+    faults.holding_compaction.store(true, Ordering::SeqCst);
+    let mut round = 0;
+    while faults.copies_done.load(Ordering::SeqCst) == 0 {
+        round += 1;
+        assert!(round < 1000, "no compaction started");
+        put_all(&store, 50, round).await;
+        tokio::task::yield_now().await;
+    }
+    // The copy is done and held: the writer goes on meanwhile.
+    let last = round + 1;
+    put_all(&store, 40, last).await;
+    for i in 0..10u64 {
+        let key = Bytes::from(format!("new{i}"));
+        assert!(
+            store
+                .put(key, b("fresh"), Version::new(1, 900_000 + i), false)
+                .await
+                .unwrap()
+        );
+    }
+    store
+        .put_fenced(1, b("k45"), None, Version::new(1, 990_000), false)
+        .await
+        .unwrap();
+    store.raise_epoch(4).await.unwrap();
+    assert_eq!(faults.compactions.load(Ordering::SeqCst), 0);
+    faults.holding_compaction.store(false, Ordering::SeqCst);
+    wait_until(|| faults.compactions.load(Ordering::SeqCst) >= 1).await;
+
+    let check = |store: &Store| {
+        assert_eq!(store.epoch(), 4);
+        for i in 0..50u64 {
+            let found = store.get(format!("k{i}").as_bytes()).unwrap();
+            match i {
+                0..40 => assert_eq!(
+                    found,
+                    Some((
+                        Bytes::from(format!("v{i}@{last}")),
+                        Version::new(1, last * 1000 + i)
+                    ))
+                ),
+                45 => assert_eq!(found, None),
+                _ => assert_eq!(
+                    found,
+                    Some((
+                        Bytes::from(format!("v{i}@{round}")),
+                        Version::new(1, round * 1000 + i)
+                    ))
+                ),
+            }
+        }
+        for i in 0..10u64 {
+            let found = store.get(format!("new{i}").as_bytes()).unwrap();
+            assert_eq!(found, Some((b("fresh"), Version::new(1, 900_000 + i))));
+        }
+    };
+    check(&store);
+    let bytes = std::fs::read(dir.path().join(file::FILE)).unwrap();
+    // The first round's values ("v5@1", not "v5@12").
+    let copies = bytes
+        .windows(5)
+        .filter(|w| &w[..4] == b"v5@1" && !w[4].is_ascii_digit())
+        .count();
+    assert_eq!(copies, 0, "superseded frames are still in the file");
+    store.close().await.unwrap();
+    drop(store);
+    let store = Store::open_with(dir.path(), "slave-0", options).unwrap();
+    check(&store);
 }

@@ -12,8 +12,9 @@
 //!
 //! Version order and fencing are checked here, by the one thread that
 //! changes the index, against the index plus the batch's own earlier
-//! commands (see the module documentation of [`super`]). Compaction runs
-//! here too, between batches, so it never races a put.
+//! commands (see the module documentation of [`super`]). A compaction copies
+//! on its own thread while this one goes on appending, and is completed here,
+//! between batches, so it never races a put ([`super::compaction`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -26,7 +27,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::{encode_epoch, encode_put, put_frame_len};
-use super::{PutOutcome, Shared, Slot, StoreError, ValueAt, file};
+use super::{PutOutcome, Shared, Slot, StoreError, ValueAt, compaction, file};
 use crate::commit_window::CommitWindow;
 use crate::version::Version;
 use crate::wal::frame::{HEADER_LEN, MAX_RECORD_BYTES};
@@ -63,6 +64,8 @@ pub(super) enum Command {
     },
     /// Stop after this batch; later commands are refused.
     Close,
+    /// The copy of a compaction ended (from its thread).
+    Compacted(Result<compaction::Copied, StoreError>),
 }
 
 impl Command {
@@ -77,13 +80,14 @@ impl Command {
 
 /// Starts the writer thread on the store `shared`, appending to `file` from
 /// `end` (its length), which already holds `garbage` bytes of superseded
-/// frames.
+/// frames. It takes its commands from `rx`; `tx` is the sending side, for
+/// a compaction to report on.
 pub(super) fn start(
     shared: Arc<Shared>,
     file: Arc<File>,
     end: u64,
     garbage: u64,
-    rx: mpsc::Receiver<Command>,
+    (rx, tx): (mpsc::Receiver<Command>, mpsc::WeakSender<Command>),
     options: super::StoreOptions,
     lock: File,
 ) -> Result<JoinHandle<()>, StoreError> {
@@ -99,6 +103,8 @@ pub(super) fn start(
         compact_at: options.compaction_min_bytes,
         compaction_min_bytes: options.compaction_min_bytes,
         rx,
+        tx,
+        compaction: None,
         commit_window: CommitWindow::new(options.commit_window),
         frames: Vec::new(),
     };
@@ -132,6 +138,11 @@ struct Writer {
     compact_at: u64,
     compaction_min_bytes: u64,
     rx: mpsc::Receiver<Command>,
+    /// Handed to a compaction's copy thread, to report on; weak, so that
+    /// the writer stops once every [`super::Store`] is gone.
+    tx: mpsc::WeakSender<Command>,
+    /// The compaction whose copy is running, if one is.
+    compaction: Option<compaction::Running>,
     commit_window: CommitWindow,
     /// The frames of the batch being built (reused between batches).
     frames: Vec<u8>,
@@ -154,7 +165,7 @@ impl Pending {
         match cmd {
             Command::Put { reply, .. } => Some(Pending::Put(reply, Ok(PutOutcome::Stored))),
             Command::RaiseEpoch { reply, .. } => Some(Pending::Epoch(reply, 0)),
-            Command::Close => None,
+            Command::Close | Command::Compacted(_) => None,
         }
     }
 
@@ -201,15 +212,25 @@ impl Writer {
                 batch.truncate(pos);
                 closing = true;
             }
+            let compacted = batch
+                .iter()
+                .position(|c| matches!(c, Command::Compacted(_)))
+                .map(|pos| batch.remove(pos));
             self.commit_window.taken(batch.len());
             if !batch.is_empty() {
                 self.apply(batch);
-                self.maybe_compact();
             }
+            if let Some(Command::Compacted(copied)) = compacted {
+                self.finish_compaction(copied);
+            }
+            self.maybe_compact();
         }
         // Refuse whatever is still queued.
         self.rx.close();
         while self.rx.try_recv().is_ok() {}
+        if let Some(running) = self.compaction.take() {
+            running.abandon(&self.shared.dir);
+        }
         tracing::debug!("slave store writer stopped");
     }
 
@@ -350,21 +371,74 @@ impl Writer {
         Ok(())
     }
 
-    /// Rewrites the file with only the newest frame of each key once it is
-    /// large and at least half superseded, so disk use stays within about
-    /// twice the live data and each byte is copied a bounded number of times.
+    /// Starts rewriting the file with only the newest frame of each key
+    /// once it is large and at least half superseded, so disk use stays
+    /// within about twice the live data and each byte is copied a bounded
+    /// number of times. The copy runs beside this thread ([`compaction`]).
     fn maybe_compact(&mut self) {
-        if self.end < self.compact_at || self.garbage * 2 < self.end {
+        if self.compaction.is_some()
+            || self.broken.is_some()
+            || self.end < self.compact_at
+            || self.garbage * 2 < self.end
+        {
             return;
         }
+        let Some(tx) = self.tx.upgrade() else {
+            return;
+        };
+        let started = compaction::start(
+            self.shared.clone(),
+            self.file.clone(),
+            self.end,
+            self.garbage,
+            tx,
+        );
+        match started {
+            Ok(running) => {
+                tracing::debug!(bytes = self.end, "slave store compaction started");
+                self.compaction = Some(running);
+            }
+            Err(e) => {
+                self.compact_at = self.end + self.compaction_min_bytes;
+                tracing::error!(error = %e, "slave store compaction could not start; keeping the current file");
+            }
+        }
+    }
+
+    /// Completes the running compaction with what its copy made.
+    fn finish_compaction(&mut self, copied: Result<compaction::Copied, StoreError>) {
+        let Some(running) = self.compaction.take() else {
+            return;
+        };
         let before = self.end;
-        match self.compact() {
-            Ok(()) => {
+        let garbage_before = running.garbage_before;
+        let finished = match copied {
+            Err(e) => {
+                running.join();
+                Err(file::NewFileError::Before(e))
+            }
+            Ok(_) if self.broken.is_some() => {
+                running.abandon(&self.shared.dir);
+                return;
+            }
+            Ok(copied) => running.finish(&self.shared, &self.file, self.end, copied),
+        };
+        match finished {
+            Ok(installed) => {
+                self.file = installed.file;
+                self.end = installed.end;
+                self.allocated = installed.end;
+                // What was superseded during the copy is still in the tail
+                // (or was copied as it stood): count it again.
+                self.garbage = self.garbage.saturating_sub(garbage_before);
                 self.compact_at = self.compaction_min_bytes;
+                #[cfg(test)]
+                self.shared.faults.compacted();
                 tracing::info!(before, after = self.end, "slave store compacted");
             }
             Err(file::NewFileError::Before(e)) => {
                 // The old file is untouched; try again after more writes.
+                let _ = file::remove_leftover(&self.shared.dir);
                 self.compact_at = self.end + self.compaction_min_bytes;
                 tracing::error!(error = %e, "slave store compaction failed; keeping the current file");
             }
@@ -375,37 +449,6 @@ impl Writer {
                 self.broken = Some(format!("compaction could not sync its rename: {e}"));
             }
         }
-    }
-
-    fn compact(&mut self) -> Result<(), file::NewFileError> {
-        let (file, end, offsets) = {
-            let state = self.shared.read();
-            let puts = state.index.iter().map(|(key, slot)| {
-                let value = slot
-                    .value
-                    .map(|at| super::read_value(&state.file, at, &self.path))
-                    .transpose()?;
-                Ok((Bytes::copy_from_slice(key), slot.version, value))
-            });
-            file::write_new(&self.shared.dir, &self.shared.id, state.epoch, puts)?
-        };
-        let file = Arc::new(file);
-        {
-            let mut state = self.shared.write();
-            // Only this thread changes the index, so it is in the order the
-            // offsets were taken in.
-            for (slot, offset) in state.index.values_mut().zip(offsets) {
-                if let Some(at) = &mut slot.value {
-                    at.offset = offset;
-                }
-            }
-            state.file = file.clone();
-        }
-        self.file = file;
-        self.end = end;
-        self.allocated = end;
-        self.garbage = 0;
-        Ok(())
     }
 }
 
@@ -451,7 +494,7 @@ impl Decide<'_> {
                 epoch: wanted,
                 reply,
             } => Some(Pending::Epoch(reply, self.raise_epoch(wanted))),
-            Command::Close => None,
+            Command::Close | Command::Compacted(_) => None,
         }
     }
 
