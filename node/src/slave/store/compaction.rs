@@ -1,19 +1,20 @@
 //! Compaction without stopping the writer: the live frames are copied into a
 //! new file on a thread of their own while the writer keeps appending to the
 //! current file; the writer then adds what it appended meanwhile, puts the
-//! new file in place and points the index at it, a pause as long as that
-//! tail copy rather than as long as the whole live data.
+//! new file in place and points the index at it. Writes pause for that tail
+//! copy and one pass over the index, not for the copy of the live data.
 //!
 //! Why the result holds exactly the current state: the copy reads the index
 //! in chunks, each under the read lock, so it sees every key at some moment
 //! after the copy began. Every frame the writer appended since then (from
 //! [`Running::since`] on) is copied after the live frames, byte for byte and
 //! in order, and replay lets a key's last frame win, so a key changed during
-//! the copy ends with its latest state whichever state the copy saw. A slot
-//! still pointing before `since` was not changed since the copy began, so
-//! the copy saw exactly that frame: its value moved to the offset the copy
-//! recorded for it ([`Copied::moved`]). A crash at any point leaves the old
-//! file or the complete new one ([`file::install`]).
+//! the copy ends with its latest state whichever state the copy saw. Keys
+//! are never removed from the index, so a slot still pointing before `since`
+//! was not changed since the copy began: the copy saw exactly that frame, and
+//! its value moved to the offset the copy recorded for it ([`Copied::moved`],
+//! in key order like the index). A crash at any point leaves the old file or
+//! the complete new one ([`file::install`]).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -21,6 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -29,77 +31,97 @@ use super::error::io_err;
 use super::file::{self, NewFileError, NewPut};
 use super::writer::Command;
 use super::{Shared, StoreError, StoredKey, ValueAt};
+use crate::version::Version;
 
-/// Index entries the copy reads per hold of the read lock.
-const CHUNK_KEYS: usize = 1024;
+/// Index entries the copy reads per hold of the read lock (few in tests, so
+/// that they cover a copy of several chunks).
+const CHUNK_KEYS: usize = if cfg!(test) { 16 } else { 1024 };
 /// The tail is copied in pieces of at most this size.
 const TAIL_CHUNK: usize = 1 << 20;
 
-/// What the copy thread made: the new file (beside the current one, not yet
-/// synced nor in place), where its frames end, and where each value it
-/// copied moved (offset in the current file, offset in the new one).
+/// One index entry as the copy reads it.
+type Entry = (Bytes, Version, Option<ValueAt>);
+
+/// What the copy thread made.
 pub(super) struct Copied {
+    /// The new file, beside the current one ([`file::NEW_FILE`]), synced but
+    /// not in place.
     file: File,
+    /// Where its frames end.
     end: u64,
+    /// Where each value it copied was in the current file and is in the new
+    /// one, in key order.
     moved: Vec<(u64, u64)>,
 }
 
-/// A compaction whose copy is running.
+/// A compaction whose copy is running. Dropping it stops the copy and waits
+/// for its thread, so no copy outlives the writer (and its directory lock).
 pub(super) struct Running {
     /// Where the current file's frames ended when the copy began: everything
     /// from here on is added to the new file as it is.
     since: u64,
-    /// The writer's count of superseded bytes when the copy began.
-    pub(super) garbage_before: u64,
+    /// When the copy began.
+    pub(super) began: Instant,
     cancel: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
+    thread: Option<JoinHandle<()>>,
 }
 
-/// The current file once a finished compaction replaced it.
+/// The store file once a finished compaction replaced it.
 pub(super) struct Installed {
+    /// The new file, now in place.
     pub(super) file: Arc<File>,
+    /// Where its frames end.
     pub(super) end: u64,
+    /// Bytes of it that no slot points to: the file less every slot's frame.
+    pub(super) garbage: u64,
 }
 
 /// Starts copying the live frames of `shared`'s index out of `current`
 /// (whose frames end at `end`) into a new file; the outcome arrives as
-/// [`Command::Compacted`] on `tx`.
+/// [`Command::Compacted`] through `tx`, unless the store is gone by then.
 pub(super) fn start(
     shared: Arc<Shared>,
     current: Arc<File>,
     end: u64,
-    garbage: u64,
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::WeakSender<Command>,
 ) -> Result<Running, StoreError> {
     let cancel = Arc::new(AtomicBool::new(false));
     let stop = cancel.clone();
     let thread = std::thread::Builder::new()
         .name("slave-store-compaction".into())
         .spawn(move || {
-            let copied = copy_live(&shared, &current, &stop);
-            // Refused once the writer stopped: the new file is then dropped.
-            let _ = tx.blocking_send(Command::Compacted(copied));
+            let copied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                copy_live(&shared, &current, &stop)
+            }))
+            .unwrap_or_else(|_| Err(StoreError::Write("the compaction copy panicked".into())));
+            // Weak until now, so that a store dropped meanwhile stops its
+            // writer instead of waiting for this copy.
+            if let Some(tx) = tx.upgrade() {
+                let _ = tx.blocking_send(Command::Compacted(copied));
+            }
         })
         .map_err(|e| StoreError::Write(format!("cannot start the compaction thread: {e}")))?;
     Ok(Running {
         since: end,
-        garbage_before: garbage,
+        began: Instant::now(),
         cancel,
-        thread,
+        thread: Some(thread),
     })
 }
 
-impl Running {
-    /// Waits for the copy thread to end (it has sent its outcome).
-    pub(super) fn join(self) {
-        let _ = self.thread.join();
-    }
-
-    /// Stops the copy (the writer is stopping) and waits for it, removing
-    /// its file.
-    pub(super) fn abandon(self, dir: &Path) {
+impl Drop for Running {
+    fn drop(&mut self) {
         self.cancel.store(true, Ordering::SeqCst);
-        let _ = self.thread.join();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Running {
+    /// Stops the copy and waits for it, removing its file.
+    pub(super) fn abandon(self, dir: &Path) {
+        drop(self);
         let _ = file::remove_leftover(dir);
     }
 
@@ -115,7 +137,8 @@ impl Running {
         copied: Copied,
     ) -> Result<Installed, NewFileError> {
         let since = self.since;
-        self.join();
+        // The copy thread has sent its outcome: this only waits for it to end.
+        drop(self);
         let before = |e| NewFileError::Before(e);
         let tail_at = copied.end;
         let new_path = shared.dir.join(file::NEW_FILE);
@@ -128,7 +151,8 @@ impl Running {
             &new_path,
         )
         .map_err(before)?;
-        let offsets = remap(shared, since, tail_at, copied.moved).map_err(before)?;
+        let new_end = tail_at + (end - since);
+        let (offsets, live) = remap(shared, since, tail_at, &copied.moved).map_err(before)?;
         file::install(&shared.dir, &copied.file)?;
         let file = Arc::new(copied.file);
         {
@@ -143,60 +167,74 @@ impl Running {
         }
         Ok(Installed {
             file,
-            end: tail_at + (end - since),
+            end: new_end,
+            // The header and the epoch frames count as garbage: a few bytes.
+            garbage: new_end.saturating_sub(live),
         })
     }
 }
 
-/// The new offset of every value in the index, in index order: a value
-/// appended since the copy began moved with the tail, any other to where
-/// the copy put it.
+/// The new offset of every value in the index, in index order, and the
+/// bytes of every slot's frame. A value appended since the copy began moved
+/// with the tail; any other is the next of `moved` (in key order too) that
+/// comes from its offset.
 fn remap(
     shared: &Shared,
     since: u64,
     tail_at: u64,
-    mut moved: Vec<(u64, u64)>,
-) -> Result<Vec<u64>, StoreError> {
-    moved.sort_unstable();
+    moved: &[(u64, u64)],
+) -> Result<(Vec<u64>, u64), StoreError> {
     let state = shared.read();
-    state
-        .index
-        .values()
-        .filter_map(|slot| slot.value)
-        .map(|at| {
-            if at.offset >= since {
-                return Ok(at.offset - since + tail_at);
-            }
-            moved
-                .binary_search_by_key(&at.offset, |&(old, _)| old)
-                .map(|i| moved[i].1)
-                .map_err(|_| {
+    let mut offsets = Vec::with_capacity(moved.len());
+    let mut live = 0;
+    let mut copies = moved.iter();
+    for (key, slot) in &state.index {
+        live += slot.frame_len(key.len());
+        let Some(at) = slot.value else {
+            continue;
+        };
+        let offset = if at.offset >= since {
+            at.offset - since + tail_at
+        } else {
+            copies
+                .find(|&&(old, _)| old == at.offset)
+                .map(|&(_, new)| new)
+                .ok_or_else(|| {
                     StoreError::Write(format!(
                         "compaction did not copy the value at offset {}; keeping the current file",
                         at.offset
                     ))
-                })
-        })
-        .collect()
+                })?
+        };
+        offsets.push(offset);
+    }
+    Ok((offsets, live))
 }
 
 /// The copy thread's work: every key's newest frame, in key order, into a
-/// new file.
+/// new file, synced.
 fn copy_live(shared: &Shared, current: &File, cancel: &AtomicBool) -> Result<Copied, StoreError> {
     let epoch = shared.read().epoch;
-    let mut chunk: Vec<(Bytes, crate::version::Version, Option<ValueAt>)> = Vec::new();
+    let mut chunk: Vec<Entry> = Vec::new();
     let mut after: Option<StoredKey> = None;
     let mut done = false;
-    // Where each copied value was, in the order of the puts.
+    // Where each copied value was (`None`: a tombstone), in the order of the
+    // puts.
     let mut was: Vec<Option<u64>> = Vec::new();
     let puts = std::iter::from_fn(|| {
         if cancel.load(Ordering::SeqCst) {
             return Some(Err(StoreError::Closed));
         }
         if chunk.is_empty() && !done {
+            #[cfg(test)]
+            let first = after.is_none();
             next_chunk(shared, &mut after, &mut chunk);
             done = chunk.is_empty();
             chunk.reverse();
+            #[cfg(test)]
+            if first {
+                shared.faults.hold_compaction(cancel);
+            }
         }
         let (key, version, at) = chunk.pop()?;
         was.push(at.map(|at| at.offset));
@@ -211,11 +249,6 @@ fn copy_live(shared: &Shared, current: &File, cancel: &AtomicBool) -> Result<Cop
     // covers only the tail it adds.
     new.sync_data()
         .map_err(io_err("fsync", &shared.dir.join(file::NEW_FILE)))?;
-    #[cfg(test)]
-    shared.faults.hold_compaction(cancel);
-    if cancel.load(Ordering::SeqCst) {
-        return Err(StoreError::Closed);
-    }
     let moved = was
         .into_iter()
         .zip(offsets)
@@ -230,11 +263,7 @@ fn copy_live(shared: &Shared, current: &File, cancel: &AtomicBool) -> Result<Cop
 
 /// Fills `chunk` with up to [`CHUNK_KEYS`] index entries after `after`, in
 /// key order, and moves `after` to the last of them.
-fn next_chunk(
-    shared: &Shared,
-    after: &mut Option<StoredKey>,
-    chunk: &mut Vec<(Bytes, crate::version::Version, Option<ValueAt>)>,
-) {
+fn next_chunk(shared: &Shared, after: &mut Option<StoredKey>, chunk: &mut Vec<Entry>) {
     use std::ops::Bound;
     let state = shared.read();
     let lower = match after.as_deref() {
@@ -253,7 +282,8 @@ fn next_chunk(
     }
 }
 
-/// Copies the bytes `range` of `from` (at `from_path`) to `to` at `at`.
+/// Copies the bytes `range` of `from` (at `from_path`) to `to` (at
+/// `to_path`) at `at`.
 fn copy_range(
     from: &File,
     range: std::ops::Range<u64>,

@@ -202,7 +202,7 @@ fn at(path: &Path, pos: u64, e: StoreError) -> StoreError {
 /// A put to write into a new file: key, version, value (`None`: tombstone).
 pub(super) type NewPut = (Bytes, Version, Option<Bytes>);
 
-/// Why [`write_new`] failed: before the new file replaced the old one, or
+/// Why [`write_new`] or [`install`] failed: before the new file replaced the old one, or
 /// after (the rename happened but syncing the directory failed, so a crash
 /// may bring either file back).
 #[derive(Debug, thiserror::Error)]
@@ -242,7 +242,8 @@ pub(super) fn write_new(
 
 /// The first half of [`write_new`]: writes the new file beside [`FILE`],
 /// not yet synced nor in place, so that more frames can still be added at
-/// its end before [`install`]. Returns what [`write_new`] returns.
+/// its end before [`install`]. Returns the file, its length and where each
+/// put's value starts, as [`write_new`] does.
 pub(super) fn write_temp(
     dir: &Path,
     owner: &str,
@@ -315,7 +316,8 @@ fn write_frames(
     Ok((end, offsets))
 }
 
-/// Removes a new file a crash left half-written.
+/// Removes a new file that never went into place: one a crash left
+/// half-written, or a compaction's that failed or was stopped.
 pub(super) fn remove_leftover(dir: &Path) -> Result<(), StoreError> {
     let tmp = dir.join(NEW_FILE);
     match std::fs::remove_file(&tmp) {

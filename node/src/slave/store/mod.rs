@@ -7,6 +7,8 @@
 //!   owner, epochs, puts and tombstones; `record.rs` has the format). The
 //!   newest frame of a key is its state, so replaying the file in order
 //!   rebuilds the index (`file.rs`);
+//! - `values.log.new`: a compaction's new file, until it is renamed over
+//!   `values.log` (removed on open if a crash left one);
 //! - `slave.lock`: locked while a store's writer thread runs.
 //!
 //! The index maps each key to its version and where its value lies in the

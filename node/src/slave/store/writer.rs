@@ -116,9 +116,6 @@ pub(super) fn start(
 
 /// The writer thread's state.
 struct Writer {
-    /// The data directory's lock, held until this thread ends, so no other
-    /// store opens the directory while this one may still write to it.
-    _lock: File,
     /// Set when the file can no longer be trusted to hold what the index
     /// says (a failed cut-back, a compaction renamed but not synced): every
     /// later batch is refused with this reason until the slave restarts and
@@ -139,13 +136,19 @@ struct Writer {
     compaction_min_bytes: u64,
     rx: mpsc::Receiver<Command>,
     /// Handed to a compaction's copy thread, to report on; weak, so that
-    /// the writer stops once every [`super::Store`] is gone.
+    /// the writer stops once every [`super::Store`] is gone, even while a
+    /// copy runs.
     tx: mpsc::WeakSender<Command>,
     /// The compaction whose copy is running, if one is.
     compaction: Option<compaction::Running>,
     commit_window: CommitWindow,
     /// The frames of the batch being built (reused between batches).
     frames: Vec<u8>,
+    /// The data directory's lock, held until this thread ends, so no other
+    /// store opens the directory while this one may still write to it.
+    /// Declared last so that it is dropped last, after a running
+    /// compaction's copy has stopped.
+    _lock: File,
 }
 
 /// The answer owed to one command of a batch, sent after the commit.
@@ -223,7 +226,9 @@ impl Writer {
             if let Some(Command::Compacted(copied)) = compacted {
                 self.finish_compaction(copied);
             }
-            self.maybe_compact();
+            if !closing {
+                self.maybe_compact();
+            }
         }
         // Refuse whatever is still queued.
         self.rx.close();
@@ -325,9 +330,14 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
-                let cut = self.file.set_len(self.end);
                 #[cfg(test)]
-                let cut = cut.and_then(|()| self.shared.faults.cut());
+                let cut = self
+                    .shared
+                    .faults
+                    .cut()
+                    .and_then(|()| self.file.set_len(self.end));
+                #[cfg(not(test))]
+                let cut = self.file.set_len(self.end);
                 match cut {
                     Ok(()) => self.allocated = self.end,
                     Err(cut) => {
@@ -383,15 +393,11 @@ impl Writer {
         {
             return;
         }
-        let Some(tx) = self.tx.upgrade() else {
-            return;
-        };
         let started = compaction::start(
             self.shared.clone(),
             self.file.clone(),
             self.end,
-            self.garbage,
-            tx,
+            self.tx.clone(),
         );
         match started {
             Ok(running) => {
@@ -411,10 +417,11 @@ impl Writer {
             return;
         };
         let before = self.end;
-        let garbage_before = running.garbage_before;
+        let copied_in = running.began.elapsed();
+        let pause = std::time::Instant::now();
         let finished = match copied {
             Err(e) => {
-                running.join();
+                drop(running);
                 Err(file::NewFileError::Before(e))
             }
             Ok(_) if self.broken.is_some() => {
@@ -428,13 +435,17 @@ impl Writer {
                 self.file = installed.file;
                 self.end = installed.end;
                 self.allocated = installed.end;
-                // What was superseded during the copy is still in the tail
-                // (or was copied as it stood): count it again.
-                self.garbage = self.garbage.saturating_sub(garbage_before);
+                self.garbage = installed.garbage;
                 self.compact_at = self.compaction_min_bytes;
                 #[cfg(test)]
                 self.shared.faults.compacted();
-                tracing::info!(before, after = self.end, "slave store compacted");
+                tracing::info!(
+                    before,
+                    after = self.end,
+                    copy_ms = copied_in.as_millis() as u64,
+                    writes_paused_ms = pause.elapsed().as_millis() as u64,
+                    "slave store compacted"
+                );
             }
             Err(file::NewFileError::Before(e)) => {
                 // The old file is untouched; try again after more writes.
