@@ -66,6 +66,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -161,6 +162,9 @@ pub(super) struct Shared {
     /// The store file in `dir`.
     path: PathBuf,
     id: String,
+    /// Where the synced frames of the store file end (the writer's `end`),
+    /// for a compaction's copy to catch up to.
+    synced_end: AtomicU64,
     /// Faults the tests inject into the writer.
     #[cfg(test)]
     faults: tests::Faults,
@@ -320,6 +324,7 @@ impl Store {
             dir: dir.clone(),
             path,
             id: id.to_string(),
+            synced_end: AtomicU64::new(replayed.end),
             #[cfg(test)]
             faults: tests::Faults::default(),
         });

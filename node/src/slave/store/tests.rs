@@ -21,6 +21,11 @@ pub(super) struct Faults {
     holding_compaction: AtomicBool,
     /// Compaction copies that read their first chunk.
     copies_started: AtomicU32,
+    /// Whether a compaction's copy, once it caught up with the writer,
+    /// waits before it reports.
+    holding_report: AtomicBool,
+    /// Compaction copies that caught up with the writer.
+    copies_caught_up: AtomicU32,
     /// Compactions that replaced the file.
     compactions: AtomicU32,
 }
@@ -46,6 +51,16 @@ impl Faults {
     pub(super) fn hold_compaction(&self, cancel: &AtomicBool) {
         self.copies_started.fetch_add(1, Ordering::SeqCst);
         while self.holding_compaction.load(Ordering::SeqCst) && !cancel.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Called by a compaction's copy thread once it caught up with the
+    /// writer: waits while the test holds reports (or until the copy is
+    /// cancelled).
+    pub(super) fn hold_report(&self, cancel: &AtomicBool) {
+        self.copies_caught_up.fetch_add(1, Ordering::SeqCst);
+        while self.holding_report.load(Ordering::SeqCst) && !cancel.load(Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
@@ -847,9 +862,11 @@ async fn wait_until(done: impl Fn() -> bool) {
 /// first chunk of the index, the writer acknowledges overwrites of keys the
 /// copy has passed and of keys ahead of it, new keys on both sides, a
 /// tombstone on each side, a forced put of an older version and an epoch
-/// raise. Once it completes, every key has its newest state, the frames
-/// superseded before the copy are gone from the file, and all of it is there
-/// after a reopen.
+/// raise; the copy then catches up with them, and while it is held again
+/// before it reports, more puts are acknowledged (the last piece, which the
+/// writer adds itself). Once it completes, every key has its newest state,
+/// the frames superseded before the copy are gone from the file, and all of
+/// it is there after a reopen.
 #[tokio::test]
 async fn puts_go_on_while_a_compaction_copies() {
     let dir = tempfile::tempdir().unwrap();
@@ -904,8 +921,16 @@ async fn puts_go_on_while_a_compaction_copies() {
         PutOutcome::Stored
     );
     store.raise_epoch(4).await.unwrap();
-    assert_eq!(faults.compactions.load(Ordering::SeqCst), 0);
+    faults.holding_report.store(true, Ordering::SeqCst);
     faults.holding_compaction.store(false, Ordering::SeqCst);
+    wait_until(|| faults.copies_caught_up.load(Ordering::SeqCst) >= 1).await;
+    for i in 0..5u64 {
+        let key = Bytes::from(format!("m{i}"));
+        let stored = store.put(key, b("last"), Version::new(4, 1 + i), false);
+        assert!(stored.await.unwrap());
+    }
+    assert_eq!(faults.compactions.load(Ordering::SeqCst), 0);
+    faults.holding_report.store(false, Ordering::SeqCst);
     wait_until(|| faults.compactions.load(Ordering::SeqCst) >= 1).await;
 
     let check = |store: &Store| {
@@ -931,6 +956,8 @@ async fn puts_go_on_while_a_compaction_copies() {
                 let found = store.get(format!("{prefix}{i}").as_bytes()).unwrap();
                 assert_eq!(found, Some((b("fresh"), Version::new(1, 900_000 + i))));
             }
+            let found = store.get(format!("m{i}").as_bytes()).unwrap();
+            assert_eq!(found, Some((b("last"), Version::new(4, 1 + i))));
         }
     };
     check(&store);

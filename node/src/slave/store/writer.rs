@@ -21,6 +21,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -327,6 +328,7 @@ impl Writer {
         match written {
             Ok(()) => {
                 self.end += self.frames.len() as u64;
+                self.shared.synced_end.store(self.end, Ordering::Release);
                 Ok(())
             }
             Err(e) => {
@@ -432,8 +434,9 @@ impl Writer {
         };
         match finished {
             Ok(installed) => {
-                self.file = installed.file;
+                compaction::close_in_background(std::mem::replace(&mut self.file, installed.file));
                 self.end = installed.end;
+                self.shared.synced_end.store(self.end, Ordering::Release);
                 self.allocated = installed.end;
                 self.garbage = installed.garbage;
                 self.compact_at = self.compaction_min_bytes;
