@@ -589,18 +589,7 @@ async fn compaction_keeps_every_newest_value() {
         let chunk = store.inventory_chunk(Some(b"k69"), 1).unwrap();
         assert_eq!(chunk, vec![(b("k7"), Version::new(3, 1), true)]);
     };
-    check(&store);
-    let bytes = std::fs::read(dir.path().join(file::FILE)).unwrap();
-    // The first round's values ("v5@1", not "v5@12").
-    let copies = bytes
-        .windows(5)
-        .filter(|w| &w[..4] == b"v5@1" && !w[4].is_ascii_digit())
-        .count();
-    assert_eq!(copies, 0, "superseded frames are still in the file");
-    store.close().await.unwrap();
-    drop(store);
-    let store = Store::open_with(dir.path(), "slave-0", options).unwrap();
-    check(&store);
+    check_compacted(store, dir.path(), options, check).await;
 }
 
 #[tokio::test]
@@ -847,6 +836,24 @@ async fn a_failed_cut_back_stops_the_writer_until_a_restart() {
     );
 }
 
+/// Runs `check` on `store`, asserts that the frames of `put_all`'s first
+/// round are gone from its file, then closes it and runs `check` again on
+/// the reopened store.
+async fn check_compacted(store: Store, dir: &Path, options: StoreOptions, check: impl Fn(&Store)) {
+    check(&store);
+    let bytes = std::fs::read(dir.join(file::FILE)).unwrap();
+    // The first round's values ("v5@1", not "v5@12").
+    let copies = bytes
+        .windows(5)
+        .filter(|w| &w[..4] == b"v5@1" && !w[4].is_ascii_digit())
+        .count();
+    assert_eq!(copies, 0, "superseded frames are still in the file");
+    store.close().await.unwrap();
+    drop(store);
+    let store = Store::open_with(dir, "slave-0", options).unwrap();
+    check(&store);
+}
+
 /// Waits (at most a minute: a bound, not a timing check) until `done`.
 async fn wait_until(done: impl Fn() -> bool) {
     for _ in 0..60_000 {
@@ -960,18 +967,7 @@ async fn puts_go_on_while_a_compaction_copies() {
             assert_eq!(found, Some((b("last"), Version::new(4, 1 + i))));
         }
     };
-    check(&store);
-    let bytes = std::fs::read(dir.path().join(file::FILE)).unwrap();
-    // The first round's values ("v5@1", not "v5@12").
-    let copies = bytes
-        .windows(5)
-        .filter(|w| &w[..4] == b"v5@1" && !w[4].is_ascii_digit())
-        .count();
-    assert_eq!(copies, 0, "superseded frames are still in the file");
-    store.close().await.unwrap();
-    drop(store);
-    let store = Store::open_with(dir.path(), "slave-0", options).unwrap();
-    check(&store);
+    check_compacted(store, dir.path(), options, check).await;
 }
 
 /// A store closed while a compaction copies stops the copy and removes its
