@@ -563,10 +563,7 @@ async fn a_torn_tail_is_cut_and_damage_is_refused() {
 #[tokio::test]
 async fn compaction_keeps_every_newest_value() {
     let dir = tempfile::tempdir().unwrap();
-    let options = StoreOptions {
-        compaction_min_bytes: 16 << 10,
-        ..StoreOptions::default()
-    };
+    let options = small_compactions();
     let store = Store::open_with(dir.path(), "slave-0", options).unwrap();
     store.raise_epoch(3).await.unwrap();
     for round in 1..=20 {
@@ -836,6 +833,31 @@ async fn a_failed_cut_back_stops_the_writer_until_a_restart() {
     );
 }
 
+/// Options under which a test's small file compacts.
+fn small_compactions() -> StoreOptions {
+    StoreOptions {
+        compaction_min_bytes: 16 << 10,
+        ..StoreOptions::default()
+    }
+}
+
+/// Opens a store in `dir` whose compactions' copies wait after their first
+/// chunk, and writes rounds of `put_all` until one waits there; returns the
+/// store and the last round written.
+async fn hold_a_compaction(dir: &Path, options: StoreOptions) -> (Store, u64) {
+    let store = Store::open_with(dir, "slave-0", options).unwrap();
+    let faults = &store.inner.shared.faults;
+    faults.holding_compaction.store(true, Ordering::SeqCst);
+    let mut round = 0;
+    while faults.copies_started.load(Ordering::SeqCst) == 0 {
+        round += 1;
+        assert!(round < 500, "no compaction started");
+        put_all(&store, 50, round).await;
+        tokio::task::yield_now().await;
+    }
+    (store, round)
+}
+
 /// Runs `check` on `store`, asserts that the frames of `put_all`'s first
 /// round are gone from its file, then closes it and runs `check` again on
 /// the reopened store.
@@ -877,20 +899,9 @@ async fn wait_until(done: impl Fn() -> bool) {
 #[tokio::test]
 async fn puts_go_on_while_a_compaction_copies() {
     let dir = tempfile::tempdir().unwrap();
-    let options = StoreOptions {
-        compaction_min_bytes: 16 << 10,
-        ..StoreOptions::default()
-    };
-    let store = Store::open_with(dir.path(), "slave-0", options).unwrap();
+    let options = small_compactions();
+    let (store, round) = hold_a_compaction(dir.path(), options).await;
     let faults = &store.inner.shared.faults;
-    faults.holding_compaction.store(true, Ordering::SeqCst);
-    let mut round = 0;
-    while faults.copies_started.load(Ordering::SeqCst) == 0 {
-        round += 1;
-        assert!(round < 500, "no compaction started");
-        put_all(&store, 50, round).await;
-        tokio::task::yield_now().await;
-    }
     // The copy has read k0 … k22 (16 keys in key order) and waits: the
     // writer goes on meanwhile.
     let last = round + 1;
@@ -976,31 +987,8 @@ async fn puts_go_on_while_a_compaction_copies() {
 #[tokio::test]
 async fn closing_during_a_compaction_stops_it_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let options = StoreOptions {
-        compaction_min_bytes: 16 << 10,
-        ..StoreOptions::default()
-    };
-    let store = Store::open_with(dir.path(), "slave-0", options).unwrap();
-    store
-        .inner
-        .shared
-        .faults
-        .holding_compaction
-        .store(true, Ordering::SeqCst);
-    let mut round = 0;
-    while store
-        .inner
-        .shared
-        .faults
-        .copies_started
-        .load(Ordering::SeqCst)
-        == 0
-    {
-        round += 1;
-        assert!(round < 500, "no compaction started");
-        put_all(&store, 50, round).await;
-        tokio::task::yield_now().await;
-    }
+    let options = small_compactions();
+    let (store, round) = hold_a_compaction(dir.path(), options).await;
     store.close().await.unwrap();
     drop(store);
     assert!(
