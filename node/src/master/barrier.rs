@@ -13,22 +13,10 @@
 //! master that wakes up fails its round (a fenced member answers a newer epoch,
 //! which also deposes it) and answers nothing stale, NOT_FOUND included.
 //!
-//! A READ's own Get counts as one of the `r` answers: a slave answers a Get
-//! carrying this term's epoch only once its fenced epoch is that epoch (it
-//! refuses a lower one and first raises to a higher one, see
-//! `slave::store::Store::get_fenced`), so an answered Get is a confirmation
-//! from that slave, given after the READ looked at its index. A READ that
-//! names the slave it asks ([`Barrier::ticket_beside`]) lets the round leave
-//! that slave out and ask `r - 1` others, when every READ waiting for the
-//! round asks the same slave. At one client that is one message in `r`
-//! fewer per READ; the READ then needs its Get answered, or else waits for a
-//! full round.
-//!
 //! Rounds are shared: every READ that arrives while a round runs waits for the
 //! next one, which starts as soon as the current one ends, so under load one
 //! round of `r` small messages vouches for many READs. Tested by
-//! `master::tests::a_woken_master_answers_no_read_not_even_not_found` and
-//! `master::tests::a_woken_master_reads_nothing_through_the_slave_its_successor_left_unfenced`.
+//! `master::tests::a_woken_master_answers_no_read_not_even_not_found`.
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -37,20 +25,9 @@ use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::error::MasterError;
-use super::index::SlaveIdx;
-
-/// A round in which every slave asked confirmed the term. It asked `r` of
-/// them, or `r - 1` when it left out the one slave all its READs ask
-/// themselves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Confirmed {
-    /// The slave the round did not ask: a READ of the round is confirmed
-    /// only once that slave has also answered its Get.
-    pub left_out: Option<SlaveIdx>,
-}
 
 /// The answer every READ of one round gets.
-type Answer = Result<Confirmed, MasterError>;
+type Answer = Result<(), MasterError>;
 
 /// READs waiting for the next confirmation round.
 #[derive(Debug, Default)]
@@ -61,8 +38,7 @@ pub struct Barrier {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Each waiter, with the slave it asks itself, if any.
-    waiting: Vec<(Option<SlaveIdx>, oneshot::Sender<Answer>)>,
+    waiting: Vec<oneshot::Sender<Answer>>,
     /// The term ended: no round will run again.
     closed: bool,
 }
@@ -80,23 +56,16 @@ impl Barrier {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Joins the next round that *starts after this call*, a full one (`r`
-    /// slaves asked); resolves once it confirmed the term.
-    pub fn ticket(&self) -> impl Future<Output = Result<(), MasterError>> + use<> {
-        let answer = self.ticket_beside(None);
-        async move { answer.await.map(|_| ()) }
-    }
-
-    /// Joins the next round that *starts after this call*, for a READ that
-    /// asks `asked` itself (module doc); resolves with that round's outcome.
-    pub fn ticket_beside(&self, asked: Option<SlaveIdx>) -> impl Future<Output = Answer> + use<> {
+    /// Joins the next round that *starts after this call*; the returned
+    /// future resolves with that round's outcome.
+    pub fn ticket(&self) -> impl Future<Output = Answer> + use<> {
         let (tx, rx) = oneshot::channel();
         {
             let mut state = self.state();
             if state.closed {
                 let _ = tx.send(Err(term_ended()));
             } else {
-                state.waiting.push((asked, tx));
+                state.waiting.push(tx);
             }
         }
         self.wake.notify_one();
@@ -104,14 +73,12 @@ impl Barrier {
     }
 
     /// Runs rounds until `ended`: waits for READs, takes all of them, runs
-    /// `round` once and gives every one of them its outcome. `round` gets the
-    /// slave to leave out: the one every READ taken asks itself, if there is
-    /// one; it must then ask `r - 1` others, else `r`. When `ended` fires,
-    /// every READ waiting (and any that comes later) fails.
+    /// `round` once and gives every one of them its outcome. When `ended`
+    /// fires, every READ waiting (and any that comes later) fails.
     pub async fn drive<F, Fut>(&self, ended: CancellationToken, round: F)
     where
-        F: Fn(Option<SlaveIdx>) -> Fut,
-        Fut: Future<Output = Result<(), MasterError>>,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Answer>,
     {
         loop {
             let batch = std::mem::take(&mut self.state().waiting);
@@ -121,22 +88,17 @@ impl Barrier {
                     () = self.wake.notified() => continue,
                 }
             }
-            let left_out = batch
-                .iter()
-                .map(|(asked, _)| *asked)
-                .reduce(|a, b| if a == b { a } else { None })
-                .flatten();
             let answer = tokio::select! {
                 () = ended.cancelled() => break,
-                answer = round(left_out) => answer.map(|()| Confirmed { left_out }),
+                answer = round() => answer,
             };
-            for (_, waiter) in batch {
+            for waiter in batch {
                 let _ = waiter.send(answer.clone());
             }
         }
         let mut state = self.state();
         state.closed = true;
-        for (_, waiter) in state.waiting.drain(..) {
+        for waiter in state.waiting.drain(..) {
             let _ = waiter.send(Err(term_ended()));
         }
     }
@@ -147,51 +109,6 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
-
-    /// A round leaves a slave out only when every READ it vouches for asks
-    /// that slave itself; a READ that asks nobody, or another slave, gets a
-    /// full round.
-    #[tokio::test(start_paused = true)]
-    async fn a_round_leaves_out_only_the_slave_all_its_reads_ask() {
-        let cases: [(&[Option<SlaveIdx>], Option<SlaveIdx>); 4] = [
-            (&[Some(1), Some(1)], Some(1)),
-            (&[Some(1), Some(2)], None),
-            (&[Some(1), None], None),
-            (&[None], None),
-        ];
-        for (asked, left_out) in cases {
-            let barrier = Arc::new(Barrier::default());
-            // Queued before the driver starts: all of them meet in its first round.
-            let tickets: Vec<_> = asked.iter().map(|&a| barrier.ticket_beside(a)).collect();
-            let ended = CancellationToken::new();
-            let rounds = Arc::new(Mutex::new(Vec::new()));
-            let driver = {
-                let (barrier, ended, rounds) = (barrier.clone(), ended.clone(), rounds.clone());
-                tokio::spawn(async move {
-                    barrier
-                        .drive(ended, |left_out| {
-                            rounds.lock().unwrap().push(left_out);
-                            async { Ok(()) }
-                        })
-                        .await
-                })
-            };
-            for answer in futures::future::join_all(tickets).await {
-                assert_eq!(
-                    answer.unwrap(),
-                    Confirmed { left_out },
-                    "READs asking {asked:?}"
-                );
-            }
-            assert_eq!(
-                *rounds.lock().unwrap(),
-                [left_out],
-                "READs asking {asked:?}"
-            );
-            ended.cancel();
-            driver.await.unwrap();
-        }
-    }
 
     /// A READ that arrives while a round runs is not vouched for by it: it
     /// waits for the next round, which starts after it arrived.
@@ -205,7 +122,7 @@ mod tests {
             let (barrier, ended, rounds) = (barrier.clone(), ended.clone(), rounds.clone());
             tokio::spawn(async move {
                 barrier
-                    .drive(ended, |_| {
+                    .drive(ended, || {
                         let n = rounds.fetch_add(1, Ordering::SeqCst) + 1;
                         let mut release = release_rx.clone();
                         async move {

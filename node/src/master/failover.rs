@@ -30,7 +30,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::error::MasterError;
-use super::index::SlaveIdx;
 use super::lease::{ActiveLock, LeaseRecord, LeaseWatch, Verdict, now_unix_ms};
 use super::slave_link::SlaveLink;
 use super::term::{self, Membership, Term};
@@ -522,7 +521,7 @@ impl Master {
             tokio::spawn(async move {
                 let ended = term.ended();
                 term.barrier
-                    .drive(ended, |left_out| master.confirm_round(&term, left_out))
+                    .drive(ended, || master.confirm_round(&term))
                     .await;
             })
         };
@@ -579,29 +578,15 @@ impl Master {
     }
 
     /// One read-barrier round (see [`super::barrier`]): asks `r` live slaves
-    /// for their fenced epoch, replacing each one that fails by another; or
-    /// `r - 1` of them besides `left_out`, whose answer its READs get
-    /// themselves.
-    pub(super) async fn confirm_round(
-        &self,
-        term: &Term,
-        left_out: Option<SlaveIdx>,
-    ) -> Result<(), MasterError> {
+    /// for their fenced epoch, replacing each one that fails by another.
+    pub(super) async fn confirm_round(&self, term: &Term) -> Result<(), MasterError> {
         let r = term.replication_factor as usize;
-        let placeable = lock(&self.slaves).placeable();
-        if placeable.len() < r {
+        let candidates = placement::write_order(&lock(&self.slaves).placeable());
+        if candidates.len() < r {
             return Err(MasterError::unavailable(format!(
                 "only {} slave(s) are live; confirming that this master still holds its term takes {r}",
-                placeable.len()
+                candidates.len()
             )));
-        }
-        let candidates: Vec<_> = placement::write_order(&placeable)
-            .into_iter()
-            .filter(|slave| Some(slave.idx) != left_out)
-            .collect();
-        let needed = r - usize::from(left_out.is_some());
-        if needed == 0 {
-            return Ok(());
         }
         let timeout = self.config.slave_timeout;
         let epoch = term.epoch;
@@ -609,15 +594,14 @@ impl Master {
             let answer = tokio::time::timeout(timeout, slave.link.fence(epoch)).await;
             (slave, answer)
         };
-        let mut next = needed;
-        let mut in_flight: FuturesUnordered<_> =
-            candidates[..needed].iter().cloned().map(ask).collect();
+        let mut next = r;
+        let mut in_flight: FuturesUnordered<_> = candidates[..r].iter().cloned().map(ask).collect();
         let mut confirmed = 0;
         while let Some((slave, answer)) = in_flight.next().await {
             match answer {
                 Ok(Ok(e)) if e == epoch => {
                     confirmed += 1;
-                    if confirmed == needed {
+                    if confirmed == r {
                         return Ok(());
                     }
                 }
@@ -641,7 +625,7 @@ impl Master {
             }
         }
         Err(MasterError::unavailable(format!(
-            "only {confirmed} of the {needed} slaves asked confirmed this master's term; retry"
+            "only {confirmed} of the {r} slaves needed confirmed this master's term; retry"
         )))
     }
 }

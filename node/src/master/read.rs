@@ -4,10 +4,9 @@
 //!
 //! Invariant (a READ returns only what the current term can vouch for): every
 //! answer, NOT_FOUND included, waits for a [`super::barrier`] round that started
-//! after the READ looked at the index (its own Get to the first holder may
-//! count as one of the round's answers), so a master that lost its term
-//! (paused past a takeover, partitioned away) answers nothing but an error.
-//! Checked by `master::tests::a_woken_master_answers_no_read_not_even_not_found`,
+//! after the READ looked at the index, so a master that lost its term (paused
+//! past a takeover, partitioned away) answers nothing but an error. Checked by
+//! `master::tests::a_woken_master_answers_no_read_not_even_not_found`,
 //! `master::tests::a_woken_master_reads_nothing_through_the_slave_its_successor_left_unfenced`
 //! and the nemesis (`chaos-broken-read` must be caught).
 
@@ -55,22 +54,14 @@ impl Master {
             }
             return Err(MasterError::not_found("key not found"));
         };
-        let order = placement::write_order(&self.live_holders(&meta.holders));
-        // The first holder's answer to its Get confirms the term beside the
-        // round's (see `barrier`), if it is a member of the term.
-        let asked = order
-            .first()
-            .map(|slave| slave.idx)
-            .filter(|&idx| lock(&self.slaves).is_placeable(idx));
         // Joined after the index lookup: the round vouches for it.
-        let confirmed = term.barrier.ticket_beside(asked);
-        let mut asked_answered = false;
+        let confirmed = term.barrier.ticket();
         let value = async {
-            for (n, slave) in order.iter().enumerate() {
-                let Ok(reply) = self.get_from(&term, slave, &key).await else {
+            let holders = self.live_holders(&meta.holders);
+            for slave in placement::write_order(&holders) {
+                let Ok(reply) = self.get_from(&term, &slave, &key).await else {
                     continue;
                 };
-                asked_answered |= n == 0;
                 let found = reply.version.map(Version::from).filter(|_| reply.found);
                 match found {
                     Some(v) if v == meta.version => {
@@ -92,10 +83,7 @@ impl Master {
             Ok::<Bytes, MasterError>(value)
         };
         let (value, confirmed) = tokio::join!(value, confirmed);
-        if confirmed?.left_out.is_some() && !asked_answered {
-            // The round counted on a Get that failed: a full round is needed.
-            term.barrier.ticket().await?;
-        }
+        confirmed?;
         let value = value?;
         term.check_can_ack()?;
         Ok((value, meta.version))
