@@ -2,8 +2,8 @@
 # CPU per operation: the CPU time every process spends (master, backup, three
 # slaves and the bench itself), divided by the operations the bench counted.
 # The members' time comes from /proc/PID/stat before and after the run (in
-# clock ticks; their process_cpu_seconds_total counts whole seconds only, too
-# coarse for a run of seconds), the bench's from its rusage. Loopback only.
+# clock ticks, from outside the processes, so that the scrapes count nothing),
+# the bench's from its rusage. Loopback only.
 #
 #   bash scripts/cpu-per-op.sh                 # unary and pipelined, 64 clients
 #   SECS=30 CLIENTS=16 bash scripts/cpu-per-op.sh

@@ -451,8 +451,8 @@ async fn a_woken_master_answers_no_read_not_even_not_found() {
 /// A master woken after a takeover that left exactly one holder of a key
 /// unfenced answers nothing for it, whether its READ asks that holder (which
 /// answers its Get with the old value), or asks the other holder, which hangs,
-/// and falls back to the unfenced one. Repeated because holders and the
-/// slaves a round asks are picked at random.
+/// and falls back to the unfenced one. Repeated because the key's holders,
+/// and the order a READ asks them in, are picked at random.
 #[tokio::test(start_paused = true)]
 async fn a_woken_master_reads_nothing_through_the_slave_its_successor_left_unfenced() {
     for asked_fails in [false, true].repeat(8) {
