@@ -285,6 +285,14 @@ pub(super) fn install(dir: &Path, file: &File) -> Result<(), NewFileError> {
     sync_dir(dir).map_err(NewFileError::Unsynced)
 }
 
+/// A new file is synced each time this much more of it is written.
+const SYNC_EVERY: u64 = 16 << 20;
+
+/// Writes the frames of a new file, syncing every [`SYNC_EVERY`] bytes: left
+/// to the kernel, the writeback of a compaction's hundreds of MiB comes all
+/// at once, at its final sync, and every `fdatasync` of the log and the
+/// other slaves on the disk queues behind it for a second or more
+/// (docs/BENCHMARKS.md, *Fourth round*).
 fn write_frames(
     file: &File,
     path: &Path,
@@ -297,11 +305,17 @@ fn write_frames(
     record::encode_owner(owner, &mut frame);
     record::encode_epoch(epoch, &mut frame);
     let mut end = 0u64;
+    let mut synced = 0u64;
     let mut offsets = Vec::new();
     for put in puts {
         out.write_all(&frame).map_err(io_err("write", path))?;
         end += frame.len() as u64;
         frame.clear();
+        if end - synced >= SYNC_EVERY {
+            out.flush().map_err(io_err("write", path))?;
+            file.sync_data().map_err(io_err("fsync", path))?;
+            synced = end;
+        }
         let (key, version, value) = put?;
         let value_at = record::encode_put(&key, version, value.as_deref(), &mut frame);
         offsets.push(if value.is_some() {
