@@ -240,8 +240,9 @@ pub(super) fn write_new(
     Ok((file, end, offsets))
 }
 
-/// The first half of [`write_new`]: writes the new file beside [`FILE`],
-/// not yet synced nor in place, so that more frames can still be added at
+/// The first half of [`write_new`]: writes the new file beside [`FILE`]
+/// (synced as it goes, see [`write_frames`], but not at its end) and not in
+/// place, so that more frames can still be added at
 /// its end before [`install`]. Returns the file, its length and where each
 /// put's value starts, as [`write_new`] does.
 pub(super) fn write_temp(
